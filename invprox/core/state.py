@@ -1,0 +1,67 @@
+"""What the engine records of each block in the forward pass to recompute it exactly in the backward."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import get_device_states, set_device_states
+
+__all__ = ["BlockState"]
+
+
+class BlockState:
+    """Input shape, random state and autocast state of one block call.
+
+    ``replay()`` re-enters the random and autocast state of the forward call, so a block with dropout
+    draws the same mask in the recompute (as in ``torch.utils.checkpoint``); ``restore_buffers(block)``
+    undoes buffer updates (running statistics, initialisation flags) that a recompute makes.
+    """
+
+    __slots__ = ("shape", "cpu_rng", "devices", "device_rng", "autocast")
+
+    def __init__(self, shape, cpu_rng, devices, device_rng, autocast):
+        self.shape = shape
+        self.cpu_rng: Optional[Tensor] = cpu_rng
+        self.devices: List[int] = devices
+        self.device_rng: List[Tensor] = device_rng
+        self.autocast: List[Tuple[str, torch.dtype]] = autocast
+
+    @classmethod
+    def capture(cls, x: Tensor, cond: Sequence[Tensor], preserve_rng: bool) -> "BlockState":
+        cpu_rng, devices, device_rng = None, [], []
+        if preserve_rng:
+            cpu_rng = torch.get_rng_state()
+            devices, device_rng = get_device_states(x, *cond)
+        autocast = [
+            (dev, torch.get_autocast_dtype(dev))
+            for dev in ("cpu", "cuda")
+            if torch.is_autocast_enabled(dev)
+        ]
+        return cls(x.shape, cpu_rng, devices, device_rng, autocast)
+
+    @contextlib.contextmanager
+    def replay(self):
+        with contextlib.ExitStack() as stack:
+            if self.cpu_rng is not None:
+                stack.enter_context(torch.random.fork_rng(devices=self.devices))
+                torch.set_rng_state(self.cpu_rng)
+                if self.devices:
+                    set_device_states(self.devices, self.device_rng)
+            for dev, dtype in self.autocast:
+                stack.enter_context(torch.autocast(dev, dtype=dtype))
+            yield
+
+    @staticmethod
+    @contextlib.contextmanager
+    def restore_buffers(block: nn.Module):
+        saved = [(b, b.detach().clone()) for b in block.buffers()]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, v in saved:
+                    if b.shape == v.shape:
+                        b.copy_(v)

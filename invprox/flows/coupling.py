@@ -1,0 +1,184 @@
+"""Affine and additive coupling layers (Real NVP / Glow) with a fused rebuild for the engine.
+
+The input ``x`` of shape ``(B, C, H, W)`` is split along channels into ``x1`` (the first ``C // 2``) and
+``x2``. A network reads ``x1`` (and any conditioning tensors, concatenated along channels) and gives a
+shift ``t`` and, for the affine coupling, a scale ``s = sigmoid(r + 2)`` (Glow's choice: ``s`` lies in
+(0, 1) and starts near 0.88):
+
+    affine:   y1 = x1,  y2 = (x2 + t) * s,   log|det| = sum log s
+    additive: y1 = x1,  y2 = x2 + t,         log|det| = 0
+
+The network's last layer is zero-initialised, so each coupling starts as (a scaled) identity.
+
+``rebuild`` gives the engine the input and the graph of the forward in a single pass of the network: the
+network runs once on ``y1 = x1``, which yields both ``x2`` and the graph.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..core.block import InvertibleModule
+
+__all__ = ["CouplingNet", "AffineCoupling", "AdditiveCoupling"]
+
+
+class CouplingNet(nn.Sequential):
+    """Glow's coupling network: 3x3 conv, ReLU, 1x1 conv, ReLU, zero-initialised 3x3 conv.
+
+    Args:
+        in_channels: channels read (``x1`` plus conditioning channels).
+        out_channels: channels produced.
+        hidden: hidden channels.
+        dropout: dropout probability after each hidden activation (0 disables it).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int = 64, dropout: float = 0.0):
+        layers = [nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Conv2d(hidden, hidden, 1), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        last = nn.Conv2d(hidden, out_channels, 3, padding=1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        layers.append(last)
+        super().__init__(*layers)
+
+
+class _Coupling(InvertibleModule):
+    affine = False
+
+    def __init__(
+        self,
+        channels: int,
+        hidden: int = 64,
+        cond_channels: int = 0,
+        dropout: float = 0.0,
+        net: Optional[nn.Module] = None,
+    ):
+        super().__init__()
+        if channels < 2:
+            raise ValueError(f"a coupling needs at least 2 channels to split, got {channels}")
+        if hidden < 1:
+            raise ValueError(f"hidden must be positive, got {hidden}")
+        self.channels = channels
+        self.c1 = channels // 2
+        self.c2 = channels - self.c1
+        self.cond_channels = cond_channels
+        out = self.c2 * (2 if self.affine else 1)
+        self.net = net if net is not None else CouplingNet(self.c1 + cond_channels, out, hidden, dropout)
+
+    def _check(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.channels:
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape (B, {self.channels}, H, W), "
+                f"got {tuple(x.shape)}"
+            )
+
+    def _params(self, x1: Tensor, cond: Sequence[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """Shift and scale (``None`` for additive) from the untouched half."""
+        if self.cond_channels:
+            x1 = torch.cat([x1, *cond], dim=1)
+        h = self.net(x1)
+        if not self.affine:
+            return h, None
+        t, r = h[:, : self.c2], h[:, self.c2 :]
+        return t, torch.sigmoid(r + 2.0)
+
+    def _logdet(self, s: Optional[Tensor], x: Tensor) -> Tensor:
+        if s is None:
+            return x.new_zeros(x.shape[0])
+        return torch.log(s).flatten(1).sum(1)
+
+    # -- forward / inverse ---------------------------------------------------------------------------
+    def forward_and_logdet(self, x: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
+        self._check(x)
+        x1, x2 = x[:, : self.c1], x[:, self.c1 :]
+        t, s = self._params(x1, cond)
+        y2 = x2 + t if s is None else (x2 + t) * s
+        return torch.cat([x1, y2], dim=1), self._logdet(s, x)
+
+    def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
+        return self.forward_and_logdet(x, *cond)[0]
+
+    def inverse_and_logdet(self, y: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
+        self._check(y)
+        y1, y2 = y[:, : self.c1], y[:, self.c1 :]
+        t, s = self._params(y1, cond)
+        x2 = y2 - t if s is None else y2 / s - t
+        return torch.cat([y1, x2], dim=1), -self._logdet(s, y)
+
+    def inverse(self, y: Tensor, *cond: Tensor) -> Tensor:
+        return self.inverse_and_logdet(y, *cond)[0]
+
+    # -- fused rebuilds for the engine ---------------------------------------------------------------
+    def _fused(self, out: Tensor, cond: Sequence[Tensor], logdet: bool, forward: bool):
+        """Rebuild the input of the forward (or of the inverse) map from ``out`` with one network pass.
+
+        The rebuilt input is one leaf tensor. Its first half is known (it equals ``out``'s); the network
+        runs on a copy of it with a graph, the second half is then filled in without a graph, and the map
+        is applied to the leaf with a graph.
+        """
+        self._check(out)
+        c1 = self.c1
+        inp = torch.empty_like(out)
+        with torch.no_grad():
+            inp[:, :c1] = out[:, :c1]
+        inp.requires_grad_()
+        t, s = self._params(inp[:, :c1].clone(), cond)
+        with torch.no_grad():
+            o2 = out[:, c1:]
+            if forward:  # out = forward(inp): inp2 = out2 / s - t
+                inp[:, c1:] = o2 - t if s is None else o2 / s - t
+            else:  # out = inverse(inp): inp2 = (out2 + t) * s
+                inp[:, c1:] = o2 + t if s is None else (o2 + t) * s
+        i1, i2 = inp[:, :c1], inp[:, c1:]
+        if forward:
+            o2g = i2 + t if s is None else (i2 + t) * s
+        else:
+            o2g = i2 - t if s is None else i2 / s - t
+        graph = torch.cat([i1, o2g], dim=1)
+        ld = None
+        if logdet:
+            ld = self._logdet(s, out) if forward else -self._logdet(s, out)
+        return inp, graph, ld
+
+    def rebuild(self, y: Tensor, *cond: Tensor, logdet: bool = False):
+        """Fused rebuild: ``(x, forward(x) with graph, logdet with graph or None)`` from ``y``."""
+        return self._fused(y, cond, logdet, forward=True)
+
+    def rebuild_inverse(self, x: Tensor, *cond: Tensor, logdet: bool = False):
+        """Fused rebuild of the inverse map (used by ``Inverse(coupling)``)."""
+        return self._fused(x, cond, logdet, forward=False)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, cond_channels={self.cond_channels}"
+
+
+class AffineCoupling(_Coupling):
+    """Glow's affine coupling: ``y2 = (x2 + t(x1)) * sigmoid(r(x1) + 2)``.
+
+    Args:
+        channels: channels ``C`` of the input ``(B, C, H, W)``, at least 2.
+        hidden: hidden channels of the coupling network.
+        cond_channels: channels of the conditioning tensors the network also reads (0: ignores cond).
+        dropout: dropout in the coupling network.
+        net: a network of your own mapping ``C // 2 + cond_channels`` to ``2 * (C - C // 2)`` channels.
+    """
+
+    affine = True
+
+
+class AdditiveCoupling(_Coupling):
+    """Additive (NICE) coupling: ``y2 = x2 + t(x1)``; volume preserving.
+
+    Args: as :class:`AffineCoupling`; ``net`` maps ``C // 2 + cond_channels`` to ``C - C // 2`` channels.
+    """
+
+    affine = False
+    volume_preserving = True
