@@ -146,54 +146,59 @@ class _ChainFunction(torch.autograd.Function):
             inputs = _check_segment(cfg, ctx.states, s, e, h, kept[s], cond_leaves)
             for j in range(e - 1, s - 1, -1):
                 block, st = cfg.blocks[j], ctx.states[j]
-                x_in = inputs.get(j)
+                # buffers are restored after the vjp: batch norm saves its running stats for backward
                 with _recomputing(), st.restore_buffers(block):
-                    if x_in is not None:
-                        x_leaf = x_in.detach().requires_grad_()
-                        with torch.enable_grad(), st.replay():
-                            if grad_ld is not None:
-                                y_graph, ld_graph = forward_logdet(block, x_leaf, *cond_leaves)
-                            else:
-                                y_graph, ld_graph = block(x_leaf, *cond_leaves), None
-                    else:
-                        x_leaf, y_graph, ld_graph = _rebuild_block(j, block, st, h, cond_leaves,
-                                                                   grad_ld is not None)
-                if x_leaf.shape != st.shape:
-                    raise BlockError(
-                        f"{_name(j, block)}: inverse returned shape {tuple(x_leaf.shape)}, but the "
-                        f"block's input had shape {tuple(st.shape)}"
-                    )
-                outs, gouts = [y_graph], [g]
-                if ld_graph is not None and ld_graph.requires_grad:
-                    outs.append(ld_graph)
-                    gouts.append(grad_ld)
-                leaves = _graph_leaves(outs)
-                extra = [t for t in leaves if id(t) not in known and t is not x_leaf]
-                if extra:
-                    shapes = ", ".join(str(tuple(t.shape)) for t in extra)
-                    raise BlockError(
-                        f"{_name(j, block)} uses tensor(s) of shape {shapes} that require grad but are "
-                        "neither its parameters nor conditioning inputs of the chain; their gradients "
-                        "would be lost. Pass them as cond: chain(x, *cond), or register them in a module "
-                        "of the chain."
-                    )
-                targets = [x_leaf] + [t for t in leaves if t is not x_leaf]
-                if all(not o.requires_grad for o in outs):
-                    grads = [None] * len(targets)
-                else:
-                    with torch.enable_grad():
-                        grads = torch.autograd.grad(outs, targets, gouts, allow_unused=True)
-                g = grads[0] if grads[0] is not None else torch.zeros_like(x_leaf)
-                for t, gt in zip(targets[1:], grads[1:]):
-                    if gt is None:
-                        continue
-                    kind, k = known[id(t)]
-                    acc = grad_cond if kind == "cond" else grad_params
-                    acc[k] = gt if acc[k] is None else acc[k] + gt
+                    x_leaf, g = _block_vjp(cfg, j, block, st, inputs.get(j), h, g, grad_ld,
+                                           cond_leaves, known, grad_cond, grad_params)
                 h = x_leaf.detach()
-                del y_graph, ld_graph, outs, grads
         grad_x = g if needs[1] else None
         return (None, grad_x, *grad_cond, *grad_params)
+
+
+def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_cond, grad_params):
+    """Recompute block ``j`` with a graph (from its kept input ``x_in`` or by rebuilding it from its
+    output ``h``), check it, accumulate the cond and parameter gradients; return ``(x_leaf, grad_x)``."""
+    want_ld = grad_ld is not None
+    if x_in is not None:
+        x_leaf = x_in.detach().requires_grad_()
+        with torch.enable_grad(), st.replay():
+            if want_ld:
+                y_graph, ld_graph = forward_logdet(block, x_leaf, *cond_leaves)
+            else:
+                y_graph, ld_graph = block(x_leaf, *cond_leaves), None
+    else:
+        x_leaf, y_graph, ld_graph = _rebuild_block(j, block, st, h, cond_leaves, want_ld)
+    if x_leaf.shape != st.shape:
+        raise BlockError(
+            f"{_name(j, block)}: inverse returned shape {tuple(x_leaf.shape)}, but the "
+            f"block's input had shape {tuple(st.shape)}"
+        )
+    outs, gouts = [y_graph], [g]
+    if ld_graph is not None and ld_graph.requires_grad:
+        outs.append(ld_graph)
+        gouts.append(grad_ld)
+    leaves = _graph_leaves(outs)
+    extra = [t for t in leaves if id(t) not in known and t is not x_leaf]
+    if extra:
+        shapes = ", ".join(str(tuple(t.shape)) for t in extra)
+        raise BlockError(
+            f"{_name(j, block)} uses tensor(s) of shape {shapes} that require grad but are "
+            "neither its parameters nor conditioning inputs of the chain; their gradients "
+            "would be lost. Pass them as cond: chain(x, *cond), or register them in a module "
+            "of the chain."
+        )
+    targets = [x_leaf] + [t for t in leaves if t is not x_leaf]
+    if not any(o.requires_grad for o in outs):
+        return x_leaf, torch.zeros_like(x_leaf)
+    with torch.enable_grad():
+        grads = torch.autograd.grad(outs, targets, gouts, allow_unused=True)
+    for t, gt in zip(targets[1:], grads[1:]):
+        if gt is None:
+            continue
+        kind, k = known[id(t)]
+        acc = grad_cond if kind == "cond" else grad_params
+        acc[k] = gt if acc[k] is None else acc[k] + gt
+    return x_leaf, (grads[0] if grads[0] is not None else torch.zeros_like(x_leaf))
 
 
 def _rebuild_block(j, block, st, h, cond_leaves, want_ld):
@@ -403,7 +408,7 @@ class InvertibleChain(InvertibleModule):
     def inverse_and_logdet(self, y: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
         return self.inverse_chain().forward_and_logdet(y, *cond)
 
-    def inverse_chain(self) -> "InvertibleChain":
+    def inverse_chain(self) -> InvertibleChain:
         """The chain of the inverse blocks in reverse order, sharing parameters with this one."""
         from .block import Inverse
 

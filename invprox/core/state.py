@@ -30,7 +30,7 @@ class BlockState:
         self.autocast: List[Tuple[str, torch.dtype]] = autocast
 
     @classmethod
-    def capture(cls, x: Tensor, cond: Sequence[Tensor], preserve_rng: bool) -> "BlockState":
+    def capture(cls, x: Tensor, cond: Sequence[Tensor], preserve_rng: bool) -> BlockState:
         cpu_rng, devices, device_rng = None, [], []
         if preserve_rng:
             cpu_rng = torch.get_rng_state()
