@@ -364,3 +364,34 @@ def test_keep_every_one_is_checkpointing():
     x, c = data()
     err, _ = testing.check_chain_gradients(mixed_blocks(), x, c, keep_every=1, tol=1e-10)
     assert err < 1e-10
+
+
+class SoftThreshold(nn.Module):
+    """Not invertible: the engine keeps its input."""
+
+    invertible = False
+
+    def forward(self, x):
+        return torch.sign(x) * torch.relu(x.abs() - 0.1)
+
+
+class ReadsCond(nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+    def inverse(self, x, y):
+        return x - y
+
+
+def test_non_invertible_block_and_cond_routing():
+    """Blocks without cond in their signature get none; a non-invertible block's input is kept."""
+    x, c = data()
+    c4 = c.expand(-1, 4, -1, -1).contiguous()
+    blocks = [ReadsCond(), mixed_blocks()[1], SoftThreshold(), AdditiveCoupling(4, 6).double(), ReadsCond()]
+    err, chain = testing.check_chain_gradients(blocks, x, c4, logdet=False, tol=1e-10)
+    assert err < 1e-10
+    xg = x.clone().requires_grad_()
+    _, rec = saved_tensor_bytes(lambda: chain(xg, c4).sum(), exclude=chain.parameters())
+    assert rec.bytes == 4 * x.numel() * 8  # input, output, cond and the soft threshold's input
+    with pytest.raises(TypeError, match="invertible = False"):
+        invprox.Inverse(SoftThreshold())

@@ -17,6 +17,11 @@ and optionally
   parameters, and, when ``logdet`` is true, the log-determinant with its graph (else ``None``). An affine
   coupling does this with one pass of its network instead of two.
 * ``volume_preserving = True``: its log-determinant is zero (additive couplings, permutations).
+* ``uses_cond``: whether ``forward`` takes the ``cond`` tensors. Without the attribute it is read off
+  ``forward``'s signature (a second positional parameter or ``*args``), so ``forward(self, x)`` blocks are
+  called without cond.
+* ``invertible = False``: a block with no inverse (soft thresholding, say). The engine keeps its input in
+  the forward pass, as checkpointing would, and inverts nothing through it.
 
 ``cond`` are tensors every block may read (a measurement, a mask). They are never inverted.
 
@@ -28,6 +33,7 @@ block, filling in what the block does not provide.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Optional, Tuple
 
 import torch
@@ -35,6 +41,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "InvertibleModule",
+    "accepts_cond",
+    "is_invertible",
     "Inverse",
     "check_block",
     "forward_logdet",
@@ -89,8 +97,11 @@ class Inverse(InvertibleModule):
     def __init__(self, block: nn.Module):
         super().__init__()
         check_block(block)
+        if not is_invertible(block):
+            raise TypeError(f"Inverse({type(block).__name__}): the block is marked invertible = False")
         self.block = block
         self.volume_preserving = bool(getattr(block, "volume_preserving", False))
+        self.uses_cond = accepts_cond(block)
 
     def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
         return self.block.inverse(x, *cond)
@@ -114,11 +125,33 @@ class Inverse(InvertibleModule):
         return ""
 
 
+def is_invertible(block: nn.Module) -> bool:
+    """False for blocks marked ``invertible = False`` (the engine keeps their input instead)."""
+    return bool(getattr(block, "invertible", True))
+
+
+def accepts_cond(block: nn.Module) -> bool:
+    """Whether the engine passes the chain's ``cond`` tensors to ``block`` (see the module docstring)."""
+    flag = getattr(block, "uses_cond", None)
+    if flag is not None:
+        return bool(flag)
+    try:
+        params = list(inspect.signature(block.forward).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) > 1
+
+
 def check_block(block: object, index: Optional[int] = None) -> None:
     """Raise ``TypeError`` unless ``block`` is a module with callable ``forward`` and ``inverse``."""
     where = f"block {index} ({type(block).__name__})" if index is not None else type(block).__name__
     if not isinstance(block, nn.Module):
         raise TypeError(f"{where} is not a torch.nn.Module; invertible blocks must be modules")
+    if not is_invertible(block):
+        return
     if not callable(getattr(block, "inverse", None)):
         raise TypeError(
             f"{where} has no inverse(y, *cond) method; every block of an invertible chain must be "

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .block import InvertibleModule, check_block, forward_logdet, rebuild
+from .block import InvertibleModule, accepts_cond, check_block, forward_logdet, is_invertible, rebuild
 from .state import BlockState
 
 __all__ = ["InvertibleChain", "DriftError", "DriftWarning", "BlockError", "is_recomputing"]
@@ -64,6 +64,8 @@ class BlockError(RuntimeError):
 @dataclass
 class _Config:
     blocks: Sequence[nn.Module]
+    uses_cond: Sequence[bool]
+    invertible: Sequence[bool]
     params: List[Tensor]
     n_cond: int
     logdet: bool
@@ -90,17 +92,18 @@ class _ChainFunction(torch.autograd.Function):
         ld_total = x.new_zeros(x.shape[0]) if cfg.logdet else None
         version = x._version
         for i, block in enumerate(cfg.blocks):
-            if i > 0 and cfg.keep_every and i % cfg.keep_every == 0:
+            if i > 0 and (not cfg.invertible[i] or (cfg.keep_every and i % cfg.keep_every == 0)):
                 kept_idx.append(i)
                 kept.append(h)
             st = BlockState.capture(h, cond, cfg.preserve_rng_state)
             states.append(st)
+            cb = cond if cfg.uses_cond[i] else ()
             try:
                 if cfg.logdet:
-                    h, ld = forward_logdet(block, h, *cond)
+                    h, ld = forward_logdet(block, h, *cb)
                     ld_total = ld_total + ld
                 else:
-                    h = block(h, *cond)
+                    h = block(h, *cb)
             except BlockError:
                 raise
             except Exception as e:
@@ -159,6 +162,8 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
     """Recompute block ``j`` with a graph (from its kept input ``x_in`` or by rebuilding it from its
     output ``h``), check it, accumulate the cond and parameter gradients; return ``(x_leaf, grad_x)``."""
     want_ld = grad_ld is not None
+    if not cfg.uses_cond[j]:
+        cond_leaves = ()
     if x_in is not None:
         x_leaf = x_in.detach().requires_grad_()
         with torch.enable_grad(), st.replay():
@@ -214,8 +219,9 @@ def _invert_segment(cfg: _Config, states, s: int, e: int, h: Tensor, cond) -> Te
     with torch.no_grad():
         for j in range(e - 1, s - 1, -1):
             block, st = cfg.blocks[j], states[j]
+            cb = cond if cfg.uses_cond[j] else ()
             with _recomputing(), st.restore_buffers(block), st.replay():
-                h = block.inverse(h, *cond)
+                h = block.inverse(h, *cb)
     return h
 
 
@@ -226,7 +232,7 @@ def _check_segment(cfg: _Config, states, s, e, h, x_kept, cond) -> Dict[int, Ten
         return inputs
     x_rebuilt = _invert_segment(cfg, states, s + 1, e, h, cond)
     with torch.no_grad(), states[s].replay():
-        x_ref = cfg.blocks[s](x_kept, *cond)
+        x_ref = cfg.blocks[s](x_kept, *(cond if cfg.uses_cond[s] else ()))
     err = float((x_rebuilt - x_ref).norm() / x_ref.norm().clamp_min(1e-30))
     cfg.drift.append((s + 1, err))
     if not (err > cfg.check_tol):  # also catches NaN
@@ -246,7 +252,7 @@ def _check_segment(cfg: _Config, states, s, e, h, x_kept, cond) -> Dict[int, Ten
         hh = x_kept
         for j in range(s, e - 1):
             with _recomputing(), states[j].restore_buffers(cfg.blocks[j]), states[j].replay():
-                hh = cfg.blocks[j](hh, *cond)
+                hh = cfg.blocks[j](hh, *(cond if cfg.uses_cond[j] else ()))
             inputs[j + 1] = hh
     return inputs
 
@@ -372,24 +378,37 @@ class InvertibleChain(InvertibleModule):
         )
         if not self.memory_efficient or not needs_grad:
             return self._plain(x, cond, logdet)
+        blocks = list(self.blocks)
         cfg = _Config(
-            blocks=list(self.blocks), params=params, n_cond=len(cond), logdet=logdet,
+            blocks=blocks, uses_cond=self._flags(blocks, accepts_cond),
+            invertible=self._flags(blocks, is_invertible), params=params, n_cond=len(cond), logdet=logdet,
             keep_every=self.keep_every, check=self.check, check_tol=self.check_tol,
             preserve_rng_state=self.preserve_rng_state, drift=[],
         )
         self.last_drift = cfg.drift
         return _ChainFunction.apply(cfg, x, *cond, *params)
 
+    def _flags(self, blocks, fn) -> List[bool]:
+        key = (fn.__name__, tuple(id(b) for b in blocks))
+        cache = self.__dict__.setdefault("_flag_cache", {})
+        if key not in cache:
+            if len(cache) > 8:
+                cache.clear()
+            cache[key] = [fn(b) for b in blocks]
+        return cache[key]
+
     def _plain(self, x, cond, logdet):
         h = x
         ld = x.new_zeros(x.shape[0]) if logdet else None
+        uses = self._flags(list(self.blocks), accepts_cond)
         for i, b in enumerate(self.blocks):
+            cb = cond if uses[i] else ()
             try:
                 if logdet:
-                    h, l_i = forward_logdet(b, h, *cond)
+                    h, l_i = forward_logdet(b, h, *cb)
                     ld = ld + l_i
                 else:
-                    h = b(h, *cond)
+                    h = b(h, *cb)
             except Exception as e:
                 raise BlockError(f"{_name(i, b)} failed on input of shape {tuple(h.shape)}: {e}") from e
         return (h, ld) if logdet else h
