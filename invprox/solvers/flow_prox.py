@@ -1,0 +1,209 @@
+"""The unrolled proximal-gradient solver with normalizing-flow prox (Wei et al., ICASSP 2022 / IEEE TSP).
+
+One fold ``k`` maps ``x`` (flow space, ``x01 - 0.5``) to
+
+    x~ = x - mu_k A^T (A x - y~)       data consistency, y~ = y - A(1/2) (the measurement in flow space)
+    z~ = f_k(x~)                       into the latent space of the k-th Glow
+    z  = shrink_k(z~)                  z~ / (1 + lambda_k) (Gaussian prior) or soft thresholding (Laplace)
+    x' = g_k(z) = f_k^-1(z)            back to image space
+
+and all K folds run as ONE :class:`invprox.InvertibleChain` of the folds' blocks (DC, every Glow layer,
+the shrinkage, every inverse Glow layer), with the measurement as conditioning input. The backward pass
+rebuilds each layer's input by inversion, so activation memory does not grow with K (or with the Glow's
+depth). The Laplace shrinkage is not invertible: the engine keeps its input (one image per fold).
+
+The start is ``x_0 = g_1(0)``, the most likely image of the (first) flow. Every fold ends with the
+shrinkage and ``g_k`` (the fold of DESIGN.md; the paper's eq. 11 would skip the last shrinkage, which makes
+the last fold's ``g_K(f_K(.))`` an identity).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..core.block import Inverse, InvertibleModule
+from ..core.chain import InvertibleChain
+from ..physics import DataConsistency
+
+__all__ = ["LatentShrinkage", "SoftThreshold", "FlowProxSolver"]
+
+
+def _inv_softplus(v: float) -> float:
+    return math.log(math.expm1(v))
+
+
+class LatentShrinkage(InvertibleModule):
+    """``z -> z / (1 + lambda)``: the proximal step of a standard Gaussian latent prior.
+
+    ``lambda = softplus(raw) >= 0`` whatever the optimiser does, so the map is always invertible.
+
+    Args:
+        lam_init: initial ``lambda`` (> 0).
+    """
+
+    uses_cond = False
+
+    def __init__(self, lam_init: float = 0.1):
+        super().__init__()
+        if not lam_init > 0:
+            raise ValueError(f"lam_init must be positive, got {lam_init!r}")
+        self.raw_lam = nn.Parameter(torch.tensor(_inv_softplus(float(lam_init))))
+
+    @property
+    def lam(self) -> Tensor:
+        return F.softplus(self.raw_lam)
+
+    def _factor(self, z: Tensor) -> Tensor:
+        return (1.0 / (1.0 + self.lam)).to(z.dtype)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return z * self._factor(z)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y / self._factor(y)
+
+    def forward_and_logdet(self, z: Tensor):
+        c = self._factor(z)
+        return z * c, torch.log(c).expand(z.shape[0]) * z[0].numel()
+
+    def extra_repr(self) -> str:
+        return f"lam={float(self.lam):.4g}"
+
+
+class SoftThreshold(nn.Module):
+    """``z -> sign(z) max(|z| - lambda, 0)``: the proximal step of a Laplace latent prior.
+
+    Not invertible (``invertible = False``): the engine keeps its input.
+    """
+
+    invertible = False
+    uses_cond = False
+
+    def __init__(self, lam_init: float = 0.1):
+        super().__init__()
+        if not lam_init > 0:
+            raise ValueError(f"lam_init must be positive, got {lam_init!r}")
+        self.raw_lam = nn.Parameter(torch.tensor(_inv_softplus(float(lam_init))))
+
+    @property
+    def lam(self) -> Tensor:
+        return F.softplus(self.raw_lam)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sign(z) * F.relu(z.abs() - self.lam.to(z.dtype))
+
+
+class FlowProxSolver(nn.Module):
+    """K folds of (DC, Glow, latent shrinkage, inverse Glow) trained end to end through the engine.
+
+    Args:
+        flow: a (pre-trained) :class:`invprox.flows.Glow`; it is copied into every fold ("untied"), or
+            shared by all folds when ``tied``.
+        physics: the forward operator (``A``, ``A_adjoint``), e.g. from :func:`invprox.physics.make_physics`.
+            It may be swapped per call: ``solver(y, physics=op)``.
+        K: number of folds.
+        tied: share one flow between all folds.
+        shrinkage: ``"gaussian"`` (``z / (1 + lambda)``) or ``"laplace"`` (soft thresholding); default:
+            the flow's prior.
+        mu_init: initial step ``mu_k`` as a fraction of ``1 / ||A||^2``.
+        lam_init: initial ``lambda_k``.
+        keep_every, check: the engine's drift policy (see :class:`invprox.InvertibleChain`), counted in
+            blocks of the flat chain; :meth:`fold_blocks` tells how many blocks a fold has.
+        memory_efficient: ``False`` trains with standard autograd (for comparison).
+
+    Shapes:
+        ``y``: the measurement, shape of ``physics.A(x)``; output: ``(B, C, H, W)`` in image space
+        ``[0, 1]`` (not clamped; clamp for display and metrics).
+    """
+
+    def __init__(
+        self,
+        flow: nn.Module,
+        physics: Any,
+        K: int = 4,
+        tied: bool = False,
+        shrinkage: Optional[str] = None,
+        mu_init: float = 0.5,
+        lam_init: float = 0.1,
+        keep_every: Optional[int] = None,
+        check: Optional[str] = None,
+        memory_efficient: bool = True,
+    ):
+        super().__init__()
+        if not isinstance(K, int) or K < 1:
+            raise ValueError(f"K must be a positive int, got {K!r}")
+        if not hasattr(flow, "chain") or not hasattr(flow, "image_size"):
+            raise TypeError(f"flow must be an invprox.flows.Glow, got {type(flow).__name__}")
+        shrinkage = shrinkage or getattr(flow, "prior", "gaussian")
+        if shrinkage not in ("gaussian", "laplace"):
+            raise ValueError(f"shrinkage must be 'gaussian' or 'laplace', got {shrinkage!r}")
+        self.K, self.tied, self.shrinkage = K, tied, shrinkage
+        self.image_shape = (flow.in_channels, *flow.image_size)
+        flows = [flow] * K if tied else [copy.deepcopy(flow) for _ in range(K)]
+        self.flows = nn.ModuleList(flows[:1] if tied else flows)
+        self.dc = nn.ModuleList(DataConsistency(physics, mu_init=mu_init) for _ in range(K))
+        shrink = LatentShrinkage if shrinkage == "gaussian" else SoftThreshold
+        self.shrink = nn.ModuleList(shrink(lam_init) for _ in range(K))
+        self._physics = physics
+        blocks: List[nn.Module] = []
+        for k in range(K):
+            fb = list(flows[k].chain.blocks)
+            blocks += [self.dc[k], *fb, self.shrink[k], *[Inverse(b) for b in reversed(fb)]]
+        self.chain = InvertibleChain(
+            blocks, keep_every=keep_every, check=check, memory_efficient=memory_efficient
+        )
+
+    @property
+    def physics(self) -> Any:
+        return self._physics
+
+    @physics.setter
+    def physics(self, op: Any) -> None:
+        for dc in self.dc:
+            dc.physics = op
+        self._physics = op
+
+    @property
+    def memory_efficient(self) -> bool:
+        return self.chain.memory_efficient
+
+    @memory_efficient.setter
+    def memory_efficient(self, value: bool) -> None:
+        self.chain.memory_efficient = bool(value)
+
+    def fold_blocks(self) -> int:
+        """Number of engine blocks per fold."""
+        return len(self.chain) // self.K
+
+    def step_parameters(self) -> List[nn.Parameter]:
+        """The learned step sizes ``mu_k`` and shrinkages ``lambda_k`` (own learning rate in the paper)."""
+        return [p for m in (*self.dc, *self.shrink) for p in m.parameters()]
+
+    def param_groups(self, lr_net: float = 1e-5, lr_step: float = 1e-2) -> List[Dict[str, Any]]:
+        """Optimizer groups: flows at ``lr_net``, ``mu``, ``lambda`` at ``lr_step`` (paper: 1e-5, 1e-2)."""
+        step_ids = {id(p) for p in self.step_parameters()}
+        net = [p for p in self.parameters() if id(p) not in step_ids]
+        return [{"params": net, "lr": lr_net}, {"params": self.step_parameters(), "lr": lr_step}]
+
+    def start(self, batch: int, like: Tensor) -> Tensor:
+        """``x_0 = g_1(0)`` in flow space, shape ``(batch, C, H, W)`` (no gradient)."""
+        with torch.no_grad():
+            z = torch.zeros((1, *self.image_shape), dtype=like.dtype, device=like.device)
+            return self.flows[0].inverse(z).expand(batch, *self.image_shape).contiguous()
+
+    def forward(self, y: Tensor, physics: Any = None) -> Tensor:
+        """Reconstruct from the measurement ``y``; returns the image estimate in ``[0, 1]`` space."""
+        if physics is not None:
+            self.physics = physics
+        if not isinstance(y, Tensor) or y.dim() < 2:
+            raise ValueError(f"y must be a batched measurement tensor, got {type(y).__name__}")
+        x0 = self.start(y.shape[0], y)
+        half = torch.full_like(x0[:1], 0.5)
+        y_flow = y - self.physics.A(half)
+        return self.chain(x0, y_flow) + 0.5

@@ -1,0 +1,108 @@
+"""The unrolled flow-prox solver: gradients through the engine, memory flat in K, parameter handling."""
+
+import copy
+
+import pytest
+import torch
+
+from invprox import testing
+from invprox.core import saved_tensor_bytes
+from invprox.flows import Glow
+from invprox.physics import make_physics
+from invprox.solvers import FlowProxSolver
+
+DT = torch.float64
+TASK_KW = {"compressed_sensing": {"m": 8}, "superresolution": {"factor": 2}}
+
+
+def tiny_glow(seed=0, prior="gaussian"):
+    torch.manual_seed(seed)
+    g = Glow(in_channels=1, image_size=4, levels=1, steps=1, hidden=3, prior=prior).to(DT)
+    testing.randomize_parameters(g, 0.2, seed=seed)
+    with torch.no_grad():  # initialise ActNorm once, as pre-training would
+        g(torch.rand(4, 1, 4, 4, dtype=DT) - 0.5)
+    return g
+
+
+def measurement(op, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, 1, 4, 4, generator=gen, dtype=DT)
+    y = op.A(x)
+    return x, y + 0.05 * torch.randn(y.shape, generator=gen, dtype=DT)
+
+
+@pytest.mark.parametrize("task", ["denoising", "inpainting", "deblurring", "superresolution",
+                                  "compressed_sensing"])
+def test_solver_gradients_equal_standard_autograd(task):
+    op = make_physics(task, (1, 4, 4), **TASK_KW.get(task, {}))
+    solver = FlowProxSolver(tiny_glow(), op, K=2)
+    plain = copy.deepcopy(solver)
+    plain.memory_efficient = False
+    x, y = measurement(op)
+    grads = []
+    for m in (solver, plain):
+        yy = y.clone().requires_grad_()
+        loss = (m(yy) - x).square().sum()
+        grads.append(torch.autograd.grad(loss, [yy, *m.parameters()]))
+    assert testing.relative_error(grads[0], grads[1]) < 1e-10
+
+
+def test_solver_gradcheck_denoising_laplace():
+    op = make_physics("denoising", (1, 4, 4))
+    solver = FlowProxSolver(tiny_glow(prior="laplace"), op, K=2)
+    assert solver.shrinkage == "laplace"
+    _, y = measurement(op)
+    y = y[:1].requires_grad_()
+    assert torch.autograd.gradcheck(solver, (y,), fast_mode=True)
+
+
+def test_tied_solver_shares_one_flow():
+    op = make_physics("denoising", (1, 4, 4))
+    g = tiny_glow()
+    tied = FlowProxSolver(g, op, K=3, tied=True)
+    untied = FlowProxSolver(g, op, K=3)
+    n_flow = sum(p.numel() for p in g.parameters())
+    n_step = 2 * 3
+    assert sum(p.numel() for p in tied.parameters()) == n_flow + n_step
+    assert sum(p.numel() for p in untied.parameters()) == 3 * n_flow + n_step
+    x, y = measurement(op)
+    (tied(y) - x).square().sum().backward()
+    assert all(p.grad is not None for p in tied.parameters())
+
+
+def test_activation_memory_flat_in_K_standard_grows():
+    op = make_physics("denoising", (1, 4, 4))
+    _, y = measurement(op)
+    out = {}
+    for K in (1, 8):
+        for eff in (True, False):
+            s = FlowProxSolver(tiny_glow(), op, K=K, memory_efficient=eff)
+            _, rec = saved_tensor_bytes(lambda s=s: s(y).sum(), exclude=s.parameters())
+            out[K, eff] = rec.bytes
+    assert out[8, True] <= 1.2 * out[1, True]
+    assert out[8, False] >= 6 * out[1, False]
+
+
+def test_param_groups_and_step_ranges():
+    op = make_physics("inpainting", (1, 4, 4), p_missing=0.3, generator=torch.Generator().manual_seed(0))
+    s = FlowProxSolver(tiny_glow(), op, K=2, mu_init=0.3, lam_init=0.2)
+    groups = s.param_groups(1e-5, 1e-2)
+    assert len(groups[1]["params"]) == 4
+    assert sum(len(g["params"]) for g in groups) == len(list(s.parameters()))
+    with torch.no_grad():
+        for p in s.step_parameters():
+            p.fill_(1e4)
+    for dc in s.dc:
+        assert 0 < float(dc.mu.detach()) < 1.0 / op.norm_sq()
+    x, y = measurement(op)
+    assert torch.isfinite(s(y)).all()
+
+
+def test_bad_arguments():
+    op = make_physics("denoising", (1, 4, 4))
+    with pytest.raises(ValueError, match="K must be"):
+        FlowProxSolver(tiny_glow(), op, K=0)
+    with pytest.raises(TypeError, match="Glow"):
+        FlowProxSolver(torch.nn.Linear(2, 2), op, K=1)
+    with pytest.raises(ValueError, match="shrinkage"):
+        FlowProxSolver(tiny_glow(), op, K=1, shrinkage="cauchy")
