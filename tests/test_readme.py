@@ -3,7 +3,7 @@
 import pathlib
 import re
 
-import torch
+from invprox.testing import relative_error
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -17,5 +17,5 @@ def test_quick_start_runs_and_matches_standard_autograd():
     model.zero_grad()
     model.memory_efficient = False
     (model(x0, y) - y).square().mean().backward()
-    for g, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-7)
+    # float32, 96 blocks: the whole gradient vector agrees to 1e-4 relative (DESIGN.md)
+    assert relative_error(grads, [p.grad for p in model.parameters()]) < 1e-4
