@@ -17,5 +17,5 @@ def test_quick_start_runs_and_matches_standard_autograd():
     model.zero_grad()
     model.memory_efficient = False
     (model(x0, y) - y).square().mean().backward()
-    # float32, 96 blocks: the whole gradient vector agrees to 1e-4 relative (DESIGN.md)
-    assert relative_error(grads, [p.grad for p in model.parameters()]) < 1e-4
+    # float32, 96 blocks: the whole gradient vector agrees to 1e-4 relative (DESIGN.md); measured 1e-7
+    assert relative_error(grads, [p.grad for p in model.parameters()]) < 1e-6
