@@ -161,6 +161,14 @@ def test_dropout_random_state_replayed():
     assert testing.relative_error(other, grads[1]) > 1e-3
 
 
+def test_random_state_kept_only_for_blocks_that_draw_random_numbers():
+    blocks = [AffineCoupling(4, 8).double(), DropoutBlock().double(), AdditiveCoupling(4, 8).double()]
+    x, _ = data()
+    y = invprox.InvertibleChain(blocks)(x.requires_grad_())
+    kept = [st.cpu_rng is not None for st in y.grad_fn.states]  # grad_fn is the Function's ctx
+    assert kept == [False, True, False]
+
+
 def test_autograd_api_grad_backward_inputs_and_leaf():
     blocks = mixed_blocks()
     chain = invprox.InvertibleChain(blocks)

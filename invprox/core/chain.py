@@ -91,12 +91,11 @@ class _ChainFunction(torch.autograd.Function):
         h = x
         ld_total = x.new_zeros(x.shape[0]) if cfg.logdet else None
         version = x._version
+        st = BlockState.capture(x, cond, cfg.preserve_rng_state)
         for i, block in enumerate(cfg.blocks):
             if i > 0 and (not cfg.invertible[i] or (cfg.keep_every and i % cfg.keep_every == 0)):
                 kept_idx.append(i)
                 kept.append(h)
-            st = BlockState.capture(h, cond, cfg.preserve_rng_state)
-            states.append(st)
             cb = cond if cfg.uses_cond[i] else ()
             try:
                 if cfg.logdet:
@@ -110,6 +109,10 @@ class _ChainFunction(torch.autograd.Function):
                 raise BlockError(f"{_name(i, block)} failed on input of shape {tuple(st.shape)}: {e}") from e
             if not isinstance(h, Tensor):
                 raise BlockError(f"{_name(i, block)} returned {type(h).__name__}, expected a Tensor")
+            nxt = BlockState.capture(h, cond, cfg.preserve_rng_state)
+            st.settle(nxt)
+            states.append(st)
+            st = nxt
         if x._version != version:
             raise BlockError(
                 "a block modified the chain's input in place; blocks must return new tensors"

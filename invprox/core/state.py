@@ -42,6 +42,19 @@ class BlockState:
         ]
         return cls(x.shape, cpu_rng, devices, device_rng, autocast)
 
+    def settle(self, after: BlockState) -> None:
+        """Forget the random state if the block drew no random numbers (the state ``after`` it is the same).
+
+        Deterministic blocks then need no replay in the backward, and the chain keeps random states only
+        for blocks with dropout or other randomness.
+        """
+        if self.cpu_rng is None:
+            return
+        same = torch.equal(self.cpu_rng, after.cpu_rng) and len(self.device_rng) == len(after.device_rng)
+        same = same and all(torch.equal(a, b) for a, b in zip(self.device_rng, after.device_rng))
+        if same:
+            self.cpu_rng, self.devices, self.device_rng = None, [], []
+
     @contextlib.contextmanager
     def replay(self):
         with contextlib.ExitStack() as stack:
