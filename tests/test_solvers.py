@@ -106,3 +106,15 @@ def test_bad_arguments():
         FlowProxSolver(torch.nn.Linear(2, 2), op, K=1)
     with pytest.raises(ValueError, match="shrinkage"):
         FlowProxSolver(tiny_glow(), op, K=1, shrinkage="cauchy")
+
+
+def test_physics_swapped_per_call_and_not_in_state_dict():
+    op1 = make_physics("inpainting", (1, 4, 4), p_missing=0.5, generator=torch.Generator().manual_seed(1))
+    op2 = make_physics("inpainting", (1, 4, 4), p_missing=0.5, generator=torch.Generator().manual_seed(2))
+    s = FlowProxSolver(tiny_glow(), op1, K=2)
+    x, y = measurement(op2)
+    out1 = s(y)
+    out2 = s(y, physics=op2)
+    assert s.physics is op2 and all(dc.physics is op2 for dc in s.dc)
+    assert not torch.allclose(out1, out2)
+    assert not any("mask" in k for k in s.state_dict())

@@ -73,7 +73,7 @@ class LatentShrinkage(InvertibleModule):
         return z * c, torch.log(c).expand(z.shape[0]) * z[0].numel()
 
     def extra_repr(self) -> str:
-        return f"lam={float(self.lam):.4g}"
+        return f"lam={float(self.lam.detach()):.4g}"
 
 
 class SoftThreshold(nn.Module):
@@ -150,7 +150,7 @@ class FlowProxSolver(nn.Module):
         self.dc = nn.ModuleList(DataConsistency(physics, mu_init=mu_init) for _ in range(K))
         shrink = LatentShrinkage if shrinkage == "gaussian" else SoftThreshold
         self.shrink = nn.ModuleList(shrink(lam_init) for _ in range(K))
-        self._physics = physics
+        self.physics = physics
         blocks: List[nn.Module] = []
         for k in range(K):
             fb = list(flows[k].chain.blocks)
@@ -159,15 +159,18 @@ class FlowProxSolver(nn.Module):
             blocks, keep_every=keep_every, check=check, memory_efficient=memory_efficient
         )
 
+    # ``physics`` is state, not a submodule (as in DataConsistency): not in state_dict, swappable per call
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "physics":
+            for dc in self.dc:
+                dc.physics = value
+            self.__dict__["_physics"] = value
+        else:
+            super().__setattr__(name, value)
+
     @property
     def physics(self) -> Any:
-        return self._physics
-
-    @physics.setter
-    def physics(self, op: Any) -> None:
-        for dc in self.dc:
-            dc.physics = op
-        self._physics = op
+        return self.__dict__["_physics"]
 
     @property
     def memory_efficient(self) -> bool:
@@ -204,6 +207,6 @@ class FlowProxSolver(nn.Module):
         if not isinstance(y, Tensor) or y.dim() < 2:
             raise ValueError(f"y must be a batched measurement tensor, got {type(y).__name__}")
         x0 = self.start(y.shape[0], y)
-        half = torch.full_like(x0[:1], 0.5)
+        half = torch.full_like(x0, 0.5)
         y_flow = y - self.physics.A(half)
         return self.chain(x0, y_flow) + 0.5

@@ -1,0 +1,240 @@
+"""What training and evaluation of unrolled solvers share: task physics, seeded measurements, solver files.
+
+* :func:`physics_options` / :func:`task_physics`: a task name and its options (``p_missing``, ``kernel``,
+  ``blur_std``, ``factor``, ``cs_ratio``) to an operator. Inpainting is the one random task: every training
+  batch gets a new mask; the compressed-sensing matrix is fixed by the seed (it is part of the problem).
+* :func:`fixed_measurements`: the measurement of image ``i`` at noise ``sigma`` is a pure function of
+  ``(seed, stream, i, sigma)``, whatever the batch size or order (validation and evaluation).
+* :func:`build_solver`, :func:`save_solver`, :func:`load_solver`: a ``solver.pt`` holds the training
+  config, the solver's state dict and, for flow solvers, the Glow config, so it rebuilds without the
+  pre-trained flow file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..physics import TASKS, make_physics
+
+__all__ = [
+    "PROX_KINDS",
+    "RANDOM_TASKS",
+    "SOLVER_FORMAT",
+    "normalize_task",
+    "mix_seed",
+    "physics_options",
+    "task_physics",
+    "fixed_measurements",
+    "load_model_state",
+    "load_flow",
+    "build_solver",
+    "save_solver",
+    "load_solver",
+]
+
+PROX_KINDS = ("flow", "resnet", "unet")
+RANDOM_TASKS = ("inpainting",)
+SOLVER_FORMAT = "invprox.solver/1"
+_STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4}
+
+
+def normalize_task(task: str) -> str:
+    """The canonical task name (``"super-resolution"`` -> ``"superresolution"``).
+
+    Raises:
+        ValueError: an unknown task; the message lists the valid ones.
+    """
+    name = str(task).lower().replace("-", "_").replace(" ", "_")
+    name = {"super_resolution": "superresolution", "compressedsensing": "compressed_sensing",
+            "cs": "compressed_sensing", "sr": "superresolution"}.get(name, name)
+    if name not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks are: {', '.join(TASKS)}")
+    return name
+
+
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (independent streams for different tuples)."""
+    words = [int(p) & 0xFFFFFFFF for p in parts] + [(int(p) >> 32) & 0xFFFFFFFF for p in parts]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) >> 1
+
+
+def _sigma_key(sigma: float) -> int:
+    return int(round(float(sigma) * 1e6))
+
+
+def physics_options(
+    task: str, p_missing: float = 0.5, kernel: str = "gaussian", blur_std: float = 2.0,
+    factor: int = 2, cs_ratio: float = 0.25, seed: int = 0,
+) -> Dict[str, Any]:
+    """The :func:`invprox.physics.make_physics` options of ``task`` (only those it takes).
+
+    Raises:
+        ValueError: unknown task, or ``kernel`` not ``"gaussian"``/``"motion"``.
+    """
+    task = normalize_task(task)
+    if task == "inpainting":
+        return {"p_missing": float(p_missing)}
+    if task == "deblurring":
+        if kernel not in ("gaussian", "motion"):
+            raise ValueError(f"kernel must be 'gaussian' or 'motion', got {kernel!r}")
+        return {"blur": kernel, "std": float(blur_std)} if kernel == "gaussian" else {"blur": kernel}
+    if task == "superresolution":
+        return {"factor": int(factor)}
+    if task == "compressed_sensing":
+        return {"ratio": float(cs_ratio), "seed": mix_seed(seed, 7)}
+    return {}
+
+
+def task_physics(
+    task: str, shape: Sequence[int], options: Dict[str, Any], generator: Optional[torch.Generator] = None
+) -> nn.Module:
+    """The operator of ``task`` for images ``shape`` ``(C, H, W)``; ``generator`` draws a random mask."""
+    task = normalize_task(task)
+    kw = dict(options)
+    if task in RANDOM_TASKS and generator is not None:
+        kw["generator"] = generator
+    return make_physics(task, tuple(shape), **kw)
+
+
+def fixed_measurements(
+    x: Tensor, indices: Sequence[int], task: str, options: Dict[str, Any], sigma: float, seed: int,
+    stream: str = "val", batch: int = 16, physics: Optional[nn.Module] = None,
+) -> List[Tuple[int, int, Tensor, nn.Module]]:
+    """Deterministic measurements of images ``x`` ``(N, C, H, W)`` whose data-set indices are ``indices``.
+
+    The noise of image ``i`` is drawn from a generator seeded with ``(seed, stream, i, sigma)``; for a
+    random task its mask from ``(seed, i)`` alone (the same mask at every ``sigma``), and each such image
+    is its own group.
+
+    Returns:
+        Groups ``(start, end, y, physics)``: ``y`` measures ``x[start:end]`` through ``physics``.
+    """
+    task = normalize_task(task)
+    shape = tuple(x.shape[1:])
+    random_task = task in RANDOM_TASKS
+    if physics is None and not random_task:
+        physics = task_physics(task, shape, options)
+    step = 1 if random_task else max(1, int(batch))
+    groups = []
+    for start in range(0, len(x), step):
+        end = min(start + step, len(x))
+        op = physics
+        if random_task:
+            gm = torch.Generator().manual_seed(mix_seed(seed, _STREAMS["mask"], int(indices[start])))
+            op = task_physics(task, shape, options, gm)
+        ys = []
+        for j in range(start, end):
+            g = torch.Generator().manual_seed(
+                mix_seed(seed, _STREAMS[stream], int(indices[j]), _sigma_key(sigma)))
+            ys.append(op.measure(x[j : j + 1], float(sigma), g))
+        groups.append((start, end, torch.cat(ys), op))
+    return groups
+
+
+def load_model_state(solver: nn.Module, state: Dict[str, Tensor]) -> None:
+    """Load a solver's state dict, with a readable error when it belongs to another solver.
+
+    Raises:
+        ValueError: missing or unexpected keys.
+    """
+    res = solver.load_state_dict(state, strict=False)
+    if res.missing_keys or res.unexpected_keys:
+        raise ValueError(f"the saved state does not fit this solver: missing {res.missing_keys[:5]}, "
+                         f"unexpected {res.unexpected_keys[:5]}")
+
+
+def load_flow(path: Optional[str], size: int, channels: int) -> nn.Module:
+    """Load a pre-trained Glow (``flow.pt`` of ``invprox pretrain``) and check it fits the images.
+
+    Raises:
+        ValueError: no path, or a flow of another image shape. FileNotFoundError: no such file.
+    """
+    from ..flows.glow import Glow
+
+    if not path:
+        raise ValueError("--prox flow needs a pre-trained Glow: pass --flow PATH "
+                         "(the flow.pt written by `invprox pretrain`)")
+    flow = Glow.load(path)
+    if flow.in_channels != channels or tuple(flow.image_size) != (size, size):
+        h, w = flow.image_size
+        raise ValueError(f"the flow {path} models {flow.in_channels}x{h}x{w} images, but the data is "
+                         f"{channels}x{size}x{size}: use --size/--channels to match")
+    return flow
+
+
+def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.Module] = None) -> nn.Module:
+    """A fresh solver from a training config (``prox``, ``K``, ``channels``, ``size`` and the prox options).
+
+    Raises:
+        ValueError: unknown ``prox``, or ``prox="flow"`` without a flow.
+    """
+    kind = config["prox"]
+    if kind not in PROX_KINDS:
+        raise ValueError(f"prox must be one of {PROX_KINDS}, got {kind!r}")
+    if kind == "flow":
+        if flow is None:
+            raise ValueError("--prox flow needs a pre-trained Glow: pass --flow PATH "
+                             "(the flow.pt written by `invprox pretrain`)")
+        kw: Dict[str, Any] = {"tied": bool(config.get("tied")), "shrinkage": config.get("shrinkage"),
+                              "keep_every": config.get("keep_every"),
+                              "memory_efficient": not config.get("standard_autograd", False)}
+    else:
+        kw = {"checkpoint": bool(config.get("checkpoint_folds"))}
+        for key in ("features", "n_blocks", "depth"):
+            if config.get(key) is not None:
+                kw[key] = config[key]
+    from ..solvers.factory import build_solver as factory
+
+    return factory(kind, physics, config["K"], config["channels"], config["size"], flow=flow, **kw)
+
+
+def save_solver(path: Union[str, os.PathLike], solver: nn.Module, config: Dict[str, Any],
+                flow_config: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Write a solver with everything :func:`load_solver` needs (atomic, checksummed)."""
+    from .checkpoint import save_checkpoint
+
+    state = {k: v.detach().cpu() for k, v in solver.state_dict().items()}
+    return save_checkpoint(path, {"format": SOLVER_FORMAT, "config": dict(config), "state_dict": state,
+                                  "flow_config": None if flow_config is None else dict(flow_config),
+                                  "extra": dict(extra or {})}, keep_previous=False)
+
+
+def load_solver(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu",
+                physics: Optional[nn.Module] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Rebuild a solver written by :func:`save_solver`, in evaluation mode.
+
+    Args:
+        path: the ``solver.pt`` file.
+        device: where to put it.
+        physics: the operator to start with (default: the task's, a random task's with a fixed mask).
+
+    Returns:
+        ``(solver, config)``.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a solver file.
+        invprox.train.CheckpointError: truncated or corrupt.
+    """
+    from .checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or state.get("format") != SOLVER_FORMAT:
+        raise ValueError(f"{path} is not a solver file written by `invprox train` (format {SOLVER_FORMAT})")
+    config = dict(state["config"])
+    shape = (config["channels"], config["size"], config["size"])
+    if physics is None:
+        physics = task_physics(config["task"], shape, config["physics_options"], torch.Generator())
+    flow = None
+    if state.get("flow_config") is not None:
+        from ..flows.glow import Glow
+
+        flow = Glow.from_config(state["flow_config"])
+    solver = build_solver(config, physics, flow)
+    load_model_state(solver, state["state_dict"])
+    return solver.to(device).eval(), config

@@ -1,0 +1,365 @@
+"""End-to-end training of an unrolled solver (flow, ResNet or U-Net prox): the ``invprox train`` subcommand.
+
+Python::
+
+    from invprox.train.solver_train import train_solver
+    result = train_solver("celeba64", "runs/flow_k4", prox="flow", flow="runs/glow/flow.pt", K=4, sigma=0.2)
+
+Command line::
+
+    invprox train --data celeba64 --size 64 --prox flow --flow runs/glow/flow.pt --K 4 --sigma 0.2 \
+        --out runs/flow_k4
+
+The loss is the MSE between the solver's output and the clean image. Measurements are drawn per step from a
+generator seeded with ``(seed, step)`` (inpainting: a new mask per batch), the image order of every epoch is a
+function of ``(seed, epoch)``, and validation measurements are fixed per image
+(:func:`~invprox.train.solver_setup.fixed_measurements`). Written to ``out``: ``checkpoint.pt`` (model,
+optimizer, step, epoch, position, early-stopping state, history, RNG, config; atomic, after every validation
+and when stopped), ``solver.pt`` (the best model by validation loss, loadable with
+:func:`~invprox.train.solver_setup.load_solver` / ``invprox eval``) and ``metrics.json``. ``resume=True``
+continues exactly where the checkpoint was written. Early stopping counts validations (one per epoch unless
+``val_every``) without improvement; a validation added at the end of a run stopped by ``max_steps`` only
+updates ``solver.pt``. A non-finite loss raises :class:`NonFiniteLossError`; the last checkpoint stays as
+it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch import Tensor
+
+from ..metrics import psnr
+from .checkpoint import CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state
+from .loop_utils import epoch_order, resolve_device, write_json
+from .solver_setup import (
+    PROX_KINDS,
+    RANDOM_TASKS,
+    build_solver,
+    fixed_measurements,
+    load_flow,
+    load_model_state,
+    mix_seed,
+    normalize_task,
+    physics_options,
+    save_solver,
+    task_physics,
+)
+
+__all__ = ["train_solver", "add_parser", "NonFiniteLossError"]
+
+_CKPT = "invprox.train_solver/1"
+# options that may change on resume; everything else is taken from the checkpoint
+_RUN_KEYS = ("epochs", "max_steps", "val_every", "patience", "device", "out", "resume")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training or validation loss became NaN or infinite."""
+
+
+@torch.no_grad()
+def _validate(solver, groups, xv: Tensor, dev) -> Dict[str, float]:
+    was = solver.training
+    solver.eval()
+    se, ps = 0.0, 0.0
+    for start, end, y, op in groups:
+        x = xv[start:end].to(dev)
+        solver.physics = op
+        out = solver(y.to(dev))
+        se += float(((out - x) ** 2).flatten(1).mean(1).sum())
+        ps += float(psnr(out.clamp(0, 1), x).clamp(max=100.0).sum())
+    solver.train(was)
+    return {"val_loss": se / len(xv), "val_psnr": ps / len(xv)}
+
+
+def train_solver(
+    data: str = "embedded",
+    out: str = "runs/solver",
+    *,
+    task: str = "denoising",
+    prox: str = "flow",
+    K: int = 4,
+    sigma: float = 0.2,
+    val_data: Optional[str] = None,
+    size: int = 64,
+    channels: int = 3,
+    flow: Optional[str] = None,
+    tied: bool = False,
+    shrinkage: Optional[str] = None,
+    p_missing: float = 0.5,
+    kernel: str = "gaussian",
+    blur_std: float = 2.0,
+    factor: int = 2,
+    cs_ratio: float = 0.25,
+    features: Optional[int] = None,
+    n_blocks: Optional[int] = None,
+    depth: Optional[int] = None,
+    lr_net: float = 1e-5,
+    lr_step: float = 1e-2,
+    batch: int = 8,
+    epochs: int = 100,
+    max_steps: Optional[int] = None,
+    val_every: Optional[int] = None,
+    patience: int = 5,
+    n_train: Optional[int] = None,
+    n_val: Optional[int] = 64,
+    standard_autograd: bool = False,
+    checkpoint_folds: bool = False,
+    keep_every: Optional[int] = None,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Dict[str, Any]:
+    """Train an unrolled solver end to end; see the module docstring.
+
+    Args:
+        data, val_data: data specs (``"embedded"``, a folder, ``"celeba64"``); train split and val split.
+        out: output folder (refused if it already holds a run, unless ``resume``).
+        task: denoising, inpainting, deblurring, superresolution or compressed_sensing; task options
+            ``p_missing`` (inpainting), ``kernel`` ``"gaussian"|"motion"`` and ``blur_std`` (deblurring),
+            ``factor`` (superresolution), ``cs_ratio`` (compressed sensing).
+        prox: ``"flow"`` (needs ``flow``, the ``flow.pt`` of ``invprox pretrain``), ``"resnet"``, ``"unet"``.
+        K: folds. sigma: training and validation noise std (images in ``[0, 1]``).
+        size, channels: image side and channels (must match the flow).
+        tied, shrinkage, keep_every, standard_autograd: flow-solver options (one flow for all folds; latent
+            shrinkage; the engine's drift policy; plain autograd instead of the engine).
+        features, n_blocks, depth, checkpoint_folds: baseline options (``None``: the factory's default;
+            ``torch.utils.checkpoint`` per fold).
+        lr_net, lr_step: Adam learning rates of the networks and of the step sizes / shrinkages.
+        batch, epochs, max_steps: batch size, epochs, stop after this many optimizer steps in total.
+        val_every, patience: validate every this many steps (default: each epoch); early stopping after
+            ``patience`` validations without improvement (0 disables it).
+        n_train, n_val: use at most this many images. seed: model init, data order and measurements.
+        device: "cpu", "cuda" or "auto". resume: continue from ``out/checkpoint.pt``.
+        progress: tqdm bar. log: where messages go.
+
+    Returns:
+        The metrics (also ``out/metrics.json``): ``history`` (train loss per epoch), ``val`` (per
+        validation), ``best_val_loss``, ``best_step``, ``steps``, ``status``, ``config``, paths.
+
+    Raises:
+        ValueError, FileNotFoundError: bad options or data. CheckpointError: unusable checkpoint on resume.
+        NonFiniteLossError: the loss became NaN/inf (``checkpoint.pt`` keeps the last good state).
+    """
+    opts = {k: v for k, v in locals().items() if k not in ("log", "progress")}
+    out_dir = Path(out)
+    ckpt_path = out_dir / "checkpoint.pt"
+    state: Optional[Dict[str, Any]] = None
+    if resume:
+        state = load_latest(ckpt_path)
+        if not isinstance(state, dict) or state.get("format") != _CKPT:
+            raise CheckpointError(f"{ckpt_path} is not a checkpoint of `invprox train`")
+        saved = dict(state["config"])
+        differ = sorted(k for k in saved if k not in _RUN_KEYS and k in opts and opts[k] != saved[k])
+        if differ:
+            log(f"resume: {', '.join(differ)} taken from the checkpoint")
+        opts.update({k: v for k, v in saved.items() if k in opts and k not in _RUN_KEYS})
+    elif ckpt_path.exists():
+        raise ValueError(f"{out_dir} already holds a training run; pass --resume to continue it "
+                         "or choose another --out")
+    cfg = dict(opts)
+    cfg["task"] = normalize_task(cfg["task"])
+    if cfg["prox"] not in PROX_KINDS:
+        raise ValueError(f"prox must be one of {PROX_KINDS}, got {cfg['prox']!r}")
+    for name in ("K", "batch", "epochs", "size"):
+        if not isinstance(cfg[name], int) or cfg[name] < 1:
+            raise ValueError(f"{name} must be a positive int, got {cfg[name]!r}")
+    if not cfg["sigma"] >= 0:
+        raise ValueError(f"sigma must be non-negative, got {cfg['sigma']!r}")
+    cfg["physics_options"] = physics_options(cfg["task"], cfg["p_missing"], cfg["kernel"], cfg["blur_std"],
+                                             cfg["factor"], cfg["cs_ratio"], cfg["seed"])
+    dev = resolve_device(device)
+    flow_net = None
+    if state is not None and state.get("flow_config") is not None:  # the flow's weights are in the state
+        from ..flows.glow import Glow
+
+        flow_net = Glow.from_config(state["flow_config"])
+    elif cfg["prox"] == "flow":
+        flow_net = load_flow(cfg["flow"], cfg["size"], cfg["channels"])
+    from .pretrain import load_images
+
+    xt, xv = load_images(cfg["data"], cfg["size"], cfg["channels"], cfg["val_data"], cfg["n_train"],
+                         cfg["n_val"], cfg["seed"])
+    shape = tuple(xt.shape[1:])
+    task, popts, sig, seed = cfg["task"], cfg["physics_options"], float(cfg["sigma"]), int(cfg["seed"])
+    fixed_op = None if task in RANDOM_TASKS else task_physics(task, shape, popts)
+    first_op = fixed_op or task_physics(task, shape, popts, torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed)
+    solver = build_solver(cfg, first_op, flow_net).to(dev).train()
+    flow_config = None if flow_net is None else dict(flow_net.config)
+    opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"]))
+    groups = fixed_measurements(xv, range(len(xv)), task, popts, sig, seed, "val", cfg["batch"], fixed_op)
+    bsz = min(cfg["batch"], len(xt))
+    per_epoch = len(xt) // bsz
+    total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
+    r: Dict[str, Any] = {"epoch": 0, "pos": 0, "step": 0, "best_val": None, "best_step": None,
+                         "es_best": None, "bad": 0, "history": [], "val": [], "run_sum": 0.0, "run_n": 0}
+    if state is not None:
+        load_model_state(solver, state["model"])
+        opt.load_state_dict(state["optimizer"])
+        r.update(state["run"])
+        set_rng_state(state["rng"])
+        log(f"resumed from {ckpt_path} at epoch {r['epoch']}, step {r['step']}")
+
+    t0, elapsed0, saved = time.time(), r.get("elapsed_s", 0.0), [r["step"] if state is not None else None]
+
+    def checkpoint() -> None:
+        r["elapsed_s"] = elapsed0 + time.time() - t0
+        save_checkpoint(ckpt_path, {"format": _CKPT, "config": cfg, "flow_config": flow_config,
+                                    "model": solver.state_dict(), "optimizer": opt.state_dict(),
+                                    "run": dict(r), "rng": rng_state()})
+        saved[0] = r["step"]
+
+    def metrics(status: str) -> Dict[str, Any]:
+        m = {"status": status, "steps": r["step"], "epochs_done": r["epoch"], "best_val_loss": r["best_val"],
+             "best_step": r["best_step"], "history": r["history"], "val": r["val"], "n_train": len(xt),
+             "n_val": len(xv), "device": str(dev), "wall_time_s": elapsed0 + time.time() - t0, "config": cfg,
+             "solver": str(out_dir / "solver.pt"), "checkpoint": str(ckpt_path)}
+        write_json(out_dir / "metrics.json", m)
+        return m
+
+    def last_good() -> str:
+        if saved[0] is None:
+            return "No checkpoint was written before (nothing to resume)."
+        return f"The last good state (step {saved[0]}) is in {ckpt_path}; --resume continues from it."
+
+    def validate(scheduled: bool) -> None:
+        v = _validate(solver, groups, xv, dev)
+        if not math.isfinite(v["val_loss"]):
+            raise NonFiniteLossError(f"validation loss is {v['val_loss']} at step {r['step']}; stopped. "
+                                     f"{last_good()}")
+        r["val"].append({"step": r["step"], "epoch": r["epoch"], "scheduled": scheduled, **v})
+        if r["best_val"] is None or v["val_loss"] < r["best_val"]:
+            r["best_val"], r["best_step"] = v["val_loss"], r["step"]
+            save_solver(out_dir / "solver.pt", solver, cfg, flow_config, {"step": r["step"], **v})
+        if scheduled:
+            improved = r["es_best"] is None or v["val_loss"] < r["es_best"]
+            r["es_best"] = v["val_loss"] if improved else r["es_best"]
+            r["bad"] = 0 if improved else r["bad"] + 1
+
+    from tqdm.auto import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=total, initial=min(r["step"], total), disable=not progress, unit="step", desc="train")
+    status = "finished"
+    while r["step"] < total:
+        if patience and r["bad"] >= patience:
+            status = "early_stopped"
+            break
+        order = epoch_order(len(xt), seed, r["epoch"])
+        x = xt[order[r["pos"] * bsz : (r["pos"] + 1) * bsz]].to(dev)
+        g = torch.Generator().manual_seed(mix_seed(seed, 1, r["step"]))
+        op = fixed_op if fixed_op is not None else task_physics(task, shape, popts, g)
+        y = op.measure(x, sig, g)
+        solver.physics = op
+        loss = ((solver(y) - x) ** 2).mean()
+        lv = float(loss.detach())
+        if not math.isfinite(lv):
+            bar.close()
+            metrics("non_finite")
+            raise NonFiniteLossError(
+                f"training loss is {lv} at step {r['step'] + 1} (epoch {r['epoch'] + 1}); stopped. "
+                f"{last_good()} Try a lower --lr-net/--lr-step, or --keep-every for the flow engine.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        r["step"], r["pos"] = r["step"] + 1, r["pos"] + 1
+        r["run_sum"], r["run_n"] = r["run_sum"] + lv, r["run_n"] + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{lv:.4g}")
+        end_epoch = r["pos"] >= per_epoch
+        if end_epoch:
+            r["history"].append({"epoch": r["epoch"] + 1, "step": r["step"],
+                                 "train_loss": r["run_sum"] / max(r["run_n"], 1)})
+            r["epoch"], r["pos"], r["run_sum"], r["run_n"] = r["epoch"] + 1, 0, 0.0, 0
+        due = r["step"] % val_every == 0 if val_every else end_epoch
+        if due:
+            validate(scheduled=True)
+            v = r["val"][-1]
+            log(f"step {r['step']} (epoch {r['epoch']}): val loss {v['val_loss']:.5g}, "
+                f"PSNR {v['val_psnr']:.2f} dB")
+        if due or end_epoch:
+            checkpoint()
+            metrics("running")
+    bar.close()
+    if status == "finished" and r["step"] < epochs * per_epoch:
+        status = "max_steps"
+    if not r["val"] or r["val"][-1]["step"] != r["step"]:
+        validate(scheduled=False)
+    checkpoint()
+    m = metrics(status)
+    log(f"{status}: {r['step']} steps, best val loss {r['best_val']:.5g} at step {r['best_step']}; "
+        f"wrote {out_dir}")
+    return m
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``invprox train``."""
+    p = subparsers.add_parser(
+        "train", help="train an unrolled solver (flow, ResNet or U-Net prox) end to end",
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument
+    a("--task", default="denoising", help="denoising, inpainting, deblurring, superresolution, "
+      "compressed_sensing")
+    a("--p-missing", type=float, default=0.5, help="inpainting: fraction of missing pixels")
+    a("--kernel", default="gaussian", choices=("gaussian", "motion"), help="deblurring kernel")
+    a("--blur-std", type=float, default=2.0, help="deblurring: std of the Gaussian kernel")
+    a("--factor", type=int, default=2, help="super-resolution factor")
+    a("--cs-ratio", type=float, default=0.25, help="compressed sensing: measurements / pixels")
+    a("--prox", default="flow", choices=PROX_KINDS)
+    a("--K", type=int, default=4, help="number of folds")
+    a("--sigma", type=float, default=0.2, help="noise std (images in [0, 1])")
+    a("--data", default="embedded", help="'embedded', an image folder, or a shared data set (celeba64)")
+    a("--val-data", default=None, help="validation data (default: the 'val' split of --data)")
+    a("--size", type=int, default=64, help="image side")
+    a("--channels", type=int, default=3, choices=(1, 3))
+    a("--flow", default=None, help="pre-trained Glow (flow.pt of `invprox pretrain`); needed for --prox flow")
+    a("--tied", action="store_true", help="flow: one flow shared by all folds")
+    a("--shrinkage", default=None, choices=("gaussian", "laplace"), help="flow: latent prox (default: prior)")
+    a("--keep-every", type=int, default=None, help="flow engine drift policy: keep every n-th state")
+    a("--standard-autograd", action="store_true", help="flow: plain autograd instead of the engine")
+    a("--checkpoint-folds", action="store_true", help="baselines: torch.utils.checkpoint per fold")
+    a("--features", type=int, default=None, help="baselines: feature maps (default: the factory's)")
+    a("--n-blocks", type=int, default=None, help="resnet: residual blocks")
+    a("--depth", type=int, default=None, help="unet: levels")
+    a("--lr-net", type=float, default=1e-5, help="learning rate of the networks (paper: 1e-5)")
+    a("--lr-step", type=float, default=1e-2, help="learning rate of mu_k, lambda_k (paper: 1e-2)")
+    a("--batch", type=int, default=8)
+    a("--epochs", type=int, default=100)
+    a("--max-steps", type=int, default=None, help="stop after this many steps in total")
+    a("--val-every", type=int, default=None, help="validate every n steps (default: each epoch)")
+    a("--patience", type=int, default=5, help="early stopping: validations without improvement (0: off)")
+    a("--n-train", type=int, default=None, help="use at most this many training images")
+    a("--n-val", type=int, default=64, help="use at most this many validation images")
+    a("--seed", type=int, default=0)
+    a("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
+    a("--out", default="runs/solver", help="output folder")
+    a("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    a("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run)
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    kw = {k: v for k, v in vars(args).items() if k not in ("func", "command", "no_progress")}
+    try:
+        train_solver(progress=not args.no_progress, **kw)
+    except (NonFiniteLossError, CheckpointError) as err:
+        print(f"invprox train: error: {err}", file=sys.stderr)
+        return 1 if isinstance(err, NonFiniteLossError) else 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from ..cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

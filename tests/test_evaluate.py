@@ -1,0 +1,107 @@
+"""`invprox eval`: outputs, a perfect model, determinism, references, errors; the labelled image grid."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from invprox.cli import main
+from invprox.flows.glow import Glow
+from invprox.train import evaluate as ev
+from invprox.train.evaluate import evaluate
+from invprox.train.images import save_grid
+from invprox.train.solver_train import train_solver
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """8x8 gray images (train 8, val 4), a tiny Glow and a resnet solver trained for one step."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("eval_data")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        (root / "imgs" / split).mkdir(parents=True)
+        for i in range(n):
+            img = rng.uniform(0, 255, (8, 8)).astype(np.uint8)
+            Image.fromarray(img, "L").save(root / "imgs" / split / f"{i}.png")
+    torch.manual_seed(0)
+    glow = Glow(in_channels=1, image_size=8, levels=1, steps=1, hidden=4)
+    with torch.no_grad():
+        glow.train()(glow.preprocess(torch.rand(8, 1, 8, 8)))
+    glow.save(root / "flow.pt")
+    train_solver(str(root / "imgs"), str(root / "res"), prox="resnet", size=8, channels=1, K=1,
+                 features=4, n_blocks=1, batch=4, max_steps=1, progress=False, log=lambda s: None)
+    return {"data": str(root / "imgs"), "flow": str(root / "flow.pt"),
+            "model": str(root / "res" / "solver.pt")}
+
+
+class _Identity(nn.Module):
+    """A "perfect" denoiser at sigma 0: returns the measurement."""
+
+    physics = None
+
+    def forward(self, y):
+        return y
+
+
+def test_eval_writes_csv_markdown_grid(setup, tmp_path):
+    out = tmp_path / "ev"
+    s = evaluate([setup["model"], setup["model"]], str(out), names=["res"], sigmas=[0.1, 0.2],
+                 latent_map=True, flow=setup["flow"], lm_steps=2, progress=False, log=lambda m: None)
+    assert s["methods"] == ["res", "resnet", "latent MAP"] and s["n_images"] == 4
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(rows) == 3 * 2 * 4 and set(rows[0]) == {"method", "sigma", "index", "psnr", "ssim"}
+    md = (out / "results.md").read_text()
+    assert "| res |" in md and "| latent MAP |" in md and "sigma 0.2" in md
+    assert (out / "grid.png").stat().st_size > 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["mean"]["res"]) == {"0.1", "0.2"}
+    assert res["mean"]["res"] == res["mean"]["resnet"]  # same file, same inputs
+    psnr01 = res["mean"]["res"]["0.1"]["psnr"]
+    assert np.isfinite(psnr01) and psnr01 > res["mean"]["res"]["0.2"]["psnr"]
+
+
+def test_perfect_model_and_determinism(setup, tmp_path, monkeypatch):
+    cfg = {"task": "denoising", "physics_options": {}, "size": 8, "channels": 1, "prox": "identity",
+           "data": setup["data"], "sigma": 0.0}
+    monkeypatch.setattr(ev, "load_solver", lambda path, dev: (_Identity(), dict(cfg)))
+    kw = dict(sigmas=[0.0, 0.1], progress=False, log=lambda m: None, grid_n=2)
+    s = evaluate(["x"], str(tmp_path / "a"), batch=1, **kw)
+    assert s["mean"]["identity"]["0"]["psnr"] == float("inf")
+    assert s["mean"]["identity"]["0"]["ssim"] == pytest.approx(1.0)
+    assert "inf" in (tmp_path / "a" / "results.md").read_text()
+    evaluate(["x"], str(tmp_path / "b"), batch=3, **kw)  # other batching, same noise
+    a, b = ((tmp_path / d / "per_image.csv").read_text() for d in "ab")
+    assert a == b
+
+
+def test_eval_cli_and_errors(setup, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["eval", "--model", setup["model"], "--sigmas", "0.2", "--limit", "2", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0 and (out / "results.md").is_file()
+    assert len(list(csv.DictReader(open(out / "per_image.csv")))) == 2
+    rc = main(["eval", "--out", str(out)])
+    assert rc == 2 and "nothing to evaluate" in capsys.readouterr().err
+    rc = main(["eval", "--model", str(tmp_path / "missing.pt"), "--out", str(out)])
+    assert rc == 2 and "not found" in capsys.readouterr().err
+    rc = main(["eval", "--latent-map", "--task", "denoising", "--size", "8", "--out", str(out)])
+    assert rc == 2 and "--flow" in capsys.readouterr().err
+
+
+def test_save_grid(tmp_path):
+    rows = {"input": torch.rand(3, 1, 8, 8), "flow": torch.rand(3, 3, 8, 8), "truth": torch.rand(3, 1, 8, 8)}
+    path = save_grid(rows, tmp_path / "g" / "grid.png", nrow=2, title="t")
+    assert path.is_file()
+    from PIL import Image
+
+    w, h = Image.open(path).size
+    assert w > h > 0
+    with pytest.raises(ValueError, match="same image size"):
+        save_grid({"a": torch.rand(1, 1, 8, 8), "b": torch.rand(1, 1, 4, 4)}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="row 'a'"):
+        save_grid({"a": torch.rand(8, 8)}, tmp_path / "x.png")

@@ -1,0 +1,189 @@
+"""`invprox train`: outputs, learning, exact resume, refused checkpoints, non-finite loss, CLI errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from invprox.cli import main
+from invprox.flows.glow import Glow
+from invprox.train import CheckpointError, load_checkpoint, solver_train
+from invprox.train.solver_setup import fixed_measurements, load_solver, physics_options
+from invprox.train.solver_train import NonFiniteLossError, train_solver
+
+
+def _write_images(folder, n, seed):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:8, 0:8]
+    for i in range(n):
+        a, b, c = rng.uniform(0.2, 1.2), rng.uniform(0.2, 1.2), rng.uniform(0, 6)
+        img = (0.5 + 0.4 * np.sin(a * xx + b * yy + c)) * 255
+        Image.fromarray(img.astype(np.uint8), "L").save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A folder of 8x8 gray images (train 16, val 4) and a tiny pre-trained-looking Glow."""
+    root = tmp_path_factory.mktemp("solver_data")
+    _write_images(root / "imgs" / "train", 16, 0)
+    _write_images(root / "imgs" / "val", 4, 1)
+    torch.manual_seed(0)
+    glow = Glow(in_channels=1, image_size=8, levels=1, steps=1, hidden=4)
+    with torch.no_grad():  # ActNorm data init, as after pre-training
+        glow.train()(glow.preprocess(torch.rand(8, 1, 8, 8)))
+    glow.save(root / "flow.pt")
+    return {"data": str(root / "imgs"), "flow": str(root / "flow.pt")}
+
+
+def _kw(setup, **over):
+    kw = dict(data=setup["data"], size=8, channels=1, K=1, batch=4, epochs=2, progress=False,
+              log=lambda s: None, flow=setup["flow"], lr_net=1e-3)
+    kw.update(over)
+    return kw
+
+
+def test_train_flow_writes_checkpoint_solver_metrics(setup, tmp_path):
+    out = tmp_path / "run"
+    m = train_solver(out=str(out), **_kw(setup, K=2, max_steps=3))
+    for f in ("checkpoint.pt", "solver.pt", "metrics.json"):
+        assert (out / f).is_file()
+    assert m["steps"] == 3 and m["status"] == "max_steps"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["val"][-1]["step"] == 3 and np.isfinite(saved["best_val_loss"])
+    solver, cfg = load_solver(out / "solver.pt")  # rebuilt from the file alone (flow config inside)
+    assert cfg["prox"] == "flow" and cfg["K"] == 2
+    groups = fixed_measurements(torch.rand(2, 1, 8, 8), [0, 1], "denoising", {}, 0.1, 0)
+    with torch.no_grad():
+        assert solver(groups[0][2]).shape == (2, 1, 8, 8)
+
+
+def test_train_baseline_inpainting(setup, tmp_path):
+    out = tmp_path / "res"
+    m = train_solver(out=str(out), **_kw(setup, prox="resnet", task="inpainting", p_missing=0.3,
+                                         features=4, n_blocks=1, max_steps=4, lr_net=1e-2))
+    assert m["history"][0]["step"] == 4 and len(m["val"]) == 1
+    solver, cfg = load_solver(out / "solver.pt")
+    assert cfg["task"] == "inpainting" and cfg["physics_options"] == {"p_missing": 0.3}
+
+
+def test_validation_loss_decreases(setup, tmp_path):
+    m = train_solver(out=str(tmp_path / "dec"), **_kw(setup, epochs=6, val_every=4, lr_net=1e-2,
+                                                        lr_step=5e-2, patience=0))
+    losses = [v["val_loss"] for v in m["val"]]
+    assert len(losses) == 6 and losses[-1] < 0.95 * losses[0], losses
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+
+
+def test_resume_is_exact(setup, tmp_path):
+    kw = _kw(setup, task="inpainting", p_missing=0.3, val_every=3, epochs=3, lr_net=1e-2)
+    full = tmp_path / "full"
+    train_solver(out=str(full), max_steps=6, **kw)
+    part = tmp_path / "part"
+    train_solver(out=str(part), max_steps=2, **kw)  # stops in the middle of epoch 1
+    assert load_checkpoint(part / "checkpoint.pt")["run"]["step"] == 2
+    train_solver(out=str(part), max_steps=6, resume=True, **kw)
+    a, b = load_checkpoint(full / "checkpoint.pt"), load_checkpoint(part / "checkpoint.pt")
+    assert a["run"]["step"] == b["run"]["step"] == 6
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for (i, sa), sb in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]), i
+
+
+def test_corrupt_checkpoint_is_refused(setup, tmp_path, capsys):
+    out = tmp_path / "bad"
+    train_solver(out=str(out), **_kw(setup, prox="resnet", features=4, n_blocks=1, max_steps=1))
+    for f in ("checkpoint.pt", "checkpoint.pt.prev"):
+        p = out / f
+        if p.exists():
+            raw = bytearray(p.read_bytes())
+            raw[-10] ^= 0xFF
+            p.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train_solver(out=str(out), resume=True, **_kw(setup, prox="resnet", features=4, n_blocks=1))
+    rc = main(["train", "--data", setup["data"], "--size", "8", "--channels", "1", "--prox", "resnet",
+               "--out", str(out), "--resume", "--no-progress"])
+    assert rc == 2 and "corrupt" in capsys.readouterr().err
+
+
+def test_nonfinite_loss_stops_and_keeps_last_checkpoint(setup, tmp_path, monkeypatch):
+    real = solver_train.build_solver
+
+    def poisoned(*args, **kw):
+        solver = real(*args, **kw)
+        forward, calls = solver.forward, [0]
+
+        def fwd(y, physics=None):
+            out = forward(y, physics)
+            calls[0] += solver.training
+            return out * float("nan") if calls[0] > 2 else out
+
+        solver.forward = fwd
+        return solver
+
+    monkeypatch.setattr(solver_train, "build_solver", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match="step 3") as err:
+        train_solver(out=str(out), **_kw(setup, prox="resnet", features=4, n_blocks=1, val_every=1))
+    assert "last good state (step 2)" in str(err.value)
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["run"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert json.loads((out / "metrics.json").read_text())["status"] == "non_finite"
+
+
+@pytest.mark.parametrize("cmd", ["train", "eval"])
+def test_cli_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0 and f"usage: invprox {cmd}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "denoize"], "unknown task 'denoize'"),
+    (["--data", "/no/such/folder", "--prox", "resnet"], "/no/such/folder"),
+    (["--data", "EMPTY", "--prox", "resnet"], "no images"),
+    (["--prox", "flow"], "--flow PATH"),
+    (["--flow", "/no/such/flow.pt"], "not found"),
+])
+def test_cli_errors_are_readable(argv, message, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = [str(tmp_path / "empty") if a == "EMPTY" else a for a in argv]
+    rc = main(["train", "--size", "8", "--channels", "1", "--out", str(tmp_path / "o"), "--no-progress",
+               *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and "invprox train: error:" in err and message in err
+    assert "Traceback" not in err
+
+
+def test_existing_run_needs_resume(setup, tmp_path):
+    out = tmp_path / "again"
+    train_solver(out=str(out), **_kw(setup, prox="resnet", features=4, n_blocks=1, max_steps=1))
+    with pytest.raises(ValueError, match="--resume"):
+        train_solver(out=str(out), **_kw(setup, prox="resnet", features=4, n_blocks=1, max_steps=1))
+
+
+def test_fixed_measurements_do_not_depend_on_batching():
+    x = torch.rand(5, 1, 8, 8)
+    for task in ("denoising", "inpainting"):
+        opts = physics_options(task)
+        one = torch.cat([g[2] for g in fixed_measurements(x, range(5), task, opts, 0.1, 3, batch=1)])
+        many = torch.cat([g[2] for g in fixed_measurements(x, range(5), task, opts, 0.1, 3, batch=4)])
+        assert torch.equal(one, many)
+        other = torch.cat([g[2] for g in fixed_measurements(x, range(5), task, opts, 0.1, 4, batch=4)])
+        assert not torch.equal(one, other)
+
+
+def test_early_stopping(setup, tmp_path, monkeypatch):
+    losses = iter([0.5, 0.4, 0.45, 0.46, 0.47, 0.48])
+    monkeypatch.setattr(solver_train, "_validate",
+                        lambda *a: {"val_loss": next(losses), "val_psnr": 0.0})
+    m = train_solver(out=str(tmp_path / "es"), **_kw(setup, prox="resnet", features=4, n_blocks=1,
+                                                       val_every=1, patience=2, epochs=5))
+    assert m["status"] == "early_stopped" and m["steps"] == 4
+    assert m["best_step"] == 2 and m["best_val_loss"] == 0.4
