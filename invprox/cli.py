@@ -15,6 +15,7 @@ __all__ = ["main", "build_parser"]
 
 #: Modules that define subcommands, in the order ``invprox --help`` lists them.
 SUBCOMMANDS = (
+    "invprox.train.demo",
     "invprox.train.pretrain",
     "invprox.train.solver_train",
     "invprox.train.evaluate",
