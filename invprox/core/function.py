@@ -1,0 +1,246 @@
+"""The autograd Function behind :class:`invprox.InvertibleChain`, and its backward pass.
+
+Forward: run the blocks without a graph, keeping the chain's input and output, the cond tensors, the kept
+states of the drift policy and of non-invertible blocks, and each block's input shape and (where it drew
+random numbers) random state. Backward: per segment between kept states, walk the blocks in reverse; for
+each, rebuild its input by inversion (or take the kept one), recompute it with a graph and take its
+vector-Jacobian product.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from .block import forward_logdet, rebuild
+from .errors import BlockError, DriftError, DriftWarning, _recomputing
+from .state import BlockState
+
+
+@dataclass
+class _Config:
+    blocks: Sequence[nn.Module]
+    uses_cond: Sequence[bool]
+    invertible: Sequence[bool]
+    params: List[Tensor]
+    n_cond: int
+    logdet: bool
+    keep_every: Optional[int]
+    check: Optional[str]
+    check_tol: float
+    preserve_rng_state: bool
+    drift: List[Tuple[int, float]] = field(default_factory=list)
+
+
+def _name(i: int, block: nn.Module) -> str:
+    return f"block {i} ({type(block).__name__})"
+
+
+class _ChainFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cfg: _Config, x: Tensor, *rest: Tensor):
+        cond = rest[: cfg.n_cond]
+        ctx.cfg = cfg
+        states: List[BlockState] = []
+        kept_idx: List[int] = []
+        kept: List[Tensor] = []
+        h = x
+        ld_total = x.new_zeros(x.shape[0]) if cfg.logdet else None
+        version = x._version
+        st = BlockState.capture(x, cond, cfg.preserve_rng_state)
+        for i, block in enumerate(cfg.blocks):
+            if i > 0 and (not cfg.invertible[i] or (cfg.keep_every and i % cfg.keep_every == 0)):
+                kept_idx.append(i)
+                kept.append(h)
+            cb = cond if cfg.uses_cond[i] else ()
+            try:
+                if cfg.logdet:
+                    h, ld = forward_logdet(block, h, *cb)
+                    ld_total = ld_total + ld
+                else:
+                    h = block(h, *cb)
+            except BlockError:
+                raise
+            except Exception as e:
+                raise BlockError(f"{_name(i, block)} failed on input of shape {tuple(st.shape)}: {e}") from e
+            if not isinstance(h, Tensor):
+                raise BlockError(f"{_name(i, block)} returned {type(h).__name__}, expected a Tensor")
+            nxt = BlockState.capture(h, cond, cfg.preserve_rng_state)
+            st.settle(nxt)
+            states.append(st)
+            st = nxt
+        if x._version != version:
+            raise BlockError(
+                "a block modified the chain's input in place; blocks must return new tensors"
+            )
+        if h is x:
+            h = h.clone()
+        ctx.states = states
+        ctx.kept_idx = kept_idx
+        ctx.save_for_backward(x, h, *cond, *kept)
+        if cfg.logdet:
+            return h, ld_total
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor, grad_ld: Optional[Tensor] = None):
+        cfg: _Config = ctx.cfg
+        saved = ctx.saved_tensors
+        x0, y = saved[0], saved[1]
+        cond = saved[2 : 2 + cfg.n_cond]
+        kept: Dict[int, Tensor] = {0: x0}
+        kept.update(zip(ctx.kept_idx, saved[2 + cfg.n_cond :]))
+        needs = ctx.needs_input_grad  # (cfg, x, *cond, *params)
+        cond_leaves = tuple(
+            c.detach().requires_grad_(bool(needs[2 + j])) for j, c in enumerate(cond)
+        )
+        known = {id(t): ("cond", j) for j, t in enumerate(cond_leaves) if t.requires_grad}
+        known.update({id(p): ("param", j) for j, p in enumerate(cfg.params)})
+        grad_cond: List[Optional[Tensor]] = [None] * cfg.n_cond
+        grad_params: List[Optional[Tensor]] = [None] * len(cfg.params)
+        if not cfg.logdet:
+            grad_ld = None
+
+        bounds = sorted(kept) + [len(cfg.blocks)]
+        h, g = y.detach(), grad_y
+        for s, e in reversed(list(zip(bounds[:-1], bounds[1:]))):
+            inputs = _check_segment(cfg, ctx.states, s, e, h, kept[s], cond_leaves)
+            for j in range(e - 1, s - 1, -1):
+                block, st = cfg.blocks[j], ctx.states[j]
+                # buffers are restored after the vjp: batch norm saves its running stats for backward
+                with _recomputing(), st.restore_buffers(block):
+                    x_leaf, g = _block_vjp(cfg, j, block, st, inputs.get(j), h, g, grad_ld,
+                                           cond_leaves, known, grad_cond, grad_params)
+                h = x_leaf.detach()
+        grad_x = g if needs[1] else None
+        return (None, grad_x, *grad_cond, *grad_params)
+
+
+def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_cond, grad_params):
+    """Recompute block ``j`` with a graph (from its kept input ``x_in`` or by rebuilding it from its
+    output ``h``), check it, accumulate the cond and parameter gradients; return ``(x_leaf, grad_x)``."""
+    want_ld = grad_ld is not None
+    if not cfg.uses_cond[j]:
+        cond_leaves = ()
+    if x_in is not None:
+        x_leaf = x_in.detach().requires_grad_()
+        with torch.enable_grad(), st.replay():
+            if want_ld:
+                y_graph, ld_graph = forward_logdet(block, x_leaf, *cond_leaves)
+            else:
+                y_graph, ld_graph = block(x_leaf, *cond_leaves), None
+    else:
+        x_leaf, y_graph, ld_graph = _rebuild_block(j, block, st, h, cond_leaves, want_ld)
+    if x_leaf.shape != st.shape:
+        raise BlockError(
+            f"{_name(j, block)}: inverse returned shape {tuple(x_leaf.shape)}, but the "
+            f"block's input had shape {tuple(st.shape)}"
+        )
+    outs, gouts = [y_graph], [g]
+    if ld_graph is not None and ld_graph.requires_grad:
+        outs.append(ld_graph)
+        gouts.append(grad_ld)
+    leaves = _graph_leaves(outs)
+    extra = [t for t in leaves if id(t) not in known and t is not x_leaf]
+    if extra:
+        shapes = ", ".join(str(tuple(t.shape)) for t in extra)
+        raise BlockError(
+            f"{_name(j, block)} uses tensor(s) of shape {shapes} that require grad but are "
+            "neither its parameters nor conditioning inputs of the chain; their gradients "
+            "would be lost. Pass them as cond: chain(x, *cond), or register them in a module "
+            "of the chain."
+        )
+    targets = [x_leaf] + [t for t in leaves if t is not x_leaf]
+    if not any(o.requires_grad for o in outs):
+        return x_leaf, torch.zeros_like(x_leaf)
+    with torch.enable_grad():
+        grads = torch.autograd.grad(outs, targets, gouts, allow_unused=True)
+    for t, gt in zip(targets[1:], grads[1:]):
+        if gt is None:
+            continue
+        kind, k = known[id(t)]
+        acc = grad_cond if kind == "cond" else grad_params
+        acc[k] = gt if acc[k] is None else acc[k] + gt
+    return x_leaf, (grads[0] if grads[0] is not None else torch.zeros_like(x_leaf))
+
+
+def _rebuild_block(j, block, st, h, cond_leaves, want_ld):
+    try:
+        return rebuild(block, h, *cond_leaves, logdet=want_ld, replay=st.replay)
+    except BlockError:
+        raise
+    except Exception as e:
+        raise BlockError(f"{_name(j, block)} failed to rebuild its input: {e}") from e
+
+
+def _invert_segment(cfg: _Config, states, s: int, e: int, h: Tensor, cond) -> Tensor:
+    with torch.no_grad():
+        for j in range(e - 1, s - 1, -1):
+            block, st = cfg.blocks[j], states[j]
+            cb = cond if cfg.uses_cond[j] else ()
+            with _recomputing(), st.restore_buffers(block), st.replay():
+                h = block.inverse(h, *cb)
+    return h
+
+
+def _check_segment(cfg: _Config, states, s, e, h, x_kept, cond) -> Dict[int, Tensor]:
+    """Inputs of the blocks in ``[s, e)`` that the backward takes as kept rather than rebuilt."""
+    inputs = {s: x_kept}
+    if cfg.check is None or e - s < 2:
+        return inputs
+    x_rebuilt = _invert_segment(cfg, states, s + 1, e, h, cond)
+    with torch.no_grad(), states[s].replay():
+        x_ref = cfg.blocks[s](x_kept, *(cond if cfg.uses_cond[s] else ()))
+    err = float((x_rebuilt - x_ref).norm() / x_ref.norm().clamp_min(1e-30))
+    cfg.drift.append((s + 1, err))
+    if not (err > cfg.check_tol):  # also catches NaN
+        return inputs
+    msg = (
+        f"state rebuilt by inversion at block {s + 1} differs from the recomputed one by {err:.3g} "
+        f"(relative; tolerance {cfg.check_tol:.3g}). Keep states more often (keep_every) or use a "
+        "better-conditioned block."
+    )
+    if cfg.check == "raise":
+        raise DriftError(msg)
+    if cfg.check == "warn":
+        warnings.warn(msg, DriftWarning, stacklevel=2)
+        return inputs
+    # fallback: recompute the segment's states forward from the kept one
+    with torch.no_grad():
+        hh = x_kept
+        for j in range(s, e - 1):
+            with _recomputing(), states[j].restore_buffers(cfg.blocks[j]), states[j].replay():
+                hh = cfg.blocks[j](hh, *(cond if cfg.uses_cond[j] else ()))
+            inputs[j + 1] = hh
+    return inputs
+
+
+def _graph_leaves(outs: Sequence[Tensor]) -> List[Tensor]:
+    """Leaf tensors requiring grad that ``outs`` depend on (one entry per tensor)."""
+    leaves: Dict[int, Tensor] = {}
+    seen = set()
+    stack = []
+    for o in outs:
+        if o.grad_fn is not None:
+            stack.append(o.grad_fn)
+        elif o.requires_grad:
+            leaves[id(o)] = o
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)
+        if var is not None:
+            leaves[id(var)] = var
+            continue
+        for nxt, _ in fn.next_functions:
+            if nxt is not None:
+                stack.append(nxt)
+    return list(leaves.values())
