@@ -1,0 +1,144 @@
+"""Small helpers shared by the training loops: devices, data in memory, schedules, image grids, JSON.
+
+Nothing here imports tqdm or Pillow at module import time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = [
+    "resolve_device",
+    "dataset_tensor",
+    "epoch_order",
+    "warmup_schedule",
+    "save_image_grid",
+    "write_json",
+]
+
+PathLike = Union[str, os.PathLike]
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """``"auto"``/``None`` -> CUDA when available, else CPU; otherwise ``torch.device(device)``.
+
+    Raises:
+        ValueError: a CUDA device is asked for and CUDA is not available.
+    """
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available; use --device cpu")
+    return dev
+
+
+def dataset_tensor(dataset: Dataset, limit: Optional[int] = None) -> Tensor:
+    """The first ``limit`` items (all when ``None``) of a data set of equal-shape tensors, stacked.
+
+    Raises:
+        ValueError: the data set is empty.
+    """
+    n = len(dataset) if limit is None else min(int(limit), len(dataset))
+    if n < 1:
+        raise ValueError(f"data set {dataset!r} is empty")
+    return torch.stack([dataset[i] for i in range(n)])
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    """The permutation of ``range(n)`` used in ``epoch``: a pure function of ``(seed, epoch)``.
+
+    Resuming in the middle of an epoch therefore needs only the epoch and the position in it.
+    """
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+def warmup_schedule(warmup: int, total: Optional[int] = None, kind: str = "constant") -> Callable:
+    """LR multiplier for :class:`torch.optim.lr_scheduler.LambdaLR`.
+
+    Linear warm-up from ``1 / warmup`` to 1 over ``warmup`` steps, then constant (``"constant"``) or a
+    cosine decay to 0 at step ``total`` (``"cosine"``).
+    """
+    if kind not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {kind!r}")
+    if kind == "cosine" and not total:
+        raise ValueError("the cosine schedule needs the total number of steps")
+    warmup = max(int(warmup), 0)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return factor
+
+
+def save_image_grid(
+    images: Tensor, path: PathLike, nrow: int = 8, pad: int = 2, scale: int = 1
+) -> Tuple[int, int]:
+    """Write images ``(N, C, H, W)`` in ``[0, 1]`` (C = 1 or 3) as one PNG grid, ``nrow`` per row.
+
+    Args:
+        images: the images; values are clamped to ``[0, 1]``.
+        path: the PNG file (its folder is created).
+        nrow: images per row.
+        pad: white pixels between images.
+        scale: integer nearest-neighbour upscaling (small images are easier to see).
+
+    Returns:
+        The grid's (width, height) in pixels.
+    """
+    from PIL import Image
+
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"images must be (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    x = images.detach().float().cpu().clamp(0, 1)
+    if scale > 1:
+        x = x.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    n, c, h, w = x.shape
+    ncol = min(nrow, n)
+    nrows = math.ceil(n / ncol)
+    grid = torch.ones(c, nrows * (h + pad) + pad, ncol * (w + pad) + pad)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        grid[:, top : top + h, left : left + w] = x[i]
+    arr = (grid * 255).round().byte().permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0] if c == 1 else arr)  # "L" or "RGB"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return img.size
+
+
+def write_json(path: PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (temporary file, then :func:`os.replace`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
