@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from invprox.train.checkpoint import (
+from invprox.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_latest,

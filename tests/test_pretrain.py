@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from invprox.checkpoint import load_checkpoint
 from invprox.cli import main
 from invprox.flows import Glow
-from invprox.train.checkpoint import load_checkpoint
 from invprox.train.pretrain import load_images, pretrain
 
 TINY = dict(size=8, channels=3, levels=2, steps=1, hidden=8, warmup=0, progress=False, log=lambda s: None)

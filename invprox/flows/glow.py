@@ -308,7 +308,7 @@ class Glow(InvertibleModule):
             path: the file.
             extra: plain values (metrics, data description) stored alongside under ``"extra"``.
         """
-        from ..train.checkpoint import save_checkpoint
+        from ..checkpoint import save_checkpoint
 
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         save_checkpoint(
@@ -325,7 +325,7 @@ class Glow(InvertibleModule):
             FileNotFoundError: the file is missing.
             ValueError: the file is not a saved Glow.
         """
-        from ..train.checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint
 
         state = load_checkpoint(path, map_location=map_location)
         if not isinstance(state, dict) or state.get("format") != _FORMAT:

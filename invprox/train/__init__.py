@@ -1,6 +1,6 @@
 """Training: loops for the flow and the unrolled solver, checkpoints, resume."""
 
-from .checkpoint import (
+from ..checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_latest,

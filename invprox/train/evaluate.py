@@ -304,7 +304,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError
 
     kw = {k: v for k, v in vars(args).items() if k not in ("func", "command", "no_progress", "model", "name")}
     try:

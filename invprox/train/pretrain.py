@@ -31,8 +31,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
 from ..flows.glow import Glow
-from .checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
 from .loop_utils import (
     dataset_tensor,
     epoch_order,

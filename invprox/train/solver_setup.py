@@ -197,7 +197,7 @@ def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.M
 def save_solver(path: Union[str, os.PathLike], solver: nn.Module, config: Dict[str, Any],
                 flow_config: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
     """Write a solver with everything :func:`load_solver` needs (atomic, checksummed)."""
-    from .checkpoint import save_checkpoint
+    from ..checkpoint import save_checkpoint
 
     state = {k: v.detach().cpu() for k, v in solver.state_dict().items()}
     return save_checkpoint(path, {"format": SOLVER_FORMAT, "config": dict(config), "state_dict": state,
@@ -221,7 +221,7 @@ def load_solver(path: Union[str, os.PathLike], device: Union[str, torch.device] 
         FileNotFoundError: no such file. ValueError: not a solver file.
         invprox.train.CheckpointError: truncated or corrupt.
     """
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
     if not isinstance(state, dict) or state.get("format") != SOLVER_FORMAT:

@@ -35,8 +35,8 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import Tensor
 
+from ..checkpoint import CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state
 from ..metrics import psnr
-from .checkpoint import CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state
 from .loop_utils import epoch_order, resolve_device, write_json
 from .solver_setup import (
     PROX_KINDS,
