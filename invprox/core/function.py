@@ -53,7 +53,9 @@ class _ChainFunction(torch.autograd.Function):
         ld_total = x.new_zeros(x.shape[0]) if cfg.logdet else None
         version = x._version
         st = BlockState.capture(x, cond, cfg.preserve_rng_state)
+        amp = any(torch.is_autocast_enabled(dev) for dev in ("cpu", "cuda"))
         for i, block in enumerate(cfg.blocks):
+            h_in = h
             if i > 0 and (not cfg.invertible[i] or (cfg.keep_every and i % cfg.keep_every == 0)):
                 kept_idx.append(i)
                 kept.append(h)
@@ -70,6 +72,15 @@ class _ChainFunction(torch.autograd.Function):
                 raise BlockError(f"{_name(i, block)} failed on input of shape {tuple(st.shape)}: {e}") from e
             if not isinstance(h, Tensor):
                 raise BlockError(f"{_name(i, block)} returned {type(h).__name__}, expected a Tensor")
+            if amp and cfg.invertible[i] and _narrows(h_in, h):
+                warnings.warn(
+                    f"{_name(i, block)} turned a {h_in.dtype} input into a {h.dtype} output under "
+                    "autocast: its inverse cannot rebuild the input exactly, and the states rebuilt "
+                    "before it will drift at that precision. Run the block in float32 "
+                    "(invprox.core.precision.FullPrecision) or keep its input (keep_every).",
+                    DriftWarning,
+                    stacklevel=2,
+                )
             nxt = BlockState.capture(h, cond, cfg.preserve_rng_state)
             st.settle(nxt)
             states.append(st)
@@ -120,6 +131,13 @@ class _ChainFunction(torch.autograd.Function):
                 h = x_leaf.detach()
         grad_x = g if needs[1] else None
         return (None, grad_x, *grad_cond, *grad_params)
+
+
+def _narrows(a: Tensor, b: Tensor) -> bool:
+    """``b`` has a floating dtype of lower precision than ``a``'s."""
+    if not (a.is_floating_point() and b.is_floating_point()) or a.dtype == b.dtype:
+        return False
+    return torch.finfo(b.dtype).eps > torch.finfo(a.dtype).eps
 
 
 def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_cond, grad_params):

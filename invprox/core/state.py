@@ -11,6 +11,9 @@ from torch.utils.checkpoint import get_device_states, set_device_states
 
 __all__ = ["BlockState"]
 
+#: Devices whose autocast state is recorded and replayed, on or off, around every recompute.
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
 
 class BlockState:
     """Input shape, random state and autocast state of one block call.
@@ -27,7 +30,8 @@ class BlockState:
         self.cpu_rng: Optional[Tensor] = cpu_rng
         self.devices: List[int] = devices
         self.device_rng: List[Tensor] = device_rng
-        self.autocast: List[Tuple[str, torch.dtype]] = autocast
+        #: ``(device, enabled, dtype, cache_enabled)`` for each device of :data:`_AUTOCAST_DEVICES`
+        self.autocast: List[Tuple[str, bool, torch.dtype, bool]] = autocast
 
     @classmethod
     def capture(cls, x: Tensor, cond: Sequence[Tensor], preserve_rng: bool) -> BlockState:
@@ -35,10 +39,10 @@ class BlockState:
         if preserve_rng:
             cpu_rng = torch.get_rng_state()
             devices, device_rng = get_device_states(x, *cond)
+        cache = torch.is_autocast_cache_enabled()
         autocast = [
-            (dev, torch.get_autocast_dtype(dev))
-            for dev in ("cpu", "cuda")
-            if torch.is_autocast_enabled(dev)
+            (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev), cache)
+            for dev in _AUTOCAST_DEVICES
         ]
         return cls(x.shape, cpu_rng, devices, device_rng, autocast)
 
@@ -63,8 +67,10 @@ class BlockState:
                 torch.set_rng_state(self.cpu_rng)
                 if self.devices:
                     set_device_states(self.devices, self.device_rng)
-            for dev, dtype in self.autocast:
-                stack.enter_context(torch.autocast(dev, dtype=dtype))
+            # off as well as on (as torch.utils.checkpoint does): a backward run inside an autocast
+            # region must not recompute in low precision a block whose forward ran without autocast
+            for dev, enabled, dtype, cache in self.autocast:
+                stack.enter_context(torch.autocast(dev, dtype=dtype, enabled=enabled, cache_enabled=cache))
             yield
 
     @staticmethod

@@ -8,6 +8,7 @@ shape ``(B,)``. Inputs are image-shaped, ``(B, C, H, W)``.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Optional, Tuple
 
 import torch
@@ -55,6 +56,11 @@ class ActNorm(InvertibleModule):
     def initialize(self, x: Tensor) -> None:
         """Set ``loc`` and ``log_scale`` so that ``forward(x)`` has zero mean, unit variance per channel."""
         _check_4d(self, x, self.channels)
+        if x.numel() == 0:
+            raise ValueError(
+                f"ActNorm's data-dependent initialisation needs a non-empty batch, got shape "
+                f"{tuple(x.shape)}; initialise on a real batch first"
+            )
         xt = x.detach().transpose(0, 1).reshape(self.channels, -1)
         mean = xt.mean(1)
         std = xt.std(1, unbiased=False)
@@ -130,18 +136,36 @@ class InvConv1x1(InvertibleModule):
     def _logdet(self, x: Tensor) -> Tensor:
         return (self.log_s.sum() * (x.shape[2] * x.shape[3])).expand(x.shape[0])
 
+    def _full_precision(self, x: Tensor):
+        """Autocast off, and a float16 / bfloat16 input cast to the weight's dtype.
+
+        Under autocast the matrix product and ``conv2d`` would run in low precision, which quantises
+        the output to bfloat16 (float16) precision of the input: no inverse could rebuild the input, and
+        the engine's backward would drift by ~2**-8 per 1x1 convolution. A C x C 1x1 convolution is well
+        under 1% of a Glow step's FLOPs (the coupling network, which may stay in low precision, dominates).
+        """
+        dev = x.device.type
+        ctx = torch.autocast(dev, enabled=False) if torch.amp.is_autocast_available(dev) else nullcontext()
+        if x.dtype in (torch.float16, torch.bfloat16) and x.dtype != self.lower.dtype:
+            x = x.to(self.lower.dtype)
+        return ctx, x
+
     def forward_and_logdet(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         _check_4d(self, x, self.channels)
-        w = self.weight()
-        return F.conv2d(x, w.view(self.channels, self.channels, 1, 1)), self._logdet(x)
+        ctx, x = self._full_precision(x)
+        with ctx:
+            w = self.weight()
+            return F.conv2d(x, w.view(self.channels, self.channels, 1, 1)), self._logdet(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_and_logdet(x)[0]
 
     def inverse_and_logdet(self, y: Tensor) -> Tuple[Tensor, Tensor]:
         _check_4d(self, y, self.channels)
-        w_inv = torch.linalg.inv(self.weight())
-        return F.conv2d(y, w_inv.view(self.channels, self.channels, 1, 1)), -self._logdet(y)
+        ctx, y = self._full_precision(y)
+        with ctx:
+            w_inv = torch.linalg.inv(self.weight())
+            return F.conv2d(y, w_inv.view(self.channels, self.channels, 1, 1)), -self._logdet(y)
 
     def inverse(self, y: Tensor) -> Tensor:
         return self.inverse_and_logdet(y)[0]

@@ -117,8 +117,8 @@ def make_physics(task: str, image_shape: Sequence[int], **kw: Any) -> LinearOper
         m = kw.pop("m", None)
         ratio = kw.pop("ratio", 0.25)
         if m is None:
-            if not (isinstance(ratio, (int, float)) and ratio > 0):
-                raise ValueError(f"ratio must be a positive number, got {ratio!r}")
+            if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and 0 < ratio <= 1):
+                raise ValueError(f"ratio (measurements per pixel) must be in (0, 1], got {ratio!r}")
             m = max(1, round(ratio * C * H * W))
         gen = _generator(kw)
         op = CompressedSensing(m, (C, H, W), generator=gen, **kw)

@@ -80,6 +80,8 @@ def motion_kernel(
     if not length > 0:
         raise ValueError(f"length must be positive, got {length!r}")
     c = k // 2
+    if not (isinstance(angle, (int, float)) and math.isfinite(angle)):
+        raise ValueError(f"angle must be a finite number of degrees, got {angle!r}")
     theta = math.radians(angle)
     n = max(8 * int(math.ceil(length)), 2)
     t = torch.linspace(-0.5 * (length - 1), 0.5 * (length - 1), n, dtype=torch.float64)

@@ -35,7 +35,16 @@ __all__ = ["LatentShrinkage", "SoftThreshold", "FlowProxSolver"]
 
 
 def _inv_softplus(v: float) -> float:
-    return math.log(math.expm1(v))
+    """``softplus^-1(v)``, stable for large ``v``."""
+    return v + math.log(-math.expm1(-v))
+
+
+def _check_lam(lam_init: float) -> float:
+    if isinstance(lam_init, bool) or not isinstance(lam_init, (int, float)):
+        raise TypeError(f"lam_init must be a number, got {type(lam_init).__name__}")
+    if not (math.isfinite(lam_init) and lam_init > 0):
+        raise ValueError(f"lam_init must be positive and finite, got {lam_init!r}")
+    return float(lam_init)
 
 
 class LatentShrinkage(InvertibleModule):
@@ -51,9 +60,7 @@ class LatentShrinkage(InvertibleModule):
 
     def __init__(self, lam_init: float = 0.1):
         super().__init__()
-        if not lam_init > 0:
-            raise ValueError(f"lam_init must be positive, got {lam_init!r}")
-        self.raw_lam = nn.Parameter(torch.tensor(_inv_softplus(float(lam_init))))
+        self.raw_lam = nn.Parameter(torch.tensor(_inv_softplus(_check_lam(lam_init))))
 
     @property
     def lam(self) -> Tensor:
@@ -87,9 +94,7 @@ class SoftThreshold(nn.Module):
 
     def __init__(self, lam_init: float = 0.1):
         super().__init__()
-        if not lam_init > 0:
-            raise ValueError(f"lam_init must be positive, got {lam_init!r}")
-        self.raw_lam = nn.Parameter(torch.tensor(_inv_softplus(float(lam_init))))
+        self.raw_lam = nn.Parameter(torch.tensor(_inv_softplus(_check_lam(lam_init))))
 
     @property
     def lam(self) -> Tensor:
@@ -207,6 +212,11 @@ class FlowProxSolver(nn.Module):
         if not isinstance(y, Tensor) or y.dim() < 2:
             raise ValueError(f"y must be a batched measurement tensor, got {type(y).__name__}")
         x0 = self.start(y.shape[0], y)
-        half = torch.full_like(x0, 0.5)
-        y_flow = y - self.physics.A(half)
+        a_half = self.physics.A(torch.full_like(x0, 0.5))
+        if a_half.shape[1:] != y.shape[1:]:
+            raise ValueError(
+                f"measurement of shape {tuple(y.shape)} does not fit the operator: for images of shape "
+                f"{tuple(x0.shape)} it gives measurements of shape {tuple(a_half.shape)}"
+            )
+        y_flow = y - a_half
         return self.chain(x0, y_flow) + 0.5
