@@ -4,11 +4,13 @@
   saved-tensor hooks (each storage once), optionally excluding parameters. This is the activation memory of
   a training step and is the same on CPU and GPU.
 * :func:`cuda_peak_bytes`: peak CUDA memory allocated while a callable runs (CUDA only).
-* :func:`peak_rss_bytes`: the peak resident set size of this process so far (CPU; Linux/macOS).
+* :func:`peak_rss_bytes`: the peak resident set size of this process (CPU), with :func:`reset_peak_rss`
+  and :func:`rss_now_bytes` to measure one step's peak on Linux.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Tuple
@@ -16,7 +18,16 @@ from typing import Any, Callable, Iterable, Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["SavedTensors", "saved_tensor_bytes", "cuda_peak_bytes", "peak_rss_bytes", "tensor_bytes"]
+__all__ = [
+    "SavedTensors",
+    "cuda_peak_bytes",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    "rss_now_bytes",
+    "ru_maxrss_bytes",
+    "saved_tensor_bytes",
+    "tensor_bytes",
+]
 
 
 def _key(t: Tensor):
@@ -113,11 +124,56 @@ def cuda_peak_bytes(fn: Callable[[], Any], device: Optional[torch.device] = None
     return out, torch.cuda.max_memory_allocated(device) - base
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far, in bytes (0 where ``resource`` is missing)."""
+def ru_maxrss_bytes() -> int:
+    """``resource.getrusage(RUSAGE_SELF).ru_maxrss`` in bytes (0 where ``resource`` is missing).
+
+    Caveat (Linux): in a process started by ``subprocess`` this starts at the *parent's* peak RSS, because
+    ``exec`` records the peak of the memory map it replaces (the parent's, shared by ``vfork``) in the
+    process's rusage and no call resets it. A child launched from a large parent therefore reads the
+    parent's peak until it outgrows it; :func:`peak_rss_bytes` avoids this where it can.
+    """
     try:
         import resource
     except ImportError:  # Windows
         return 0
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r if sys.platform == "darwin" else r * 1024)
+
+
+def _proc_status_kib(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS of this process's own memory map (Linux ``VmHWM``), else :func:`ru_maxrss_bytes`."""
+    kib = _proc_status_kib("VmHWM")
+    return kib * 1024 if kib is not None else ru_maxrss_bytes()
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak RSS (``VmHWM``) to the current RSS (Linux >= 4.0, ``/proc/self/clear_refs``).
+
+    Returns ``False`` where this is not possible; :func:`peak_rss_bytes` then keeps the older peak.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_now_bytes() -> int:
+    """Current resident set size in bytes (Linux ``/proc/self/statm``; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -1,0 +1,270 @@
+"""Shared helpers of the benchmarks: machine description, timing, child-process peak RSS, result files.
+
+* :func:`machine_info`: CPU model, cores, torch version, device name, for the JSON of every benchmark.
+* :func:`timed`, :func:`timed_cpu`: wall time (and the process's CPU time) of a callable, synchronising
+  CUDA around it.
+* :func:`run_children`: several child processes at a time.
+* :func:`run_child` / :func:`child_report` / :func:`rss_now_bytes` / :func:`peak_rss_bytes`: peak-memory
+  measurement on CPU. A benchmark re-launches itself (``sys.executable`` running the same script in a
+  ``--child`` mode) so that every measurement starts from a fresh process; the child records its peak RSS
+  after building the model and again after the step, and prints the numbers as one tagged JSON line that
+  :func:`run_child` parses. On Linux the peak is the process's ``VmHWM``, reset to the current RSS just
+  before the step (:func:`reset_peak_rss`): ``resource.getrusage(...).ru_maxrss`` is also recorded, but in
+  a child it starts at the parent's peak (see :func:`ru_maxrss_bytes`), which hides the child's own peak
+  whenever the parent is the larger. The child runs with
+  ``MALLOC_MMAP_THRESHOLD_`` fixed (glibc): every allocation of 64 KiB or more is then its own ``mmap`` and
+  goes back to the OS when freed, so the peak RSS follows the peak of live tensors instead of glibc's heap
+  reuse (the dynamic mmap threshold otherwise keeps freed multi-MiB blocks in the heap).
+* :func:`markdown_table`, :func:`write_results`: a markdown table and the ``<stem>.json`` / ``<stem>.md``
+  pair under ``benchmarks/results``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from invprox.core.memory import peak_rss_bytes, reset_peak_rss, rss_now_bytes, ru_maxrss_bytes
+
+__all__ = [
+    "CHILD_TAG",
+    "child_report",
+    "fmt_bytes",
+    "machine_info",
+    "markdown_table",
+    "median",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    "rss_now_bytes",
+    "ru_maxrss_bytes",
+    "run_child",
+    "run_children",
+    "step_peak_rss",
+    "sync",
+    "timed",
+    "timed_cpu",
+    "write_results",
+]
+
+#: Prefix of the one line of JSON a child process prints for its parent.
+CHILD_TAG = "@@BENCH_CHILD@@"
+
+#: glibc settings for children measuring peak RSS (see the module docstring).
+CHILD_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+# -- machine --------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str = "cpu", **extra: Any) -> Dict[str, Any]:
+    """What ran the benchmark: CPU model and cores, OS, Python, torch (threads, CUDA device), extras."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        usable = os.cpu_count()
+    info: Dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_usable": usable,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "device_name": cpu_model(),
+    }
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        dev = torch.device(device)
+        props = torch.cuda.get_device_properties(dev)
+        info["device_name"] = props.name
+        info["device_memory_bytes"] = int(props.total_memory)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    info.update(extra)
+    return info
+
+
+def describe_machine(info: Dict[str, Any]) -> str:
+    """One line for a table caption: ``device_name (CPU: ..., n cores), torch x.y``."""
+    s = f"{info['device_name']}"
+    if info.get("device", "cpu") != "cpu":
+        s += f" (host CPU: {info['cpu']})"
+    s += f", {info['cpu_usable']} usable cores ({info['torch_threads']} torch threads), torch {info['torch']}"
+    return s
+
+
+# -- timing ---------------------------------------------------------------------------------------------
+def sync(device: Any) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def timed(fn: Callable[[], Any], device: Any = "cpu") -> Tuple[Any, float]:
+    """``(fn(), seconds)``; CUDA is synchronised before and after, so the time covers the kernels."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def timed_cpu(fn: Callable[[], Any], device: Any = "cpu") -> Tuple[Any, float, float]:
+    """``(fn(), wall seconds, CPU seconds of this process)``; CUDA is synchronised as in :func:`timed`.
+
+    On a shared CPU the process's CPU time (all its threads) is much less disturbed by other processes
+    than wall time; with one torch thread it is the compute time itself.
+    """
+    sync(device)
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def median(xs: Iterable[float]) -> float:
+    xs = list(xs)
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+# -- memory: peak_rss_bytes, reset_peak_rss, rss_now_bytes, ru_maxrss_bytes live in invprox.core.memory --
+def step_peak_rss(step: Callable[[], Any]) -> Dict[str, Any]:
+    """Run ``step()`` and measure the peak RSS it adds above the process's state just before it.
+
+    Call in a fresh child process after building the model (and after any warm-up). Collects garbage,
+    resets the peak (:func:`reset_peak_rss`), runs ``step`` once and returns ``delta`` (peak after minus
+    peak before, bytes) with the raw numbers, ``ru_maxrss`` before and after included.
+    """
+    gc.collect()
+    ru_before = ru_maxrss_bytes()
+    reset = reset_peak_rss()
+    base_rss = rss_now_bytes()
+    base_peak = peak_rss_bytes()
+    step()
+    peak = peak_rss_bytes()
+    return {
+        "delta": peak - base_peak,
+        "base_rss": base_rss,
+        "base_peak": base_peak,
+        "peak": peak,
+        "peak_reset": reset,
+        "ru_maxrss_before": ru_before,
+        "ru_maxrss_after": ru_maxrss_bytes(),
+    }
+
+
+def child_report(result: Dict[str, Any]) -> None:
+    """Print ``result`` as the tagged JSON line :func:`run_child` looks for (call once, in the child)."""
+    sys.stdout.write(CHILD_TAG + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def run_child(
+    script: str,
+    args: Sequence[str],
+    timeout: Optional[float] = None,
+    env: Optional[Dict[str, str]] = None,
+) -> Dict[str, Any]:
+    """Run ``python script *args`` in a fresh process; returns the dict it printed with :func:`child_report`.
+
+    The child inherits this environment plus :data:`CHILD_MALLOC_ENV` and ``env``.
+
+    Raises:
+        RuntimeError: when the child fails or prints no tagged line (its stderr is in the message).
+    """
+    full_env = dict(os.environ)
+    full_env.update(CHILD_MALLOC_ENV)
+    full_env.setdefault("PYTHONWARNINGS", "ignore")
+    if env:
+        full_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(CHILD_TAG):
+            return json.loads(line[len(CHILD_TAG):])
+    raise RuntimeError(
+        f"child {script} {' '.join(args)} exited with {proc.returncode} and no result:\n"
+        f"{proc.stderr[-4000:]}"
+    )
+
+
+def run_children(
+    script: str, arg_lists: Sequence[Sequence[str]], jobs: int = 1, timeout: Optional[float] = None
+) -> List[Dict[str, Any]]:
+    """:func:`run_child` for each argument list, ``jobs`` at a time; results in the order given.
+
+    Each child's peak RSS is its own, so running several at once changes no memory number; it only
+    shortens the wall time (each child spends seconds importing torch). Do not time anything meanwhile.
+    """
+    if jobs <= 1:
+        return [run_child(script, a, timeout) for a in arg_lists]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(lambda a: run_child(script, a, timeout), arg_lists))
+
+
+def fmt_bytes(n: Optional[float], unit: str = "MiB", digits: int = 2) -> str:
+    """``n`` bytes in ``unit`` (``KiB``, ``MiB``, ``GiB``); ``-`` for ``None``."""
+    if n is None:
+        return "-"
+    scale = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+    return f"{n / scale:.{digits}f}"
+
+
+# -- output ---------------------------------------------------------------------------------------------
+def markdown_table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], align: Optional[str] = None
+) -> str:
+    """A GitHub markdown table. ``align``: one character per column, ``l``, ``r`` or ``c`` (default: the
+    first column left, the others right)."""
+    headers = [str(h) for h in headers]
+    align = align or ("l" + "r" * (len(headers) - 1))
+    marks = {"l": ":--", "r": "--:", "c": ":-:"}
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "| " + " | ".join(marks[a] for a in align) + " |",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: str, stem: str, payload: Dict[str, Any], markdown: str) -> List[str]:
+    """Write ``<out_dir>/<stem>.json`` and ``<out_dir>/<stem>.md``; returns the two paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    jpath = os.path.join(out_dir, stem + ".json")
+    mpath = os.path.join(out_dir, stem + ".md")
+    with open(jpath, "w") as f:
+        json.dump(payload, f, indent=2, default=_json_default)
+        f.write("\n")
+    with open(mpath, "w") as f:
+        f.write(markdown)
+    return [jpath, mpath]
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (torch.dtype, torch.device)):
+        return str(o)
+    if isinstance(o, float) and o != o:
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -1,0 +1,808 @@
+"""Memory, time and gradient error of one training step through a deep chain of couplings, by method.
+
+The model is a chain of ``depth`` couplings, alternately :class:`invprox.flows.AffineCoupling` and
+:class:`invprox.flows.AdditiveCoupling` (``channels`` channels, ``hidden`` hidden channels), each followed
+by a reversal of the channel order so that successive couplings transform both halves (``--no-flip``
+drops it). The last layer of every coupling network gets PyTorch's default initialisation instead of
+Glow's zeros (``--init zero`` keeps the zeros), so that every block is a non-trivial map and every
+parameter has a gradient. One step is ``loss = chain(x).square().mean(); loss.backward()``, with the
+same weights (a deep copy of one model) and the same input for every method:
+
+    standard       plain ``nn.Sequential`` of the blocks (ordinary autograd)
+    checkpoint     ``torch.utils.checkpoint.checkpoint(block, h, use_reentrant=False)`` per block
+    memcnn         ``memcnn.InvertibleModuleWrapper(fn=block, keep_input=False, keep_input_inverse=False)``
+                   per block (memcnn 1.5: invert, then recompute, then backward)
+    invprox        ``invprox.InvertibleChain(blocks)``: pure inversion, fused coupling rebuilds
+    invprox_keep8  ``invprox.InvertibleChain(blocks, keep_every=8)`` (``--keep-every``)
+
+Reported per method and depth:
+
+* ``saved``: bytes saved for backward by the step's forward and loss, counted with saved-tensor hooks
+  (:func:`invprox.core.memory.saved_tensor_bytes`, parameters excluded, each storage once).
+* ``ctx``: bytes of tensors that custom autograd Functions keep as attributes of their context, which
+  saved-tensor hooks do not see (invprox: one CPU RNG state per block; memcnn: its inputs and outputs,
+  whose storages it frees), other than the chain's output (the loss saves it already). Closures are not
+  searched: ``torch.utils.checkpoint`` keeps its per-block RNG state there, so it shows in ``peak`` only.
+* ``peak``: the memory a training step adds at its peak above what is allocated before it, in the steady
+  state (not the process's first step at full size). On CUDA: ``torch.cuda.max_memory_allocated`` during
+  the step minus ``memory_allocated`` before it. On CPU: a fresh child process per method and depth (this
+  script with ``--child``) builds the model, runs a warm-up step on a 1 x C x 4 x 4 input (initialises
+  the libraries, allocates the parameters' ``.grad``), then two full steps, and reports for each the peak
+  RSS during the step minus the RSS just before it (the peak is reset in between); the second step is
+  ``peak``, the first ``peak_cold`` (JSON). Parameters and their ``.grad`` are not in ``peak``; gradients
+  a method holds before it accumulates them are. See ``benchmarks/_common.py`` for why the child reads
+  ``VmHWM`` rather than ``ru_maxrss`` (both are in the JSON).
+* ``time``: wall time of forward + loss + backward, median over ``--repeats`` (methods interleaved, in a
+  rotating order), and its ratio to the median of ``standard`` in the same run; on CPU also the CPU time
+  of the process (``time.process_time``), which other processes on a shared machine disturb far less
+  (with ``--threads 1`` it is the compute time itself).
+* ``grad_err``: ``||g - g_std|| / ||g_std||`` over the concatenated parameter and input gradients, against
+  ``standard`` in the same dtype; ``grad_err_f64``: against ``standard`` run in float64 (float32 runs
+  only), which shows the float32 rounding floor that ``standard`` itself sits on.
+* ``roundtrip`` (per depth): ``||f^-1(f(x)) - x|| / ||x||`` of the whole chain by block inversion, the
+  drift that pure inversion accumulates.
+
+``--drift DEPTH ...`` replaces the sweep by a study of drift at deep chains: the gradient error of pure
+inversion and of ``keep_every`` against standard autograd (float32 and float64), and the round trip.
+
+``--profile DEPTH`` splits the time of an invprox step at that depth: forward (and its RNG capture),
+and in the backward the fused rebuild (one pass of the coupling network with its graph, which also gives
+the inverse), the vector-Jacobian products (``torch.autograd.grad``), RNG replay, the graph-leaf walk and
+the remaining Python; plus the top operators of ``torch.profiler`` for invprox and standard.
+
+Results go to ``<out>/engine_depth_<device>[_float64][_drift][_<tag>].json`` and ``.md`` (machine
+information included).
+
+Usage::
+
+    python benchmarks/engine_depth.py                            # CPU, depths 1 4 16 64, defaults
+    python benchmarks/engine_depth.py --device cuda --repeats 20
+    python benchmarks/engine_depth.py --depths 1 4 --batch 4 --size 16 --repeats 3 --no-peak
+    python benchmarks/engine_depth.py --float64 --methods standard invprox
+    python benchmarks/engine_depth.py --profile 16               # with the time split at depth 16
+    python benchmarks/engine_depth.py --drift 64 128 256          # pure-inversion drift at deep chains
+
+Run ``python benchmarks/engine_depth.py --help`` for every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import os
+import sys
+import time
+import warnings
+from collections import defaultdict
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    child_report,
+    describe_machine,
+    fmt_bytes,
+    machine_info,
+    markdown_table,
+    median,
+    run_children,
+    step_peak_rss,
+    timed_cpu,
+    write_results,
+)
+
+import invprox  # noqa: E402
+from invprox.core import InvertibleModule, saved_tensor_bytes  # noqa: E402
+from invprox.flows import AdditiveCoupling, AffineCoupling  # noqa: E402
+
+METHODS = ("standard", "checkpoint", "memcnn", "invprox", "invprox_keep")
+
+
+def _import_memcnn():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import memcnn
+    except ImportError:
+        return None
+    return memcnn
+
+
+# -- model ----------------------------------------------------------------------------------------------
+class FlipAfter(InvertibleModule):
+    """A coupling followed by a reversal of the channel order (so the next coupling reads the other half).
+
+    Keeps the coupling's fused rebuild: the engine still runs the coupling network once per block in the
+    backward pass.
+    """
+
+    def __init__(self, coupling: nn.Module):
+        super().__init__()
+        self.coupling = coupling
+        self.volume_preserving = bool(getattr(coupling, "volume_preserving", False))
+
+    def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
+        return self.coupling(x, *cond).flip(1)
+
+    def inverse(self, y: Tensor, *cond: Tensor) -> Tensor:
+        return self.coupling.inverse(y.flip(1), *cond)
+
+    def forward_and_logdet(self, x: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
+        y, ld = self.coupling.forward_and_logdet(x, *cond)
+        return y.flip(1), ld
+
+    def inverse_and_logdet(self, y: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.coupling.inverse_and_logdet(y.flip(1), *cond)
+
+    def rebuild(self, y: Tensor, *cond: Tensor, logdet: bool = False):
+        x, y_graph, ld = self.coupling.rebuild(y.flip(1), *cond, logdet=logdet)
+        return x, y_graph.flip(1), ld
+
+
+def build_blocks(args, depth: int) -> List[nn.Module]:
+    """``depth`` couplings (affine, additive, ...), seeded by ``args.seed``, on ``args.device``."""
+    torch.manual_seed(args.seed)
+    blocks: List[nn.Module] = []
+    for i in range(depth):
+        cls = AffineCoupling if i % 2 == 0 else AdditiveCoupling
+        c = cls(args.channels, hidden=args.hidden)
+        if args.init == "random":
+            c.net[-1].reset_parameters()
+        blocks.append(FlipAfter(c) if args.flip else c)
+    return [b.to(device=args.device, dtype=args.dtype) for b in blocks]
+
+
+def make_input(args, batch: Optional[int] = None, size: Optional[int] = None) -> Tensor:
+    g = torch.Generator().manual_seed(args.seed + 1)
+    shape = (batch or args.batch, args.channels, size or args.size, size or args.size)
+    return torch.randn(shape, generator=g, dtype=args.dtype).to(args.device)
+
+
+class CheckpointSequential(nn.Module):
+    def __init__(self, blocks: Sequence[nn.Module]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for b in self.blocks:
+            x = checkpoint(b, x, use_reentrant=False)
+        return x
+
+
+class MemcnnSequential(nn.Sequential):
+    """memcnn wrappers in sequence, fed a copy of the input.
+
+    memcnn 1.5.2 sets ``.grad`` of each wrapper's input in its backward besides returning the gradient, so
+    a leaf input's ``.grad`` would come out doubled; it also frees the input's storage. A copy (which memcnn
+    frees at once) keeps the caller's input and its gradient intact.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.clone())
+
+
+def make_model(method: str, blocks: Sequence[nn.Module], keep_every: int) -> Tuple[nn.Module, list]:
+    """``(model, its blocks)``; the blocks are a deep copy of ``blocks`` (same weights for every method)."""
+    blocks = copy.deepcopy(list(blocks))
+    if method == "standard":
+        model: nn.Module = nn.Sequential(*blocks)
+    elif method == "checkpoint":
+        model = CheckpointSequential(blocks)
+    elif method == "memcnn":
+        memcnn = _import_memcnn()
+        if memcnn is None:
+            raise RuntimeError("memcnn is not installed (pip install --no-deps memcnn)")
+        model = MemcnnSequential(*[
+            memcnn.InvertibleModuleWrapper(fn=b, keep_input=False, keep_input_inverse=False)
+            for b in blocks
+        ])
+    elif method == "invprox":
+        model = invprox.InvertibleChain(blocks)
+    elif method == "invprox_keep":
+        model = invprox.InvertibleChain(blocks, keep_every=keep_every)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return model, blocks
+
+
+def method_label(method: str, keep_every: int) -> str:
+    return f"invprox_keep{keep_every}" if method == "invprox_keep" else method
+
+
+def params_of(blocks: Sequence[nn.Module]) -> List[Tensor]:
+    return [p for b in blocks for p in b.parameters()]
+
+
+def loss_of(out: Tensor) -> Tensor:
+    return out.square().mean()
+
+
+def train_step(model: nn.Module, x: Tensor) -> None:
+    loss_of(model(x)).backward()
+
+
+# -- measurements ---------------------------------------------------------------------------------------
+def _storage_key(t: Tensor):
+    return (str(t.device), t.untyped_storage().data_ptr())
+
+
+def ctx_held_bytes(root: Tensor, exclude: Sequence[Tensor]) -> int:
+    """Bytes of tensors held as attributes of custom-Function contexts in ``root``'s graph.
+
+    Searches lists, tuples, dicts and plain objects (``__dict__``/``__slots__``) a few levels deep; skips
+    modules, callables, storages of size 0 and the storages of ``exclude``.
+    """
+    skip = {_storage_key(t) for t in exclude}
+    found: Dict[Any, int] = {}
+    seen_objs = set()
+
+    def visit(obj, level):
+        if level > 4 or id(obj) in seen_objs:
+            return
+        seen_objs.add(id(obj))
+        if isinstance(obj, Tensor):
+            n = obj.untyped_storage().nbytes()
+            k = _storage_key(obj)
+            if n and k not in skip:
+                found[k] = n
+            return
+        atoms = (nn.Module, str, bytes, int, float, bool, type(None), torch.Size)
+        if isinstance(obj, atoms) or callable(obj):
+            return
+        if isinstance(obj, dict):
+            for v in obj.values():
+                visit(v, level + 1)
+            return
+        if isinstance(obj, (list, tuple, set)):
+            for v in obj:
+                visit(v, level + 1)
+            return
+        for name in getattr(type(obj), "__slots__", ()):
+            visit(getattr(obj, name, None), level + 1)
+        for v in getattr(obj, "__dict__", {}).values():
+            visit(v, level + 1)
+
+    stack, seen_nodes = [root.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen_nodes:
+            continue
+        seen_nodes.add(fn)
+        if isinstance(fn, torch.autograd.function.BackwardCFunction):
+            for v in fn.__dict__.values():
+                visit(v, 0)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return sum(found.values())
+
+
+def gradient_vector(blocks: Sequence[nn.Module], x: Tensor) -> Tensor:
+    gs = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params_of(blocks)]
+    gs.append(x.grad if x.grad is not None else torch.zeros_like(x))
+    return torch.cat([g.detach().reshape(-1).double().cpu() for g in gs])
+
+
+def rel_err(g: Tensor, ref: Tensor) -> float:
+    return float((g - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def zero_grads(params: Sequence[Tensor], to_none: bool = True) -> None:
+    for p in params:
+        if to_none:
+            p.grad = None
+        elif p.grad is not None:
+            p.grad.zero_()
+
+
+def measure_step(model: nn.Module, blocks: Sequence[nn.Module], x0: Tensor) -> Dict[str, Any]:
+    """One step with saved-tensor accounting; returns saved/ctx bytes and the gradient vector."""
+    params = params_of(blocks)
+    zero_grads(params)
+    x = x0.clone().requires_grad_()
+    out, rec = saved_tensor_bytes(model, x, exclude=params)
+    loss = loss_of(out)
+    # the loss saves `out`; the chain's input is the benchmark's own tensor
+    ctx = ctx_held_bytes(loss, exclude=[*params, out])
+    loss.backward()
+    return {"saved": rec.bytes, "ctx": ctx, "grad": gradient_vector(blocks, x)}
+
+
+def roundtrip_error(blocks: Sequence[nn.Module], x0: Tensor) -> float:
+    with torch.no_grad():
+        h = x0
+        for b in blocks:
+            h = b(h)
+        for b in reversed(blocks):
+            h = b.inverse(h)
+    return rel_err(h.double().cpu(), x0.double().cpu())
+
+
+def cuda_step_peak(model, blocks, x0) -> int:
+    params = params_of(blocks)
+    zero_grads(params, to_none=False)  # .grad stays allocated: parameters' gradients are not counted
+    x = x0.clone().requires_grad_()
+    gc.collect()
+    _, peak = invprox.cuda_peak_bytes(lambda: train_step(model, x), torch.device(x0.device))
+    return peak
+
+
+def child_args(args, method: str, depth: int) -> List[str]:
+    a = [
+        "--child", method, "--depths", str(depth), "--batch", str(args.batch),
+        "--channels", str(args.channels), "--size", str(args.size), "--hidden", str(args.hidden),
+        "--keep-every", str(args.keep_every), "--seed", str(args.seed), "--init", args.init,
+        "--device", "cpu", "--threads", str(torch.get_num_threads()),
+    ]
+    if args.float64:
+        a.append("--float64")
+    if not args.flip:
+        a.append("--no-flip")
+    return a
+
+
+def child_main(args) -> None:
+    """``--child METHOD``: build the model, warm up on a tiny input, report the peak RSS of two steps.
+
+    The first step is the process's first at full size (``cold``: it also allocates what the libraries
+    cache per shape, such as oneDNN's primitives and scratchpads); the second (``steady``) is what every
+    later training step costs, and is the number reported. The peak is reset before each.
+    """
+    depth = args.depths[0]
+    model, blocks = make_model(args.child, build_blocks(args, depth), args.keep_every)
+    params = params_of(blocks)
+    train_step(model, make_input(args, batch=1, size=4).requires_grad_())  # warm-up; .grad allocated
+    out: Dict[str, Any] = {"method": args.child, "depth": depth}
+    for phase in ("cold", "steady"):
+        zero_grads(params, to_none=False)
+        x = make_input(args).requires_grad_()
+        out[phase] = step_peak_rss(partial(train_step, model, x))
+        x = None
+    out["delta"] = out["steady"]["delta"]
+    out["delta_cold"] = out["cold"]["delta"]
+    child_report(out)
+
+
+# -- profile --------------------------------------------------------------------------------------------
+#: the profile's clock: CPU time of the process on CPU (robust on a shared machine), wall time on CUDA
+_clock = time.process_time
+
+
+class _TimedCM:
+    def __init__(self, cm, acc, key):
+        self.cm, self.acc, self.key = cm, acc, key
+
+    def __enter__(self):
+        t = _clock()
+        r = self.cm.__enter__()
+        self.acc[self.key] += _clock() - t
+        return r
+
+    def __exit__(self, *exc):
+        t = _clock()
+        r = self.cm.__exit__(*exc)
+        self.acc[self.key] += _clock() - t
+        return r
+
+
+@contextlib.contextmanager
+def _instrument(acc: Dict[str, float]):
+    """Accumulate wall time of the engine's pieces into ``acc`` (monkeypatched timers)."""
+    import invprox.core.chain as chain_mod
+    from invprox.core.state import BlockState
+    from invprox.flows import coupling as coupling_mod
+
+    def timer(fn, key):
+        def wrapped(*a, **k):
+            t = _clock()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[key] += _clock() - t
+        return wrapped
+
+    originals = [
+        (chain_mod, "_rebuild_block", chain_mod._rebuild_block),
+        (chain_mod, "_graph_leaves", chain_mod._graph_leaves),
+        (torch.autograd, "grad", torch.autograd.grad),
+        (coupling_mod._Coupling, "_fused", coupling_mod._Coupling.__dict__["_fused"]),
+        (BlockState, "capture", BlockState.__dict__["capture"]),
+        (BlockState, "replay", BlockState.__dict__["replay"]),
+        (BlockState, "restore_buffers", BlockState.__dict__["restore_buffers"]),
+    ]
+    orig_replay = BlockState.replay
+    orig_restore = BlockState.restore_buffers
+    orig_capture = BlockState.capture
+    try:
+        chain_mod._rebuild_block = timer(chain_mod._rebuild_block, "rebuild_block")
+        chain_mod._graph_leaves = timer(chain_mod._graph_leaves, "graph_leaves")
+        torch.autograd.grad = timer(torch.autograd.grad, "vjp")
+        coupling_mod._Coupling._fused = timer(coupling_mod._Coupling._fused, "fused")
+        BlockState.capture = classmethod(
+            lambda cls, *a, **k: timer(orig_capture, "rng_capture")(*a, **k))
+        BlockState.replay = lambda self: _TimedCM(orig_replay(self), acc, "rng_replay")
+        BlockState.restore_buffers = staticmethod(
+            lambda block: _TimedCM(orig_restore(block), acc, "restore_buffers"))
+        yield acc
+    finally:
+        for owner, name, value in originals:
+            setattr(owner, name, value)
+
+
+def profile(args, depth: int) -> Dict[str, Any]:
+    """Split an invprox step at ``depth`` into its parts (median over repeats) and list top operators.
+
+    Times are CPU seconds of the process on CPU, wall seconds on CUDA (where the split is of host time
+    and means little unless the GPU is synchronised: use torch.profiler's CUDA times there).
+    """
+    global _clock
+    _clock = time.process_time if args.device == "cpu" else time.perf_counter
+    blocks = build_blocks(args, depth)
+    x0 = make_input(args)
+    inv, inv_blocks = make_model("invprox", blocks, args.keep_every)
+    std, std_blocks = make_model("standard", blocks, args.keep_every)
+    runs: Dict[str, List[float]] = defaultdict(list)
+    reps = max(3, args.repeats)
+    for r in range(reps + 1):  # the first is a warm-up
+        for name, model, bl in (("std", std, std_blocks), ("inv", inv, inv_blocks)):
+            zero_grads(params_of(bl))
+            x = x0.clone().requires_grad_()
+            acc: Dict[str, float] = defaultdict(float)
+            ctx = _instrument(acc) if name == "inv" else contextlib.nullcontext()
+            with ctx:
+                out, w_f, c_f = timed_cpu(lambda: loss_of(model(x)), args.device)  # noqa: B023
+                _, w_b, c_b = timed_cpu(out.backward, args.device)
+                t_f, t_b = (c_f, c_b) if args.device == "cpu" else (w_f, w_b)
+            if r == 0:
+                continue
+            runs[f"{name}_forward"].append(t_f)
+            runs[f"{name}_backward"].append(t_b)
+            if name == "inv":
+                for k in ("rebuild_block", "graph_leaves", "vjp", "fused", "rng_capture",
+                          "rng_replay", "restore_buffers"):
+                    runs[k].append(acc[k])
+    m = {k: median(v) for k, v in runs.items()}
+    split = {
+        "forward": m["inv_forward"],
+        "forward_rng_capture": m["rng_capture"],
+        "backward": m["inv_backward"],
+        "backward_fused_rebuild_network_pass": m["fused"],
+        "backward_vjp_autograd_grad": m["vjp"],
+        "backward_rng_replay": m["rng_replay"],
+        "backward_graph_leaf_walk": m["graph_leaves"],
+        "backward_restore_buffers": m["restore_buffers"],
+        "backward_other_python": max(
+            0.0,
+            m["inv_backward"] - m["fused"] - m["vjp"] - m["rng_replay"] - m["graph_leaves"]
+            - m["restore_buffers"],
+        ),
+        "standard_forward": m["std_forward"],
+        "standard_backward": m["std_backward"],
+    }
+    ops = {}
+    for name, model, bl in (("standard", std, std_blocks), ("invprox", inv, inv_blocks)):
+        zero_grads(params_of(bl))
+        x = x0.clone().requires_grad_()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            train_step(model, x)
+        rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
+        ops[name] = [
+            {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in rows
+        ]
+    clock = "process CPU time" if args.device == "cpu" else "wall time"
+    return {"depth": depth, "seconds": split, "clock": clock, "top_ops": ops, "repeats": reps}
+
+
+# -- drift ----------------------------------------------------------------------------------------------
+def drift_study(args, depths: Sequence[int]) -> Dict[str, Any]:
+    """Gradient error of pure inversion and of ``keep_every`` against standard autograd at deep chains."""
+    rows = []
+    for depth in depths:
+        t0 = time.perf_counter()
+        blocks = build_blocks(args, depth)
+        x0 = make_input(args)
+        g: Dict[str, Tensor] = {}
+        for m in ("standard", "invprox", "invprox_keep"):
+            model, bl = make_model(m, blocks, args.keep_every)
+            x = x0.clone().requires_grad_()
+            train_step(model, x)
+            g[m] = gradient_vector(bl, x)
+            del model, bl, x
+            gc.collect()
+        row: Dict[str, Any] = {"depth": depth, "roundtrip_err": roundtrip_error(blocks, x0)}
+        ref = None
+        if args.dtype == torch.float32 and not args.no_f64_ref:
+            b64 = [copy.deepcopy(b).double() for b in blocks]
+            x64 = x0.double().clone().requires_grad_()
+            train_step(nn.Sequential(*b64), x64)
+            ref = gradient_vector(b64, x64)
+            del b64, x64
+        for m in ("standard", "invprox", "invprox_keep"):
+            label = method_label(m, args.keep_every)
+            row[f"{label}_vs_standard"] = rel_err(g[m], g["standard"])
+            row[f"{label}_vs_f64"] = rel_err(g[m], ref) if ref is not None else None
+        row["seconds"] = time.perf_counter() - t0
+        rows.append(row)
+        print(f"drift depth {depth}: " + ", ".join(
+            f"{k} {v:.2e}" for k, v in row.items() if k != "depth" and v is not None
+        ), file=sys.stderr, flush=True)
+    return {"drift": rows}
+
+
+def render_drift(args, payload: Dict[str, Any]) -> str:
+    cfg, keep = payload["config"], f"invprox_keep{args.keep_every}"
+    md = [
+        f"# Drift of pure inversion vs depth ({args.device}, {cfg['dtype']})\n",
+        f"Input {cfg['batch']} x {cfg['channels']} x {cfg['size']} x {cfg['size']}, hidden {cfg['hidden']}. "
+        f"Machine: {describe_machine(payload['machine'])}.\n",
+        f"Command: `{payload['command']}`\n",
+        "Relative error of the whole gradient vector (parameters and input); `f64` is standard autograd "
+        "in float64, the exact reference; `standard vs f64` is the float32 rounding floor.\n",
+    ]
+    body = [[
+        r["depth"], _fmt_err(r["roundtrip_err"]), _fmt_err(r["standard_vs_f64"]),
+        _fmt_err(r["invprox_vs_standard"]), _fmt_err(r["invprox_vs_f64"]),
+        _fmt_err(r[f"{keep}_vs_standard"]), _fmt_err(r[f"{keep}_vs_f64"]),
+    ] for r in payload["drift"]]
+    md.append(markdown_table(
+        ["depth", "round trip", "standard vs f64", "invprox vs standard", "invprox vs f64",
+         f"{keep} vs standard", f"{keep} vs f64"], body, "r" * 7))
+    return "\n".join(md)
+
+
+# -- sweep ----------------------------------------------------------------------------------------------
+def sweep(args) -> Dict[str, Any]:
+    methods = list(args.methods)
+    if "memcnn" in methods and _import_memcnn() is None:
+        print("memcnn is not installed: skipping it", file=sys.stderr)
+        methods.remove("memcnn")
+    rows: List[Dict[str, Any]] = []
+    depth_info: List[Dict[str, Any]] = []
+    for depth in args.depths:
+        t_depth = time.perf_counter()
+        blocks = build_blocks(args, depth)
+        x0 = make_input(args)
+        models = {m: make_model(m, blocks, args.keep_every) for m in methods}
+        res: Dict[str, Dict[str, Any]] = {m: {} for m in methods}
+        for m in methods:
+            res[m].update(measure_step(*models[m], x0))
+        ref64 = None
+        if args.dtype == torch.float32 and not args.no_f64_ref:
+            b64 = [copy.deepcopy(b).double() for b in blocks]
+            x64 = x0.double().clone().requires_grad_()
+            train_step(nn.Sequential(*b64), x64)
+            ref64 = gradient_vector(b64, x64)
+        std_g = res["standard"]["grad"] if "standard" in res else None
+        for m in methods:
+            g = res[m].pop("grad")
+            res[m]["grad_err"] = rel_err(g, std_g) if std_g is not None else None
+            res[m]["grad_err_f64"] = rel_err(g, ref64) if ref64 is not None else None
+        times: Dict[str, List[float]] = {m: [] for m in methods}
+        cpu_times: Dict[str, List[float]] = {m: [] for m in methods}
+        for r in range(args.repeats):
+            order = methods[r % len(methods):] + methods[: r % len(methods)]
+            for m in order:
+                model, bl = models[m]
+                zero_grads(params_of(bl))
+                x = x0.clone().requires_grad_()
+                _, t, c = timed_cpu(lambda: train_step(model, x), args.device)  # noqa: B023
+                times[m].append(t)
+                cpu_times[m].append(c)
+        for m in methods:
+            res[m]["times"] = times[m]
+            res[m]["time"] = median(times[m])
+            res[m]["cpu_times"] = cpu_times[m]
+            res[m]["cpu_time"] = median(cpu_times[m])
+        if args.device.startswith("cuda"):
+            for m in methods:
+                res[m]["peak"] = cuda_step_peak(*models[m], x0)
+        rt = roundtrip_error(blocks, x0)
+        n_params = sum(p.numel() for p in params_of(blocks))
+        del models
+        gc.collect()
+        if args.device == "cpu" and not args.no_peak:
+            script = os.path.abspath(__file__)
+            children = run_children(script, [child_args(args, m, depth) for m in methods], args.jobs, 1800)
+            for m, c in zip(methods, children):
+                res[m]["peak"] = c["delta"]
+                res[m]["peak_cold"] = c["delta_cold"]
+                res[m]["rss"] = c
+        t_std = res["standard"]["time"] if "standard" in res else None
+        c_std = res["standard"]["cpu_time"] if "standard" in res else None
+        for m in methods:
+            r = res[m]
+            r.update(method=method_label(m, args.keep_every), depth=depth)
+            r["time_ratio"] = r["time"] / t_std if t_std else None
+            r["cpu_time_ratio"] = r["cpu_time"] / c_std if c_std else None
+            rows.append(r)
+        depth_info.append({
+            "depth": depth, "roundtrip_err": rt, "params": n_params,
+            "seconds": time.perf_counter() - t_depth,
+        })
+        print(f"depth {depth}: " + ", ".join(
+            f"{method_label(m, args.keep_every)} {res[m]['time'] * 1e3:.0f} ms "
+            f"({res[m]['cpu_time'] * 1e3:.0f} ms CPU)" for m in methods
+        ) + f" ({time.perf_counter() - t_depth:.0f} s)", file=sys.stderr, flush=True)
+    labels = [method_label(m, args.keep_every) for m in methods]
+    return {"rows": rows, "depths": depth_info, "methods": labels}
+
+
+def _fmt_err(e: Optional[float]) -> str:
+    return "-" if e is None else f"{e:.1e}"
+
+
+def _fmt_ratio(r: Optional[float]) -> str:
+    return "-" if r is None else f"{r:.2f}"
+
+
+def render(args, payload: Dict[str, Any]) -> str:
+    info = payload["machine"]
+    cfg = payload["config"]
+    rows = payload["rows"]
+    peak_name = "CUDA peak" if args.device.startswith("cuda") else "peak RSS"
+    md = [
+        f"# Engine vs depth ({args.device}, {cfg['dtype']})\n",
+        f"Input {cfg['batch']} x {cfg['channels']} x {cfg['size']} x {cfg['size']}, hidden {cfg['hidden']}, "
+        f"couplings alternately affine / additive{' with a channel flip after each' if cfg['flip'] else ''}; "
+        f"{cfg['repeats']} repeats (median), methods interleaved. Machine: {describe_machine(info)}.\n",
+        f"Command: `{payload['command']}`\n",
+    ]
+    cpu = args.device == "cpu"
+    headers = ["depth", "method", "saved MiB", "ctx KiB", f"{peak_name} MiB", "wall ms", "x standard"]
+    headers += ["CPU ms", "x standard"] if cpu else []
+    headers += ["grad err", "grad err vs f64"]
+    body = []
+    for r in rows:
+        row = [
+            r["depth"], r["method"], fmt_bytes(r["saved"]), fmt_bytes(r["ctx"], "KiB", 1),
+            fmt_bytes(r.get("peak")), f"{r['time'] * 1e3:.1f}", _fmt_ratio(r["time_ratio"]),
+        ]
+        if cpu:
+            row += [f"{r['cpu_time'] * 1e3:.1f}", _fmt_ratio(r["cpu_time_ratio"])]
+        row += [_fmt_err(r["grad_err"]), _fmt_err(r["grad_err_f64"])]
+        body.append(row)
+    md.append(markdown_table(headers, body, "rl" + "r" * (len(headers) - 2)))
+    # scaling summary
+    dmin, dmax = min(args.depths), max(args.depths)
+    by = {(r["method"], r["depth"]): r for r in rows}
+    summ = []
+    for m in payload["methods"]:
+        lo, hi = by.get((m, dmin)), by.get((m, dmax))
+        if lo is None or hi is None:
+            continue
+
+        def ratio(key, lo=lo, hi=hi):
+            a, b = lo.get(key), hi.get(key)
+            return "-" if not a or b is None else f"{b / a:.2f}"
+
+        def saved_ctx(r):
+            return r["saved"] + r["ctx"]
+
+        sc = "-" if not saved_ctx(lo) else f"{saved_ctx(hi) / saved_ctx(lo):.2f}"
+        key = "cpu_time_ratio" if cpu else "time_ratio"
+        summ.append([m, ratio("saved"), sc, ratio("peak"), _fmt_ratio(hi[key]), _fmt_err(hi["grad_err"])])
+    md.append(f"\nScaling from depth {dmin} to depth {dmax}:\n")
+    md.append(markdown_table(
+        ["method", f"saved {dmax}/{dmin}", f"saved+ctx {dmax}/{dmin}", f"peak {dmax}/{dmin}",
+         f"{'CPU' if cpu else 'wall'} time x standard at {dmax}", f"grad err at {dmax}"], summ))
+    rt = ", ".join(f"{d['depth']}: {d['roundtrip_err']:.1e}" for d in payload["depths"])
+    md.append("\nRound-trip error of the chain by inversion, ||f^-1(f(x)) - x|| / ||x|| "
+              f"(depth: error): {rt}.\n")
+    prof = payload.get("profile")
+    if prof:
+        s = prof["seconds"]
+        tot = s["forward"] + s["backward"]
+        md.append(f"\nTime split of an invprox step at depth {prof['depth']} ({prof['clock']}, median of "
+                  f"{prof['repeats']}, monkeypatched timers):\n")
+        parts = [
+            ("forward (no graph)", s["forward"]),
+            ("  of which RNG-state capture", s["forward_rng_capture"]),
+            ("backward", s["backward"]),
+            ("  fused rebuild: one coupling-network pass with graph (gives the inverse too)",
+             s["backward_fused_rebuild_network_pass"]),
+            ("  vector-Jacobian products (torch.autograd.grad)", s["backward_vjp_autograd_grad"]),
+            ("  RNG replay (fork_rng + set_rng_state)", s["backward_rng_replay"]),
+            ("  graph-leaf walk", s["backward_graph_leaf_walk"]),
+            ("  buffer save/restore", s["backward_restore_buffers"]),
+            ("  other (Python, dispatch, flips)", s["backward_other_python"]),
+            ("standard forward", s["standard_forward"]),
+            ("standard backward", s["standard_backward"]),
+        ]
+        md.append(markdown_table(["part", "ms", "% of invprox step"],
+                                 [[p, f"{v * 1e3:.1f}", f"{100 * v / tot:.0f}"] for p, v in parts]))
+    return "\n".join(md)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Memory, time and gradient error of one training step through a chain of couplings: "
+        "standard autograd, torch.utils.checkpoint, memcnn, invprox (pure inversion and keep_every).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--depths", type=int, nargs="+", default=[1, 4, 16, 64], help="chain depths")
+    p.add_argument("--batch", type=int, default=16, help="batch size of the input")
+    p.add_argument("--channels", type=int, default=8, help="channels of the input (split in halves)")
+    p.add_argument("--size", type=int, default=32, help="height and width")
+    p.add_argument("--hidden", type=int, default=64, help="hidden channels of the coupling networks")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per method and depth (median)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--keep-every", type=int, default=8, help="keep_every of the invprox_keep method")
+    p.add_argument("--float64", action="store_true", help="run everything in float64")
+    p.add_argument("--init", choices=["random", "zero"], default="random",
+                   help="last layer of each coupling network: PyTorch default init or Glow's zeros")
+    p.add_argument("--no-flip", dest="flip", action="store_false", default=argparse.SUPPRESS,
+                   help="drop the channel reversal after each coupling")
+    p.set_defaults(flip=True)
+    p.add_argument("--no-peak", action="store_true", help="skip the peak-memory child processes (CPU)")
+    p.add_argument("--no-f64-ref", action="store_true", help="skip the float64 reference gradient")
+    p.add_argument("--profile", type=int, default=0, metavar="DEPTH",
+                   help="also split the time of an invprox step at this depth (0: no)")
+    p.add_argument("--drift", type=int, nargs="+", default=None, metavar="DEPTH",
+                   help="instead of the sweep: gradient error of pure inversion and keep_every vs standard "
+                   "at these depths (writes engine_depth_<device>_drift.*)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="peak-memory child processes run at a time (memory numbers do not depend on it)")
+    p.add_argument("--tag", default="", help="suffix of the output files' names")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads (0: torch's default). One thread keeps timings meaningful "
+                   "on a shared CPU: with two threads and other jobs running, steps took 5-20x longer")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the input")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.relpath(__file__)), "results"),
+                   help="output folder")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.dtype = torch.float64 if args.float64 else torch.float32
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda but CUDA is not available")
+    if "standard" not in args.methods:
+        print("without 'standard' there are no time ratios or gradient errors", file=sys.stderr)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.child:
+        child_main(args)
+        return
+    t0 = time.perf_counter()
+    if args.drift:
+        result = drift_study(args, args.drift)
+    else:
+        result = sweep(args)
+        if args.profile:
+            result["profile"] = profile(args, args.profile)
+    memcnn = _import_memcnn()
+    payload = {
+        "benchmark": "engine_depth",
+        "command": "python " + " ".join(
+            [os.path.relpath(os.path.abspath(__file__))] + (sys.argv[1:] if argv is None else list(argv))
+        ),
+        "machine": machine_info(args.device, memcnn=getattr(memcnn, "__version__", None),
+                                invprox=invprox.__version__),
+        "config": {
+            "depths": args.depths, "batch": args.batch, "channels": args.channels, "size": args.size,
+            "hidden": args.hidden, "device": args.device, "dtype": str(args.dtype).replace("torch.", ""),
+            "repeats": args.repeats, "keep_every": args.keep_every, "init": args.init, "flip": args.flip,
+            "seed": args.seed, "loss": "chain(x).square().mean()", "threads": torch.get_num_threads(),
+        },
+        **result,
+        "total_seconds": time.perf_counter() - t0,
+    }
+    stem = f"engine_depth_{args.device.split(':')[0]}" + ("_float64" if args.float64 else "")
+    stem += ("_drift" if args.drift else "") + (f"_{args.tag}" if args.tag else "")
+    md = render_drift(args, payload) if args.drift else render(args, payload)
+    paths = write_results(args.out, stem, payload, md)
+    print(md)
+    print("wrote " + " and ".join(paths), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
