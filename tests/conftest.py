@@ -13,3 +13,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def write_images(folder, n, seed, size=8):
+    """``n`` smooth random gray ``size x size`` PNGs in ``folder``."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(n):
+        a, b, c = rng.uniform(0.2, 1.2), rng.uniform(0.2, 1.2), rng.uniform(0, 6)
+        img = (0.5 + 0.4 * np.sin(a * xx + b * yy + c)) * 255
+        Image.fromarray(img.astype(np.uint8), "L").save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A folder of 8x8 gray images (train 16, val 4) and a tiny Glow with ActNorm initialised, saved."""
+    from invprox.flows.glow import Glow
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    write_images(root / "imgs" / "train", 16, 0)
+    write_images(root / "imgs" / "val", 4, 1)
+    torch.manual_seed(0)
+    glow = Glow(in_channels=1, image_size=8, levels=1, steps=1, hidden=4)
+    with torch.no_grad():  # ActNorm data init, as after pre-training
+        glow.train()(glow.preprocess(torch.rand(8, 1, 8, 8)))
+    glow.save(root / "flow.pt")
+    return {"root": root, "data": str(root / "imgs"), "flow": str(root / "flow.pt")}

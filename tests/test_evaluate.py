@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from invprox.cli import main
-from invprox.flows.glow import Glow
 from invprox.train import evaluate as ev
 from invprox.train.evaluate import evaluate
 from invprox.train.images import save_grid
@@ -17,26 +16,12 @@ from invprox.train.solver_train import train_solver
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """8x8 gray images (train 8, val 4), a tiny Glow and a resnet solver trained for one step."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("eval_data")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("val", 4)):
-        (root / "imgs" / split).mkdir(parents=True)
-        for i in range(n):
-            img = rng.uniform(0, 255, (8, 8)).astype(np.uint8)
-            Image.fromarray(img, "L").save(root / "imgs" / split / f"{i}.png")
-    torch.manual_seed(0)
-    glow = Glow(in_channels=1, image_size=8, levels=1, steps=1, hidden=4)
-    with torch.no_grad():
-        glow.train()(glow.preprocess(torch.rand(8, 1, 8, 8)))
-    glow.save(root / "flow.pt")
-    train_solver(str(root / "imgs"), str(root / "res"), prox="resnet", size=8, channels=1, K=1,
+def setup(tiny_data, tmp_path_factory):
+    """The shared tiny data and Glow, and a resnet solver trained on them for one step."""
+    out = tmp_path_factory.mktemp("eval") / "res"
+    train_solver(tiny_data["data"], str(out), prox="resnet", size=8, channels=1, K=1,
                  features=4, n_blocks=1, batch=4, max_steps=1, progress=False, log=lambda s: None)
-    return {"data": str(root / "imgs"), "flow": str(root / "flow.pt"),
-            "model": str(root / "res" / "solver.pt")}
+    return {"data": tiny_data["data"], "flow": tiny_data["flow"], "model": str(out / "solver.pt")}
 
 
 class _Identity(nn.Module):

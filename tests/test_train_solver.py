@@ -7,36 +7,14 @@ import pytest
 import torch
 
 from invprox.cli import main
-from invprox.flows.glow import Glow
 from invprox.train import CheckpointError, load_checkpoint, solver_train
 from invprox.train.solver_setup import fixed_measurements, load_solver, physics_options
 from invprox.train.solver_train import NonFiniteLossError, train_solver
 
 
-def _write_images(folder, n, seed):
-    from PIL import Image
-
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:8, 0:8]
-    for i in range(n):
-        a, b, c = rng.uniform(0.2, 1.2), rng.uniform(0.2, 1.2), rng.uniform(0, 6)
-        img = (0.5 + 0.4 * np.sin(a * xx + b * yy + c)) * 255
-        Image.fromarray(img.astype(np.uint8), "L").save(folder / f"{i:03d}.png")
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A folder of 8x8 gray images (train 16, val 4) and a tiny pre-trained-looking Glow."""
-    root = tmp_path_factory.mktemp("solver_data")
-    _write_images(root / "imgs" / "train", 16, 0)
-    _write_images(root / "imgs" / "val", 4, 1)
-    torch.manual_seed(0)
-    glow = Glow(in_channels=1, image_size=8, levels=1, steps=1, hidden=4)
-    with torch.no_grad():  # ActNorm data init, as after pre-training
-        glow.train()(glow.preprocess(torch.rand(8, 1, 8, 8)))
-    glow.save(root / "flow.pt")
-    return {"data": str(root / "imgs"), "flow": str(root / "flow.pt")}
+def setup(tiny_data):
+    return tiny_data
 
 
 def _kw(setup, **over):
