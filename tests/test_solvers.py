@@ -75,12 +75,30 @@ def test_activation_memory_flat_in_K_standard_grows():
     _, y = measurement(op)
     out = {}
     for K in (1, 8):
-        for eff in (True, False):
-            s = FlowProxSolver(tiny_glow(), op, K=K, memory_efficient=eff)
+        for mode, kw in (("pure", {"keep_every": None}), ("fold", {}), ("standard", {"memory_efficient": False})):
+            s = FlowProxSolver(tiny_glow(), op, K=K, **kw)
             _, rec = saved_tensor_bytes(lambda s=s: s(y).sum(), exclude=s.parameters())
-            out[K, eff] = rec.bytes
-    assert out[8, True] <= 1.2 * out[1, True]
-    assert out[8, False] >= 6 * out[1, False]
+            out[K, mode] = rec.bytes
+    assert out[8, "pure"] <= 1.2 * out[1, "pure"]
+    assert out[8, "fold"] - out[1, "fold"] == 7 * y.numel() * 8  # one kept image per extra fold
+    assert out[8, "standard"] >= 6 * out[1, "standard"]
+
+
+def test_default_keeps_fold_inputs_so_deep_solvers_do_not_drift():
+    """Pure inversion through K contracting DC steps amplifies rounding by 1/(1 - mu) per fold."""
+    op = make_physics("denoising", (1, 4, 4))
+    g = tiny_glow().float()
+    x, y = measurement(op)
+    x, y = x.float(), y.float()
+    errs = {}
+    for mode, kw in (("pure", {"keep_every": None}), ("fold", {})):
+        s = FlowProxSolver(g, op, K=24, mu_init=0.7, **kw)
+        ref = copy.deepcopy(s)
+        ref.memory_efficient = False
+        grads = [torch.autograd.grad((m(y) - x).square().sum(), list(m.parameters())) for m in (s, ref)]
+        errs[mode] = testing.relative_error(grads[0], grads[1])
+    assert errs["fold"] < 1e-4
+    assert not errs["pure"] < 1e-2  # drifts (or overflows to NaN)
 
 
 def test_param_groups_and_step_ranges():

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -118,8 +118,12 @@ class FlowProxSolver(nn.Module):
             the flow's prior.
         mu_init: initial step ``mu_k`` as a fraction of ``1 / ||A||^2``.
         lam_init: initial ``lambda_k``.
-        keep_every, check: the engine's drift policy (see :class:`invprox.InvertibleChain`), counted in
-            blocks of the flat chain; :meth:`fold_blocks` tells how many blocks a fold has.
+        keep_every: the engine's drift policy, counted in blocks of the flat chain (see
+            :class:`invprox.InvertibleChain`). ``"fold"`` (default) keeps each fold's input, one image per
+            fold, so the data-consistency step is never inverted: its inverse multiplies rounding errors
+            by ``1 / (1 - mu)`` per fold (x2 at ``mu = 1/2``), and pure inversion (``None``) of a
+            32-fold denoiser then gives NaN gradients in float32 (``benchmarks/SOLVER_K.md``).
+        check: the engine's drift check (``None``, ``"warn"``, ``"raise"``, ``"fallback"``).
         memory_efficient: ``False`` trains with standard autograd (for comparison).
 
     Shapes:
@@ -136,7 +140,7 @@ class FlowProxSolver(nn.Module):
         shrinkage: Optional[str] = None,
         mu_init: float = 0.5,
         lam_init: float = 0.1,
-        keep_every: Optional[int] = None,
+        keep_every: Union[int, str, None] = "fold",
         check: Optional[str] = None,
         memory_efficient: bool = True,
     ):
@@ -160,6 +164,10 @@ class FlowProxSolver(nn.Module):
         for k in range(K):
             fb = list(flows[k].chain.blocks)
             blocks += [self.dc[k], *fb, self.shrink[k], *[Inverse(b) for b in reversed(fb)]]
+        if keep_every == "fold":
+            keep_every = len(blocks) // K
+        elif isinstance(keep_every, str):
+            raise ValueError(f"keep_every must be 'fold', a positive int or None, got {keep_every!r}")
         self.chain = InvertibleChain(
             blocks, keep_every=keep_every, check=check, memory_efficient=memory_efficient
         )

@@ -182,7 +182,7 @@ def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.M
             raise ValueError("--prox flow needs a pre-trained Glow: pass --flow PATH "
                              "(the flow.pt written by `invprox pretrain`)")
         kw: Dict[str, Any] = {"tied": bool(config.get("tied")), "shrinkage": config.get("shrinkage"),
-                              "keep_every": config.get("keep_every"),
+                              "keep_every": config.get("keep_every", "fold"),
                               "memory_efficient": not config.get("standard_autograd", False)}
     else:
         kw = {"checkpoint": bool(config.get("checkpoint_folds"))}

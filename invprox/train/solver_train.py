@@ -30,7 +30,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
 from torch import Tensor
@@ -111,7 +111,7 @@ def train_solver(
     n_val: Optional[int] = 64,
     standard_autograd: bool = False,
     checkpoint_folds: bool = False,
-    keep_every: Optional[int] = None,
+    keep_every: Union[int, str, None] = "fold",
     seed: int = 0,
     device: str = "cpu",
     resume: bool = False,
@@ -301,6 +301,18 @@ def train_solver(
     return m
 
 
+def _keep_every(text: str) -> Union[int, str, None]:
+    if text in ("fold", "none"):
+        return None if text == "none" else text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, 'fold' or 'none', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, 'fold' or 'none', got {text!r}")
+    return n
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``invprox train``."""
     p = subparsers.add_parser(
@@ -325,7 +337,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--flow", default=None, help="pre-trained Glow (flow.pt of `invprox pretrain`); needed for --prox flow")
     a("--tied", action="store_true", help="flow: one flow shared by all folds")
     a("--shrinkage", default=None, choices=("gaussian", "laplace"), help="flow: latent prox (default: prior)")
-    a("--keep-every", type=int, default=None, help="flow engine drift policy: keep every n-th state")
+    a("--keep-every", type=_keep_every, default="fold", metavar="N|fold|none",
+      help="flow engine drift policy: keep every N-th block's input, 'fold' (default: each fold's "
+           "input, one image per fold) or 'none' (pure inversion)")
     a("--standard-autograd", action="store_true", help="flow: plain autograd instead of the engine")
     a("--checkpoint-folds", action="store_true", help="baselines: torch.utils.checkpoint per fold")
     a("--features", type=int, default=None, help="baselines: feature maps (default: the factory's)")
