@@ -75,7 +75,8 @@ def test_activation_memory_flat_in_K_standard_grows():
     _, y = measurement(op)
     out = {}
     for K in (1, 8):
-        for mode, kw in (("pure", {"keep_every": None}), ("fold", {}), ("standard", {"memory_efficient": False})):
+        modes = (("pure", {"keep_every": None}), ("fold", {}), ("standard", {"memory_efficient": False}))
+        for mode, kw in modes:
             s = FlowProxSolver(tiny_glow(), op, K=K, **kw)
             _, rec = saved_tensor_bytes(lambda s=s: s(y).sum(), exclude=s.parameters())
             out[K, mode] = rec.bytes
