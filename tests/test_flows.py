@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from invprox import Inverse, InvertibleChain, saved_tensor_bytes
+from invprox import Inverse, InvertibleChain, saved_tensor_bytes, testing
 from invprox.flows import (
     ActNorm,
     AdditiveCoupling,
@@ -318,3 +318,27 @@ def test_blocks_compose_into_a_larger_chain():
     assert torch.allclose(InvertibleChain(glow.flow_blocks())(x), glow(x), atol=1e-12)
     fold = InvertibleChain(glow.flow_blocks() + glow.inverse_blocks())
     assert torch.allclose(fold(x), x, atol=1e-10)
+
+
+def test_bounded_scale_coupling_contract_and_bound():
+    torch.manual_seed(0)
+    c = testing.randomize_parameters(AffineCoupling(4, hidden=4, scale_min=0.5), std=0.5).double()
+    x = torch.randn(2, 4, 2, 2, dtype=torch.float64)
+    testing.check_roundtrip(c, x)
+    testing.check_logdet(c, x)
+    with torch.no_grad():
+        c.net[-1].bias.fill_(-1e4)  # the unbounded scale would underflow to 0 here
+        _, s = c._params(x[:, :2], ())
+    assert float(s.min()) >= 0.5
+    with pytest.raises(ValueError, match="scale_min"):
+        AffineCoupling(4, scale_min=1.0)
+
+
+def test_glow_scale_min_round_trip_and_config():
+    torch.manual_seed(0)
+    g = testing.randomize_parameters(Glow(2, 4, levels=1, steps=2, hidden=4, scale_min=0.5), 0.3).double()
+    x = torch.rand(2, 2, 4, 4, dtype=torch.float64) - 0.5
+    with torch.no_grad():
+        g(x)
+    testing.check_roundtrip(g, x)
+    assert g.config["scale_min"] == 0.5 and Glow.from_config(g.config).config["scale_min"] == 0.5

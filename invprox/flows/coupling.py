@@ -60,8 +60,12 @@ class _Coupling(InvertibleModule):
         cond_channels: int = 0,
         dropout: float = 0.0,
         net: Optional[nn.Module] = None,
+        scale_min: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= scale_min < 1.0:
+            raise ValueError(f"scale_min must be in [0, 1), got {scale_min!r}")
+        self.scale_min = float(scale_min)
         if channels < 2:
             raise ValueError(f"a coupling needs at least 2 channels to split, got {channels}")
         if hidden < 1:
@@ -88,7 +92,8 @@ class _Coupling(InvertibleModule):
         if not self.affine:
             return h, None
         t, r = h[:, : self.c2], h[:, self.c2 :]
-        return t, torch.sigmoid(r + 2.0)
+        s = torch.sigmoid(r + 2.0)
+        return t, s if not self.scale_min else self.scale_min + (1.0 - self.scale_min) * s
 
     def _logdet(self, s: Optional[Tensor], x: Tensor) -> Tensor:
         if s is None:
@@ -169,6 +174,12 @@ class AffineCoupling(_Coupling):
         cond_channels: channels of the conditioning tensors the network also reads (0: ignores cond).
         dropout: dropout in the coupling network.
         net: a network of your own mapping ``C // 2 + cond_channels`` to ``2 * (C - C // 2)`` channels.
+        scale_min: lower bound of the scale, ``s = scale_min + (1 - scale_min) sigmoid(r + 2)``. The
+            inverse divides by ``s``, so a flow whose scales shrink towards 0 (as a Glow trained on clean
+            images does for noise-like inputs) amplifies float32 rounding by ``1/s`` per coupling and its
+            inverse can overflow; ``scale_min > 0`` bounds that factor by ``1/scale_min`` (Behrmann et al.,
+            "Understanding and mitigating exploding inverses in invertible neural networks", 2021).
+            0 is Glow's original.
     """
 
     affine = True

@@ -51,6 +51,7 @@ def build_glow_blocks(
     hidden: int,
     coupling: str = "affine",
     seed: int = 0,
+    scale_min: float = 0.0,
 ) -> List[nn.Module]:
     """The blocks of a Glow flow (see the module docstring), in order.
 
@@ -61,6 +62,7 @@ def build_glow_blocks(
         hidden: hidden channels of each coupling network.
         coupling: ``"affine"`` or ``"additive"``.
         seed: seed of the random rotations that initialise the 1x1 convolutions.
+        scale_min: lower bound of the affine couplings' scale (see :class:`AffineCoupling`).
     """
     if coupling not in _COUPLINGS:
         raise ValueError(f"coupling must be one of {tuple(_COUPLINGS)}, got {coupling!r}")
@@ -80,7 +82,8 @@ def build_glow_blocks(
         for _ in range(steps):
             blocks.append(wrap(ActNorm(active)))
             blocks.append(wrap(InvConv1x1(active, generator=gen)))
-            blocks.append(wrap(_COUPLINGS[coupling](active, hidden=hidden)))
+            kw = {"scale_min": scale_min} if coupling == "affine" else {}
+            blocks.append(wrap(_COUPLINGS[coupling](active, hidden=hidden, **kw)))
         if level < levels - 1:
             blocks.append(wrap(SplitPrior(active)))
             active //= 2
@@ -108,6 +111,10 @@ class Glow(InvertibleModule):
         check: the engine's drift check (``None``, "warn", "raise", "fallback"); needs ``keep_every``.
         seed: seed of the random rotations initialising the 1x1 convolutions (coupling networks use the
             global RNG).
+        scale_min: lower bound of the affine couplings' scale. Glow's original is 0; a flow used as a
+            proximal operator meets noisy, off-manifold inputs, where an unbounded scale lets the inverse
+            overflow in float32 (see :class:`~invprox.flows.AffineCoupling`). 0.5 bounds each coupling's
+            error amplification by 2.
 
     Attributes:
         chain: the :class:`invprox.InvertibleChain` of all blocks; ``chain.blocks`` can be placed in a
@@ -138,6 +145,7 @@ class Glow(InvertibleModule):
         keep_every: Optional[int] = None,
         check: Optional[str] = None,
         seed: int = 0,
+        scale_min: float = 0.0,
     ):
         super().__init__()
         if prior not in PRIORS:
@@ -152,14 +160,14 @@ class Glow(InvertibleModule):
         self.config: Dict[str, Any] = dict(
             in_channels=in_channels, image_size=list(hw), levels=levels, steps=steps, hidden=hidden,
             coupling=coupling, prior=prior, n_bits=n_bits, memory_efficient=memory_efficient,
-            keep_every=keep_every, check=check, seed=seed,
+            keep_every=keep_every, check=check, seed=seed, scale_min=scale_min,
         )
         self.in_channels = in_channels
         self.image_size: Tuple[int, int] = hw
         self.levels = levels
         self.prior = prior
         self.n_bits = n_bits
-        blocks = build_glow_blocks(in_channels, levels, steps, hidden, coupling, seed)
+        blocks = build_glow_blocks(in_channels, levels, steps, hidden, coupling, seed, scale_min)
         self.chain = InvertibleChain(
             blocks, keep_every=keep_every, check=check, memory_efficient=memory_efficient
         )

@@ -45,7 +45,7 @@ from .loop_utils import (
 __all__ = ["pretrain", "add_parser", "load_images"]
 
 _CKPT = "invprox.pretrain/1"
-_MODEL_KEYS = ("levels", "steps", "hidden", "coupling", "prior", "n_bits")
+_MODEL_KEYS = ("levels", "steps", "hidden", "coupling", "prior", "n_bits", "scale_min")
 
 
 def load_images(
@@ -93,6 +93,7 @@ def pretrain(
     steps: int = 8,
     hidden: int = 128,
     coupling: str = "affine",
+    scale_min: float = 0.0,
     prior: str = "gaussian",
     n_bits: int = 5,
     batch: int = 32,
@@ -122,7 +123,8 @@ def pretrain(
     Args:
         data, val_data: data specs (``val_data`` defaults to ``data``'s ``val`` split).
         out: output folder. size, channels: image side and channels.
-        levels, steps, hidden, coupling, prior, n_bits: the Glow (see :class:`~invprox.flows.Glow`).
+        levels, steps, hidden, coupling, prior, n_bits, scale_min: the Glow (see
+            :class:`~invprox.flows.Glow`).
         batch, epochs, lr, warmup, schedule, grad_clip: Adam, linear warm-up over ``warmup`` steps, then
             ``"constant"`` or ``"cosine"``; gradient-norm clipping (0 disables it).
         max_steps, max_minutes: stop early after this many optimizer steps in total / minutes of this
@@ -151,7 +153,7 @@ def pretrain(
         state = load_latest(ckpt_path)
         if state.get("format") != _CKPT:
             raise ValueError(f"{ckpt_path} is not a pretrain checkpoint")
-        gcfg = dict(state["glow_config"])
+        gcfg = {"scale_min": 0.0, **state["glow_config"]}
         differ = [k for k in _MODEL_KEYS if opts[k] != gcfg[k]]
         if differ:
             log(f"resume: model settings {differ} taken from the checkpoint")
@@ -160,7 +162,8 @@ def pretrain(
     torch.manual_seed(seed)
     if state is None:
         glow = Glow(channels, size, levels, steps, hidden, coupling, prior, n_bits,
-                    memory_efficient=not standard_autograd, keep_every=keep_every, seed=seed)
+                    memory_efficient=not standard_autograd, keep_every=keep_every, seed=seed,
+                    scale_min=scale_min)
     else:
         glow = Glow.from_config({**gcfg, "memory_efficient": not standard_autograd,
                                  "keep_every": keep_every})
@@ -291,6 +294,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--steps", type=int, default=8, help="flow steps per level")
     a("--hidden", type=int, default=128, help="hidden channels of the coupling networks")
     a("--coupling", default="affine", choices=("affine", "additive"))
+    a("--scale-min", type=float, default=0.0,
+      help="lower bound of the affine couplings' scale (0: Glow's original; 0.5 keeps the inverse stable "
+           "on noisy inputs, for use as a prior in solvers)")
     a("--prior", default="gaussian", choices=("gaussian", "laplace"))
     a("--n-bits", type=int, default=5, help="bits per colour channel of the data model")
     a("--batch", type=int, default=32)
