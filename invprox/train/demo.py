@@ -125,7 +125,8 @@ def run_demo(out: str = "runs/demo", quick: bool = False, seed: int = 0, sigma: 
 
     log(f"[1/4] pre-training a Glow on embedded scikit-image photographs ({p['glow_minutes']} min)")
     pretrain("embedded", str(root / "glow"), levels=p["levels"], steps=p["steps"], hidden=p["hidden"],
-             n_bits=5, batch=32, epochs=10_000, lr=1e-3, warmup=50, max_minutes=p["glow_minutes"],
+             n_bits=5, scale_min=0.5, batch=32, epochs=10_000, lr=1e-3, warmup=50,
+             max_minutes=p["glow_minutes"],
              **common)
     flow_path = root / "glow" / "flow.pt"
 
