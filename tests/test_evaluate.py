@@ -37,11 +37,11 @@ def test_eval_writes_csv_markdown_grid(setup, tmp_path):
     out = tmp_path / "ev"
     s = evaluate([setup["model"], setup["model"]], str(out), names=["res"], sigmas=[0.1, 0.2],
                  latent_map=True, flow=setup["flow"], lm_steps=2, progress=False, log=lambda m: None)
-    assert s["methods"] == ["res", "resnet", "latent MAP"] and s["n_images"] == 4
+    assert s["methods"] == ["res", "resnet", "noisy input", "latent MAP"] and s["n_images"] == 4
     rows = list(csv.DictReader(open(out / "per_image.csv")))
-    assert len(rows) == 3 * 2 * 4 and set(rows[0]) == {"method", "sigma", "index", "psnr", "ssim"}
+    assert len(rows) == 4 * 2 * 4 and set(rows[0]) == {"method", "sigma", "index", "psnr", "ssim"}
     md = (out / "results.md").read_text()
-    assert "| res |" in md and "| latent MAP |" in md and "sigma 0.2" in md
+    assert "| res |" in md and "| latent MAP |" in md and "| noisy input |" in md and "sigma 0.2" in md
     assert (out / "grid.png").stat().st_size > 0
     res = json.loads((out / "results.json").read_text())
     assert set(res["mean"]["res"]) == {"0.1", "0.2"}
@@ -69,7 +69,7 @@ def test_eval_cli_and_errors(setup, tmp_path, capsys):
     rc = main(["eval", "--model", setup["model"], "--sigmas", "0.2", "--limit", "2", "--out", str(out),
                "--no-progress"])
     assert rc == 0 and (out / "results.md").is_file()
-    assert len(list(csv.DictReader(open(out / "per_image.csv")))) == 2
+    assert len(list(csv.DictReader(open(out / "per_image.csv")))) == 2 * 2  # the model and the input
     rc = main(["eval", "--out", str(out)])
     assert rc == 2 and "nothing to evaluate" in capsys.readouterr().err
     rc = main(["eval", "--model", str(tmp_path / "missing.pt"), "--out", str(out)])
@@ -90,3 +90,23 @@ def test_save_grid(tmp_path):
         save_grid({"a": torch.rand(1, 1, 8, 8), "b": torch.rand(1, 1, 4, 4)}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="row 'a'"):
         save_grid({"a": torch.rand(8, 8)}, tmp_path / "x.png")
+
+
+class _NaNFirst(_Identity):
+    """Returns the measurement, except NaN for the first image of each batch."""
+
+    def forward(self, y):
+        out = y.clone()
+        out[0] = float("nan")
+        return out
+
+
+def test_non_finite_outputs_are_counted_not_hidden(setup, tmp_path, monkeypatch):
+    cfg = {"task": "denoising", "physics_options": {}, "size": 8, "channels": 1, "prox": "nanfirst",
+           "data": setup["data"], "sigma": 0.1}
+    monkeypatch.setattr(ev, "load_solver", lambda path, dev: (_NaNFirst(), dict(cfg)))
+    s = evaluate(["x"], str(tmp_path), batch=4, sigmas=[0.1], progress=False, log=lambda m: None, grid_n=2)
+    m = s["mean"]["nanfirst"]["0.1"]
+    assert m["n_finite"] == 3 and m["n"] == 4 and np.isfinite(m["psnr"])
+    assert m["psnr"] == pytest.approx(s["mean"]["noisy input"]["0.1"]["psnr"], abs=3)
+    assert "[3/4 finite]" in (tmp_path / "results.md").read_text()

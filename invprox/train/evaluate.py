@@ -73,7 +73,13 @@ def _model_method(solver) -> Method:
 
 def _references(task: str, latent_map: bool, flow: Optional[str], lm: Dict[str, Any], classical: bool,
                 dev) -> List[Tuple[str, Method]]:
-    refs: List[Tuple[str, Method]] = []
+    from ..solvers.classical import noisy_input
+
+    def back_projection(y: Tensor, op: Any, sigma: float) -> Tensor:
+        return noisy_input(y, op)
+
+    label = "noisy input" if task == "denoising" else "back-projection A^T y"
+    refs: List[Tuple[str, Method]] = [(label, back_projection)]
     if latent_map:
         if not flow:
             raise ValueError("--latent-map needs the pre-trained Glow: pass --flow PATH")
@@ -106,6 +112,12 @@ def _references(task: str, latent_map: bool, flow: Optional[str], lm: Dict[str, 
 
 def _fmt(v: float, digits: int) -> str:
     return "inf" if v == math.inf else ("n/a" if math.isnan(v) else f"{v:.{digits}f}")
+
+
+def _cell(m: Dict[str, float]) -> str:
+    """``PSNR / SSIM``, with ``[k/n finite]`` when some outputs were NaN (the means are over the rest)."""
+    cell = f"{_fmt(m['psnr'], 2)} / {_fmt(m['ssim'], 4)}"
+    return cell if m["n_finite"] == m["n"] else f"{cell} [{m['n_finite']}/{m['n']} finite]"
 
 
 def evaluate(
@@ -249,17 +261,17 @@ def _write(rows: List[Dict[str, Any]], names: List[str], sigmas: List[float], ou
         mean[name] = {}
         for s in sigmas:
             sel = [r for r in rows if r["method"] == name and r["sigma"] == s]
-            p = sum(r["psnr"] for r in sel) / len(sel)
-            q = sum(r["ssim"] for r in sel) / len(sel)
-            mean[name][f"{s:g}"] = {"psnr": p, "ssim": q}
+            ok = [r for r in sel if not (math.isnan(r["psnr"]) or math.isnan(r["ssim"]))]
+            p = sum(r["psnr"] for r in ok) / len(ok) if ok else math.nan
+            q = sum(r["ssim"] for r in ok) / len(ok) if ok else math.nan
+            mean[name][f"{s:g}"] = {"psnr": p, "ssim": q, "n_finite": len(ok), "n": len(sel)}
     head = "| method | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " |"
     lines = [f"# {task}: average PSNR (dB) / SSIM", "",
              f"data `{data}` ({split} split), {n} images, measurement seed {seed}; outputs clamped to "
-             "[0, 1].",
+             "[0, 1]; means over finite outputs (a count where some were not).",
              "", head, "|---" * (len(sigmas) + 1) + "|"]
     for name in names:
-        cells = [f"{_fmt(mean[name][f'{s:g}']['psnr'], 2)} / {_fmt(mean[name][f'{s:g}']['ssim'], 4)}"
-                 for s in sigmas]
+        cells = [_cell(mean[name][f"{s:g}"]) for s in sigmas]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     summary = {"task": task, "data": data, "split": split, "n_images": n, "seed": seed, "sigmas": sigmas,
