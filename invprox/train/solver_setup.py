@@ -183,12 +183,14 @@ def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.M
                              "(the flow.pt written by `invprox pretrain`)")
         kw: Dict[str, Any] = {"tied": bool(config.get("tied")), "shrinkage": config.get("shrinkage"),
                               "keep_every": config.get("keep_every", "fold"),
+                              "lam_init": config.get("lam_init", 0.1),
                               "memory_efficient": not config.get("standard_autograd", False)}
     else:
         kw = {"checkpoint": bool(config.get("checkpoint_folds"))}
         for key in ("features", "n_blocks", "depth"):
             if config.get(key) is not None:
                 kw[key] = config[key]
+    kw["mu_init"] = config.get("mu_init", 0.5)
     from ..solvers.factory import build_solver as factory
 
     return factory(kind, physics, config["K"], config["channels"], config["size"], flow=flow, **kw)

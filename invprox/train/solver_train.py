@@ -92,6 +92,8 @@ def train_solver(
     flow: Optional[str] = None,
     tied: bool = False,
     shrinkage: Optional[str] = None,
+    mu_init: float = 0.5,
+    lam_init: float = 0.1,
     p_missing: float = 0.5,
     kernel: str = "gaussian",
     blur_std: float = 2.0,
@@ -131,6 +133,8 @@ def train_solver(
         size, channels: image side and channels (must match the flow).
         tied, shrinkage, keep_every, standard_autograd: flow-solver options (one flow for all folds; latent
             shrinkage; the engine's drift policy; plain autograd instead of the engine).
+        mu_init, lam_init: initial step ``mu_k`` (a fraction of ``1/||A||^2``, every solver) and latent
+            shrinkage ``lambda_k`` (flow).
         features, n_blocks, depth, checkpoint_folds: baseline options (``None``: the factory's default;
             ``torch.utils.checkpoint`` per fold).
         lr_net, lr_step: Adam learning rates of the networks and of the step sizes / shrinkages.
@@ -337,6 +341,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--flow", default=None, help="pre-trained Glow (flow.pt of `invprox pretrain`); needed for --prox flow")
     a("--tied", action="store_true", help="flow: one flow shared by all folds")
     a("--shrinkage", default=None, choices=("gaussian", "laplace"), help="flow: latent prox (default: prior)")
+    a("--mu-init", type=float, default=0.5, help="initial step mu_k as a fraction of 1/||A||^2")
+    a("--lam-init", type=float, default=0.1, help="flow: initial latent shrinkage lambda_k")
     a("--keep-every", type=_keep_every, default="fold", metavar="N|fold|none",
       help="flow engine drift policy: keep every N-th block's input, 'fold' (default: each fold's "
            "input, one image per fold) or 'none' (pure inversion)")
