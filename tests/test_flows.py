@@ -342,3 +342,10 @@ def test_glow_scale_min_round_trip_and_config():
         g(x)
     testing.check_roundtrip(g, x)
     assert g.config["scale_min"] == 0.5 and Glow.from_config(g.config).config["scale_min"] == 0.5
+
+
+def test_load_uses_the_engine_whatever_the_flow_was_trained_with(tmp_path):
+    g = Glow(1, 4, levels=1, steps=1, hidden=2, memory_efficient=False)
+    g.save(tmp_path / "g.pt")
+    assert Glow.load(tmp_path / "g.pt").memory_efficient
+    assert not Glow.load(tmp_path / "g.pt", memory_efficient=False).memory_efficient

@@ -326,8 +326,13 @@ class Glow(InvertibleModule):
         )
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], map_location: Any = "cpu") -> Glow:
+    def load(
+        cls, path: Union[str, os.PathLike], map_location: Any = "cpu", memory_efficient: bool = True
+    ) -> Glow:
         """Rebuild a Glow written by :meth:`save` (no user code needed), in evaluation mode.
+
+        ``memory_efficient`` is how the loaded flow runs under autograd (the engine by default), whatever
+        the flow was trained with: a training choice is not a property of the model.
 
         Raises:
             FileNotFoundError: the file is missing.
@@ -340,7 +345,7 @@ class Glow(InvertibleModule):
             raise ValueError(f"{path} is not a Glow saved by Glow.save (format {_FORMAT!r} missing)")
         sd = state["state_dict"]
         dtype = next(v.dtype for v in sd.values() if v.is_floating_point())
-        glow = cls.from_config(state["config"]).to(dtype=dtype)
+        glow = cls.from_config({**state["config"], "memory_efficient": memory_efficient}).to(dtype=dtype)
         glow.load_state_dict(sd)
         return glow.eval()
 
