@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from ..physics import DataConsistency
+from ._physics import SwappablePhysics
 
 __all__ = ["ResNetProx", "UNetProx", "UnrolledSolver", "ResNetProxSolver", "UNetProxSolver"]
 
@@ -163,7 +164,7 @@ def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(nbt)
 
 
-class UnrolledSolver(nn.Module):
+class UnrolledSolver(SwappablePhysics):
     """K folds of ``x <- P_k(x - mu_k A^T (A x - y))`` with untied prox networks and learned steps.
 
     Args:
@@ -214,21 +215,6 @@ class UnrolledSolver(nn.Module):
         self.dc = nn.ModuleList(DataConsistency(physics, mu_init=mu_init) for _ in range(self.K))
         self.physics = physics
         self.checkpoint = bool(checkpoint)
-
-    # ``physics`` is state, not a submodule (as in DataConsistency): nn.Module.__setattr__ would register
-    # an operator module under that name and bypass the property, leaving the DC blocks on the old one.
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "physics":
-            for dc in self.dc:
-                dc.physics = value
-            self.__dict__["_physics"] = value
-        else:
-            super().__setattr__(name, value)
-
-    @property
-    def physics(self) -> Any:
-        """The current forward operator (settable: the DC blocks follow)."""
-        return self.__dict__["_physics"]
 
     def step_parameters(self) -> List[nn.Parameter]:
         """The learned step sizes ``mu_k`` (own learning rate, as in the flow solver)."""

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from ..core.block import Inverse, InvertibleModule
 from ..core.chain import InvertibleChain
 from ..physics import DataConsistency
+from ._physics import SwappablePhysics
 
 __all__ = ["LatentShrinkage", "SoftThreshold", "FlowProxSolver"]
 
@@ -47,14 +48,8 @@ def _check_lam(lam_init: float) -> float:
     return float(lam_init)
 
 
-class LatentShrinkage(InvertibleModule):
-    """``z -> z / (1 + lambda)``: the proximal step of a standard Gaussian latent prior.
-
-    ``lambda = softplus(raw) >= 0`` whatever the optimiser does, so the map is always invertible.
-
-    Args:
-        lam_init: initial ``lambda`` (> 0).
-    """
+class _LearnedLambda(nn.Module):
+    """A learned shrinkage ``lambda = softplus(raw) >= 0`` (whatever the optimiser does)."""
 
     uses_cond = False
 
@@ -65,6 +60,19 @@ class LatentShrinkage(InvertibleModule):
     @property
     def lam(self) -> Tensor:
         return F.softplus(self.raw_lam)
+
+    def extra_repr(self) -> str:
+        return f"lam={float(self.lam.detach()):.4g}"
+
+
+class LatentShrinkage(_LearnedLambda, InvertibleModule):
+    """``z -> z / (1 + lambda)``: the proximal step of a standard Gaussian latent prior.
+
+    Invertible for every ``lambda >= 0``.
+
+    Args:
+        lam_init: initial ``lambda`` (> 0).
+    """
 
     def _factor(self, z: Tensor) -> Tensor:
         return (1.0 / (1.0 + self.lam)).to(z.dtype)
@@ -79,32 +87,23 @@ class LatentShrinkage(InvertibleModule):
         c = self._factor(z)
         return z * c, torch.log(c).expand(z.shape[0]) * z[0].numel()
 
-    def extra_repr(self) -> str:
-        return f"lam={float(self.lam.detach()):.4g}"
 
-
-class SoftThreshold(nn.Module):
+class SoftThreshold(_LearnedLambda):
     """``z -> sign(z) max(|z| - lambda, 0)``: the proximal step of a Laplace latent prior.
 
     Not invertible (``invertible = False``): the engine keeps its input.
+
+    Args:
+        lam_init: initial ``lambda`` (> 0).
     """
 
     invertible = False
-    uses_cond = False
-
-    def __init__(self, lam_init: float = 0.1):
-        super().__init__()
-        self.raw_lam = nn.Parameter(torch.tensor(_inv_softplus(_check_lam(lam_init))))
-
-    @property
-    def lam(self) -> Tensor:
-        return F.softplus(self.raw_lam)
 
     def forward(self, z: Tensor) -> Tensor:
         return torch.sign(z) * F.relu(z.abs() - self.lam.to(z.dtype))
 
 
-class FlowProxSolver(nn.Module):
+class FlowProxSolver(SwappablePhysics):
     """K folds of (DC, Glow, latent shrinkage, inverse Glow) trained end to end through the engine.
 
     Args:
@@ -171,19 +170,6 @@ class FlowProxSolver(nn.Module):
         self.chain = InvertibleChain(
             blocks, keep_every=keep_every, check=check, memory_efficient=memory_efficient
         )
-
-    # ``physics`` is state, not a submodule (as in DataConsistency): not in state_dict, swappable per call
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "physics":
-            for dc in self.dc:
-                dc.physics = value
-            self.__dict__["_physics"] = value
-        else:
-            super().__setattr__(name, value)
-
-    @property
-    def physics(self) -> Any:
-        return self.__dict__["_physics"]
 
     @property
     def memory_efficient(self) -> bool:
