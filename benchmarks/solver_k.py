@@ -71,7 +71,8 @@ Usage::
     python benchmarks/solver_k.py --ks 1 2 4 --repeats 3 --parts sweep --no-peak     # quick look
     python benchmarks/solver_k.py --device cuda --batch 16 --size 64 --levels 3 --steps 32 --hidden 512 \\
         --budget 80GB --ks 1 2 4 8 16
-    python benchmarks/solver_k.py --parts projection profile
+    python benchmarks/solver_k.py --parts projection profile     # merged into the existing results
+    python benchmarks/solver_k.py --parts peaks                  # re-run only the peak-memory children
 
 Guard applied to every Glow built here (``fix_channel_range``): an earlier ``ChannelRange`` declared
 ``forward(x, *cond)`` without ``uses_cond``, so the engine passed the measurement to it and it forwarded it
@@ -441,7 +442,7 @@ def first_step(r: Runner, x: Tensor, y: Tensor) -> Dict[str, Any]:
             if p.grad is not None:
                 p.grad.zero_()
         r.opt.step()
-    res = {"saved": rec.bytes, "held": held, "act": rec.bytes + held, "loss": float(loss),
+    res = {"saved": rec.bytes, "held": held, "act": rec.bytes + held, "loss": float(loss.detach()),
            "grad_finite": finite}
     res.update(r.state_bytes())
     res["state"] = res["params"] + res["grads"] + res["adam"]
@@ -1178,7 +1179,8 @@ def parse_args(argv=None):
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64], help="numbers of folds K")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS,
+                   help="training methods (see the module docstring; invprox_norng is optional)")
     p.add_argument("--batch", type=int, default=4, help="batch size")
     p.add_argument("--channels", type=int, default=3, help="image channels")
     p.add_argument("--size", type=int, default=32, help="image height and width")
@@ -1232,7 +1234,22 @@ def parse_args(argv=None):
 
 
 def fmt_budget(n: int) -> str:
-    return f"{n / 2**30:g} GiB" if n % 2**20 == 0 else f"{n / 1e9:g} GB"
+    for unit, name in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= unit:
+            return f"{n / unit:.4g} {name}"
+    return f"{n} B"
+
+
+def git_commit() -> Optional[str]:
+    """The checked-out commit (``git rev-parse --short HEAD``), ``None`` outside a git checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def main(argv=None) -> None:
@@ -1252,6 +1269,7 @@ def main(argv=None) -> None:
         "machine": machine_info(args.device, memcnn=getattr(_import_memcnn(), "__version__", None),
                                 invprox=invprox.__version__),
         "config": {k: v for k, v in vars(args).items() if k not in ("child",)},
+        "git_commit": git_commit(),
         "workaround": "ChannelRange.uses_cond set from the wrapped block (see the module docstring)",
     }
     stem = args.stem or f"solver_k_{args.device.split(':')[0]}"

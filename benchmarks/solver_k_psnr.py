@@ -42,7 +42,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import describe_machine, machine_info, markdown_table, write_results  # noqa: E402
-from solver_k import fix_channel_range  # noqa: E402
+from solver_k import fix_channel_range, git_commit  # noqa: E402
 
 import invprox  # noqa: E402
 from invprox.data import make_dataset  # noqa: E402
@@ -77,7 +77,10 @@ def get_flow(args, xt: torch.Tensor, xv: torch.Tensor, log: Dict[str, Any]) -> G
         glow = Glow.load(path)
         same = all(glow.config.get(k) == v for k, v in glow_config(args).items())
         if args.flow or same:
-            from invprox.train.checkpoint import load_checkpoint
+            try:  # moved from invprox.train.checkpoint (commit d43e1b1)
+                from invprox.checkpoint import load_checkpoint
+            except ImportError:
+                from invprox.train.checkpoint import load_checkpoint
 
             extra = load_checkpoint(path).get("extra", {})
             log.update(source=f"loaded {os.path.relpath(path)}", config=dict(glow.config), **extra)
@@ -261,6 +264,7 @@ def main(argv=None) -> None:
         "command": "python " + " ".join(
             [os.path.relpath(os.path.abspath(__file__))] + (sys.argv[1:] if argv is None else list(argv))),
         "machine": machine_info("cpu", invprox=invprox.__version__),
+        "git_commit": git_commit(),
         "config": dict(vars(args), n_train=len(xt), n_val=len(xv)),
         "flow": flow_log,
         "psnr_noisy": float(psnr(yv.clamp(0, 1), xv).mean()),
