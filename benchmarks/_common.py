@@ -32,11 +32,14 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+from torch import Tensor, nn
 
 from invprox.core.memory import peak_rss_bytes, reset_peak_rss, rss_now_bytes, ru_maxrss_bytes
 
 __all__ = [
     "CHILD_TAG",
+    "ctx_held",
+    "storage_key",
     "child_report",
     "fmt_bytes",
     "machine_info",
@@ -268,3 +271,56 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, float) and o != o:
         return None
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# -- autograd-context accounting (tensors kept outside the saved-tensor hooks) --------------------------
+def storage_key(t: Tensor):
+    return (str(t.device), t.untyped_storage().data_ptr())
+
+
+def ctx_held(root: Tensor, skip: set) -> Dict[Any, int]:
+    """Storages of tensors held as attributes of custom-Function contexts in ``root``'s graph.
+
+    Searches lists, tuples, dicts and plain objects (``__dict__`` / ``__slots__``) a few levels deep; skips
+    modules, callables and storages whose key is in ``skip`` (parameters, what the hooks already saw).
+    """
+    found: Dict[Any, int] = {}
+    seen = set()
+
+    def visit(obj, level):
+        if level > 4 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, Tensor):
+            k = storage_key(obj)
+            n = obj.untyped_storage().nbytes()
+            if n and k not in skip:
+                found[k] = n
+            return
+        atoms = (nn.Module, str, bytes, int, float, bool, type(None), torch.Size)
+        if isinstance(obj, atoms) or callable(obj):
+            return
+        if isinstance(obj, dict):
+            for v in obj.values():
+                visit(v, level + 1)
+            return
+        if isinstance(obj, (list, tuple, set)):
+            for v in obj:
+                visit(v, level + 1)
+            return
+        for name in getattr(type(obj), "__slots__", ()):
+            visit(getattr(obj, name, None), level + 1)
+        for v in getattr(obj, "__dict__", {}).values():
+            visit(v, level + 1)
+
+    stack, nodes = [root.grad_fn], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in nodes:
+            continue
+        nodes.add(fn)
+        if isinstance(fn, torch.autograd.function.BackwardCFunction):
+            for v in fn.__dict__.values():
+                visit(v, 0)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return found

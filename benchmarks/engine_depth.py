@@ -86,6 +86,7 @@ from torch.utils.checkpoint import checkpoint
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     child_report,
+    ctx_held,
     describe_machine,
     fmt_bytes,
     machine_info,
@@ -93,6 +94,7 @@ from _common import (  # noqa: E402
     median,
     run_children,
     step_peak_rss,
+    storage_key,
     timed_cpu,
     write_results,
 )
@@ -228,57 +230,9 @@ def train_step(model: nn.Module, x: Tensor) -> None:
 
 
 # -- measurements ---------------------------------------------------------------------------------------
-def _storage_key(t: Tensor):
-    return (str(t.device), t.untyped_storage().data_ptr())
-
-
 def ctx_held_bytes(root: Tensor, exclude: Sequence[Tensor]) -> int:
-    """Bytes of tensors held as attributes of custom-Function contexts in ``root``'s graph.
-
-    Searches lists, tuples, dicts and plain objects (``__dict__``/``__slots__``) a few levels deep; skips
-    modules, callables, storages of size 0 and the storages of ``exclude``.
-    """
-    skip = {_storage_key(t) for t in exclude}
-    found: Dict[Any, int] = {}
-    seen_objs = set()
-
-    def visit(obj, level):
-        if level > 4 or id(obj) in seen_objs:
-            return
-        seen_objs.add(id(obj))
-        if isinstance(obj, Tensor):
-            n = obj.untyped_storage().nbytes()
-            k = _storage_key(obj)
-            if n and k not in skip:
-                found[k] = n
-            return
-        atoms = (nn.Module, str, bytes, int, float, bool, type(None), torch.Size)
-        if isinstance(obj, atoms) or callable(obj):
-            return
-        if isinstance(obj, dict):
-            for v in obj.values():
-                visit(v, level + 1)
-            return
-        if isinstance(obj, (list, tuple, set)):
-            for v in obj:
-                visit(v, level + 1)
-            return
-        for name in getattr(type(obj), "__slots__", ()):
-            visit(getattr(obj, name, None), level + 1)
-        for v in getattr(obj, "__dict__", {}).values():
-            visit(v, level + 1)
-
-    stack, seen_nodes = [root.grad_fn], set()
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen_nodes:
-            continue
-        seen_nodes.add(fn)
-        if isinstance(fn, torch.autograd.function.BackwardCFunction):
-            for v in fn.__dict__.values():
-                visit(v, 0)
-        stack.extend(nxt for nxt, _ in fn.next_functions)
-    return sum(found.values())
+    """Bytes of tensors held in custom-Function contexts of ``root``'s graph, except ``exclude``'s."""
+    return sum(ctx_held(root, {storage_key(t) for t in exclude}).values())
 
 
 def gradient_vector(blocks: Sequence[nn.Module], x: Tensor) -> Tensor:

@@ -109,6 +109,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
     child_report,
+    ctx_held,
     describe_machine,
     fmt_bytes,
     machine_info,
@@ -116,6 +117,7 @@ from _common import (  # noqa: E402
     median,
     run_child,
     step_peak_rss,
+    storage_key,
     sync,
     write_results,
 )
@@ -295,9 +297,9 @@ class CheckpointFolds(nn.Module):
         return h
 
     def forward(self, x0: Tensor, y: Tensor) -> Tensor:
-        h, inputs = x0, {_skey(y): y.untyped_storage().nbytes()}
+        h, inputs = x0, {storage_key(y): y.untyped_storage().nbytes()}
         for k in range(self.K):
-            inputs[_skey(h)] = h.untyped_storage().nbytes()
+            inputs[storage_key(h)] = h.untyped_storage().nbytes()
             h = checkpoint(self._fold, h, y, k, use_reentrant=False)
         self.inputs = inputs
         self.rng_bytes = torch.get_rng_state().numel() * self.K
@@ -369,56 +371,6 @@ class Runner:
 
 
 # -- accounting -----------------------------------------------------------------------------------------
-def _skey(t: Tensor):
-    return (str(t.device), t.untyped_storage().data_ptr())
-
-
-def ctx_held(root: Tensor, skip: set) -> Dict[Any, int]:
-    """Storages of tensors held as attributes of custom-Function contexts in ``root``'s graph.
-
-    Searches lists, tuples, dicts and plain objects (``__dict__`` / ``__slots__``) a few levels deep; skips
-    modules, callables and storages whose key is in ``skip`` (parameters, what the hooks already saw).
-    """
-    found: Dict[Any, int] = {}
-    seen = set()
-
-    def visit(obj, level):
-        if level > 4 or id(obj) in seen:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, Tensor):
-            k = _skey(obj)
-            n = obj.untyped_storage().nbytes()
-            if n and k not in skip:
-                found[k] = n
-            return
-        atoms = (nn.Module, str, bytes, int, float, bool, type(None), torch.Size)
-        if isinstance(obj, atoms) or callable(obj):
-            return
-        if isinstance(obj, dict):
-            for v in obj.values():
-                visit(v, level + 1)
-            return
-        if isinstance(obj, (list, tuple, set)):
-            for v in obj:
-                visit(v, level + 1)
-            return
-        for name in getattr(type(obj), "__slots__", ()):
-            visit(getattr(obj, name, None), level + 1)
-        for v in getattr(obj, "__dict__", {}).values():
-            visit(v, level + 1)
-
-    stack, nodes = [root.grad_fn], set()
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in nodes:
-            continue
-        nodes.add(fn)
-        if isinstance(fn, torch.autograd.function.BackwardCFunction):
-            for v in fn.__dict__.values():
-                visit(v, 0)
-        stack.extend(nxt for nxt, _ in fn.next_functions)
-    return found
 
 
 def first_step(r: Runner, x: Tensor, y: Tensor) -> Dict[str, Any]:
@@ -427,7 +379,7 @@ def first_step(r: Runner, x: Tensor, y: Tensor) -> Dict[str, Any]:
     with SavedTensors(tuple(r.params)) as rec:
         out = r.forward(y)
         loss = F.mse_loss(out, x)
-    skip = set(rec._seen) | {_skey(p) for p in r.params}
+    skip = set(rec._seen) | {storage_key(p) for p in r.params}
     held = sum(ctx_held(loss, skip).values())
     if isinstance(r.model, CheckpointFolds):
         held += r.model.held_bytes(skip)
@@ -714,7 +666,7 @@ def _fold_saved(flow: Glow, args, size: int, batch: int, K: int, method: str) ->
     with SavedTensors(tuple(r.params)) as rec:
         out = r.forward(y)
         loss = F.mse_loss(out, x)
-    skip = set(rec._seen) | {_skey(p) for p in r.params}
+    skip = set(rec._seen) | {storage_key(p) for p in r.params}
     held = sum(ctx_held(loss, skip).values())
     if isinstance(r.model, CheckpointFolds):
         held += r.model.held_bytes(skip, rng=False)  # CPU RNG states live in host memory
