@@ -373,16 +373,26 @@ class Runner:
 # -- accounting -----------------------------------------------------------------------------------------
 
 
-def first_step(r: Runner, x: Tensor, y: Tensor) -> Dict[str, Any]:
-    """Forward + loss under saved-tensor hooks, the held bytes, backward, Adam step; returns the numbers."""
-    r.opt.zero_grad(set_to_none=True)
+def accounted_forward(r: Runner, x: Tensor, y: Tensor, rng: bool = True):
+    """Forward + MSE loss under saved-tensor hooks; returns ``(out, loss, saved record, held bytes)``.
+
+    ``held``: bytes kept outside the hooks (custom-Function contexts, checkpoint closures; with ``rng``
+    the CPU random states of checkpointed folds too).
+    """
     with SavedTensors(tuple(r.params)) as rec:
         out = r.forward(y)
         loss = F.mse_loss(out, x)
     skip = set(rec._seen) | {storage_key(p) for p in r.params}
     held = sum(ctx_held(loss, skip).values())
     if isinstance(r.model, CheckpointFolds):
-        held += r.model.held_bytes(skip)
+        held += r.model.held_bytes(skip, rng=rng)
+    return out, loss, rec, held
+
+
+def first_step(r: Runner, x: Tensor, y: Tensor) -> Dict[str, Any]:
+    """Forward + loss under saved-tensor hooks, the held bytes, backward, Adam step; returns the numbers."""
+    r.opt.zero_grad(set_to_none=True)
+    out, loss, rec, held = accounted_forward(r, x, y)
     del out
     loss.backward()
     g = r.grad_vector()
@@ -663,13 +673,7 @@ def _fold_saved(flow: Glow, args, size: int, batch: int, K: int, method: str) ->
     r = Runner(method, build_solver(flow, K, "cpu"), 1e-4)
     if method.startswith("invprox"):
         r.solver.chain.preserve_rng_state = False  # RNG states live in host memory, not on the GPU
-    with SavedTensors(tuple(r.params)) as rec:
-        out = r.forward(y)
-        loss = F.mse_loss(out, x)
-    skip = set(rec._seen) | {storage_key(p) for p in r.params}
-    held = sum(ctx_held(loss, skip).values())
-    if isinstance(r.model, CheckpointFolds):
-        held += r.model.held_bytes(skip, rng=False)  # CPU RNG states live in host memory
+    out, loss, rec, held = accounted_forward(r, x, y, rng=False)  # CPU RNG states live in host memory
     res = {"saved": rec.bytes, "held": held, "act": rec.bytes + held}
     del out, loss
     if method == "standard" and K == 1:
