@@ -341,7 +341,7 @@ class Runner:
         if self.model is None:
             return self.solver(y)
         s = self.solver
-        x0 = s.start(y.shape[0], y)
+        x0 = s.start(y)
         y_flow = y - s.physics.A(torch.full_like(x0, 0.5))
         return self.model(x0, y_flow) + 0.5
 
@@ -678,7 +678,7 @@ def _fold_saved(flow: Glow, args, size: int, batch: int, K: int, method: str) ->
     del out, loss
     if method == "standard" and K == 1:
         # per-block graph sizes: the largest is what the engine's backward materialises at a time
-        x0 = r.solver.start(batch, y)
+        x0 = r.solver.start(y)
         yf = y - 0.5
         h, per_block, flops = x0, [], {"fused": 0, "other": 0}
         for b in r.solver.chain.blocks:

@@ -115,6 +115,20 @@ def load_glow(path: str) -> Glow:
     return glow
 
 
+def calibrate(solver: nn.Module, x_train: Tensor, measure: Measure, n: int = 16, seed: int = 0) -> dict:
+    """Set the solver's start, ``mu_k`` and ``lambda_k`` from ``n`` training pairs, without backprop.
+
+    (:meth:`invprox.solvers.FlowProxSolver.calibrate`: the untrained solver is then a denoiser.)
+    """
+    g = torch.Generator().manual_seed(seed + 2)
+    x = x_train[torch.randperm(len(x_train), generator=g)[:n]]
+    y, op = measure(x, g)
+    report = solver.calibrate(y, x, op)
+    print(f"calibrated on {len(x)} training pairs: start {report['start_psnr']:.2f} dB, "
+          f"after {solver.K} folds {report['psnr']:.2f} dB")
+    return report
+
+
 def fine_tune(solver: nn.Module, x_train: Tensor, measure: Measure, steps: int, batch: int,
               lr_net: float, lr_step: float, seed: int = 0, log_every: int = 5) -> list:
     """Train ``solver`` end to end: MSE between ``solver(y, physics=op)`` and the clean batch.
@@ -195,9 +209,10 @@ def report(out: Path, clean: Tensor, rows: Dict[str, Tensor], title: str,
 
 
 def learned_steps(solver: nn.Module) -> Dict[str, list]:
-    """The learned ``mu_k`` (as fractions of ``1 / ||A||^2``) and ``lambda_k`` of a FlowProxSolver."""
+    """The learned ``mu_k`` (fractions of ``1 / ||A||^2``) and ``lambda_k`` (one per latent level) of a
+    FlowProxSolver."""
     return {"mu_fraction": [round(dc.fraction().item(), 4) for dc in solver.dc],
-            "lambda": [round(s.lam.item(), 4) for s in solver.shrink]}
+            "lambda": [[round(v, 4) for v in s.lam.reshape(-1).tolist()] for s in solver.shrink]}
 
 
 def compare_with_classical(

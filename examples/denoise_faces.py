@@ -30,13 +30,23 @@ Glow without training).
 from __future__ import annotations
 
 import torch
-from _common import face_parser, fine_tune, learned_steps, load_faces, load_glow, reconstruct, report, setup
+from _common import (
+    calibrate,
+    face_parser,
+    fine_tune,
+    learned_steps,
+    load_faces,
+    load_glow,
+    reconstruct,
+    report,
+    setup,
+)
 
 from invprox.physics import make_physics
 from invprox.solvers import FlowProxSolver
 
-# mu_init, lam_init: smaller than FlowProxSolver's defaults (0.5, 0.1), with which this Glow's inverse
-# overflows (NaN) on the first forward pass at sigma = 0.2 (module docstring)
+# mu_init, lam_init: the values before calibration (which sets mu_k and lambda_k from training pairs);
+# with FlowProxSolver's defaults (0.5, 0.1) and the mode as start this Glow's inverse overflowed (NaN)
 REAL = dict(steps=30, batch=8, K=4, n_val=16, n_train=1024, sigma=0.2, lr_net=1e-4, lr_step=5e-2,
             mu_init=0.1, lam_init=0.01)
 TINY = dict(steps=1, batch=2, K=1, n_val=2, n_train=4)
@@ -59,12 +69,13 @@ def main(argv=None) -> dict:
         return op.measure(x, args.sigma, g), op  # y = x + sigma n
 
     y_val = op.measure(x_val, args.sigma, torch.Generator().manual_seed(args.seed + 100))
+    calibrate(solver, x_train, measure, seed=args.seed)
     before = reconstruct(solver, y_val)
     fine_tune(solver, x_train, measure, args.steps, args.batch, args.lr_net, args.lr_step, args.seed)
     after = reconstruct(solver, y_val)
     steps = learned_steps(solver)
     print(f"learned mu_k {steps['mu_fraction']}, lambda_k {steps['lambda']}")
-    rows = {"noisy": y_val, "flow prox, before": before, f"flow prox, {args.steps} steps": after}
+    rows = {"noisy": y_val, "flow prox, calibrated": before, f"flow prox, {args.steps} steps": after}
     return report(out, x_val, rows, title=f"denoising sigma={args.sigma}, K={args.K}",
                   extra={"K": args.K, "sigma": args.sigma, "steps": args.steps, **steps})
 

@@ -26,7 +26,16 @@ paper fine-tunes for many epochs.
 from __future__ import annotations
 
 import torch
-from _common import compare_with_classical, face_parser, fine_tune, load_faces, load_glow, reconstruct, setup
+from _common import (
+    calibrate,
+    compare_with_classical,
+    face_parser,
+    fine_tune,
+    load_faces,
+    load_glow,
+    reconstruct,
+    setup,
+)
 
 from invprox.physics import Inpainting, random_mask
 from invprox.solvers import FlowProxSolver
@@ -49,6 +58,7 @@ def main(argv=None) -> dict:
 
     y_val, op_val = measure(x_val, torch.Generator().manual_seed(args.seed + 100))
     solver = FlowProxSolver(glow, op_val, K=args.K, mu_init=args.mu_init, lam_init=args.lam_init)
+    calibrate(solver, x_train, measure, seed=args.seed)
     before = reconstruct(solver, y_val, op_val)
     fine_tune(solver, x_train, measure, args.steps, args.batch, args.lr_net, args.lr_step, args.seed)
     return compare_with_classical(out, "inpainting", solver, x_val, y_val, op_val, args.sigma, before,

@@ -20,7 +20,7 @@ def _train_cmd(tiny_data, out, *extra):
     return [sys.executable, "-m", "invprox.cli", "train", "--data", tiny_data["data"], "--size", "8",
             "--channels", "1", "--prox", "flow", "--flow", tiny_data["flow"], "--K", "2", "--batch", "4",
             "--epochs", "100", "--max-steps", str(STEPS), "--val-every", "1", "--n-val", "4",
-            "--lr-net", "1e-3", "--seed", "0", "--no-progress", "--out", str(out), *extra]
+            "--lr-net", "1e-3", "--seed", "0", "--patience", "0", "--no-progress", "--out", str(out), *extra]
 
 
 def _env():

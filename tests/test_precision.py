@@ -146,7 +146,7 @@ def test_audit_glow_and_solver_with_full_precision_1x1():
     # the solver's chain with the measurement as cond: DC, shrinkage and inverse blocks pass too
     solver = FlowProxSolver(_glow(full_precision_1x1=True), make_physics("denoising", (1, 8, 8)), K=1)
     _, y = _pair()
-    report = audit_autocast(solver.chain, solver.start(2, y), y - 0.5)
+    report = audit_autocast(solver.chain, solver.start(y), y - 0.5)
     assert len(report) == len(solver.chain) and not any(r.lossy for r in report), report
 
 

@@ -35,7 +35,16 @@ from torch import Tensor, nn
 from ..core.block import Inverse, InvertibleModule
 from ..core.chain import InvertibleChain
 from .coupling import AdditiveCoupling, AffineCoupling
-from .layers import ActNorm, ChannelRange, InvConv1x1, SplitPrior, Squeeze, Unsqueeze
+from .layers import (
+    ActNorm,
+    ChannelRange,
+    InvConv1x1,
+    SplitPrior,
+    Squeeze,
+    Unsqueeze,
+    squeeze2d,
+    unsqueeze2d,
+)
 from .prior import PRIORS, prior_log_prob, prior_prox, prior_sample
 
 __all__ = ["Glow", "build_glow_blocks"]
@@ -184,6 +193,29 @@ class Glow(InvertibleModule):
     def inverse_blocks(self) -> List[nn.Module]:
         """The blocks of ``g = f^-1`` in order: ``Inverse(b)`` of :meth:`flow_blocks` reversed (shared)."""
         return [Inverse(b) for b in reversed(self.chain.blocks)]
+
+    def latent_levels(self) -> Tensor:
+        """The multi-scale level of every latent entry, a long tensor of shape ``(C, H, W)``.
+
+        Level ``l`` holds the entries normalised by the ``l``-th split prior (``l = 0``: split off first,
+        the finest scale); the entries that pass all levels get the last index ``levels - 1``. Lets a
+        solver shrink each scale by its own amount (``z_l / (1 + lambda_l)`` is the exact prox of a
+        Gaussian prior with per-level weights).
+        """
+        lab = torch.full((1, self.in_channels, *self.image_size), -1.0)
+        level = 0
+        for b in self.chain.blocks:
+            if isinstance(b, Squeeze):
+                lab = squeeze2d(lab)
+            elif isinstance(b, Unsqueeze):
+                lab = unsqueeze2d(lab)
+            elif isinstance(b.block if isinstance(b, ChannelRange) else b, SplitPrior):
+                n = b.channels if isinstance(b, ChannelRange) else lab.shape[1]
+                part = lab[:, n // 2 : n]
+                part[part < 0] = level
+                level += 1
+        lab[lab < 0] = level
+        return lab[0].long()
 
     @property
     def memory_efficient(self) -> bool:

@@ -87,6 +87,14 @@ class DataConsistency(InvertibleModule):
         raw = self.raw_mu if raw is None else raw
         return self.margin + (1 - 2 * self.margin) * torch.sigmoid(raw)
 
+    @torch.no_grad()
+    def set_fraction(self, t: float) -> None:
+        """Set the step to ``mu = t / ||A||^2``, ``t`` in ``(margin, 1 - margin)`` (e.g. by a calibration)."""
+        if not (isinstance(t, (int, float)) and self.margin < t < 1 - self.margin):
+            raise ValueError(f"the step fraction must lie in ({self.margin}, {1 - self.margin}), got {t!r}")
+        u = (t - self.margin) / (1 - 2 * self.margin)
+        self.raw_mu.fill_(math.log(u / (1 - u)))
+
     def step_size(
         self,
         shape: Sequence[int] | None = None,

@@ -35,7 +35,7 @@ def batch_dot(u: Tensor, v: Tensor) -> Tensor:
     Returns:
         Tensor of shape ``(B,)``: ``sum(u[b] * v[b])``.
     """
-    return (u * v).reshape(u.shape[0], -1).sum(1)
+    return (u * v).flatten(1).sum(1)
 
 
 def batch_view(mu: MuLike, ref: Tensor) -> MuLike:
@@ -78,8 +78,9 @@ def conjugate_gradient(
 ) -> Tensor:
     """Solve ``M x = b`` for a symmetric positive definite ``M``, batched per sample.
 
-    Each sample ``b[i]`` is its own system (inner products are taken per sample), and iteration stops
-    when every sample has ``||r_i|| <= tol * max(||b_i||, ||r0_i||)``. A :class:`RuntimeWarning` is
+    Each sample ``b[i]`` is its own system (inner products are taken per sample); a sample stops moving
+    once ``||r_i|| <= tol * max(||b_i||, ||r0_i||)``, so its answer does not depend on the rest of the
+    batch, and iteration ends when every sample has. A :class:`RuntimeWarning` is
     issued if that is not reached within ``max_iter`` iterations.
 
     Args:
@@ -117,7 +118,9 @@ def conjugate_gradient(
             return x
         mp = matvec(p)
         pmp = batch_dot(p, mp)
-        alpha = torch.where(pmp > 0, rs / torch.where(pmp > 0, pmp, torch.ones_like(pmp)), 0.0)
+        # samples that have converged stay where they are: a sample's answer does not depend on the others
+        moving = (pmp > 0) & (rs > thresh)
+        alpha = torch.where(moving, rs / torch.where(pmp > 0, pmp, torch.ones_like(pmp)), 0.0)
         x = x + alpha.reshape(view) * p
         r = r - alpha.reshape(view) * mp
         rs_new = batch_dot(r, r)

@@ -30,6 +30,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from ..physics import DataConsistency
 from ._physics import SwappablePhysics
+from .start import SmoothStart
 
 __all__ = ["ResNetProx", "UNetProx", "UnrolledSolver", "ResNetProxSolver", "UNetProxSolver"]
 
@@ -176,6 +177,8 @@ class UnrolledSolver(SwappablePhysics):
         K: number of folds (inferred from a sequence of modules when ``None``; required otherwise).
         checkpoint: run each fold under :func:`torch.utils.checkpoint` (``use_reentrant=False``).
         mu_init: initial step ``mu_k`` as a fraction of ``1 / ||A||^2`` (see ``DataConsistency``).
+        start: ``"backprojection"`` (default, the seed paper's ``x_0 = A^T y``) or ``"smooth"``
+            (:class:`~invprox.solvers.start.SmoothStart`, the flow solver's default start).
 
     Shapes:
         ``y``: shape of ``physics.A(x)``; output ``(B, C, H, W)`` in image space ``[0, 1]`` (not clamped).
@@ -188,8 +191,12 @@ class UnrolledSolver(SwappablePhysics):
         K: Optional[int] = None,
         checkpoint: bool = False,
         mu_init: float = 0.5,
+        start: str = "backprojection",
     ):
         super().__init__()
+        if start not in ("backprojection", "smooth"):
+            raise ValueError(f"start must be 'backprojection' or 'smooth', got {start!r}")
+        self.smooth_start = SmoothStart() if start == "smooth" else None
         if isinstance(prox, nn.Module) and not isinstance(prox, nn.ModuleList):  # nn.Sequential: one net
             K = _pos_int("K", K)
             nets = [copy.deepcopy(prox) for _ in range(K)]
@@ -227,7 +234,9 @@ class UnrolledSolver(SwappablePhysics):
         return [{"params": net, "lr": lr_net}, {"params": self.step_parameters(), "lr": lr_step}]
 
     def start(self, y: Tensor) -> Tensor:
-        """``x_0 = A^T y`` (image space)."""
+        """``x_0``: ``A^T y`` or the smooth start (image space, see ``start``)."""
+        if self.smooth_start is not None:
+            return self.smooth_start(y, self.physics)
         return self.physics.A_adjoint(y)
 
     def fold(self, k: int, x: Tensor, y: Tensor) -> Tensor:
@@ -270,10 +279,11 @@ class ResNetProxSolver(UnrolledSolver):
         n_blocks: int = 2,
         checkpoint: bool = False,
         mu_init: float = 0.5,
+        start: str = "backprojection",
     ):
         _pos_int("K", K)
         super().__init__(
-            lambda: ResNetProx(channels, features, n_blocks), physics, K, checkpoint, mu_init
+            lambda: ResNetProx(channels, features, n_blocks), physics, K, checkpoint, mu_init, start
         )
 
 
@@ -289,6 +299,7 @@ class UNetProxSolver(UnrolledSolver):
         depth: int = 2,
         checkpoint: bool = False,
         mu_init: float = 0.5,
+        start: str = "backprojection",
     ):
         _pos_int("K", K)
-        super().__init__(lambda: UNetProx(channels, features, depth), physics, K, checkpoint, mu_init)
+        super().__init__(lambda: UNetProx(channels, features, depth), physics, K, checkpoint, mu_init, start)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -31,8 +31,12 @@ from ..core.block import Inverse, InvertibleModule
 from ..core.chain import InvertibleChain
 from ..physics import DataConsistency
 from ._physics import SwappablePhysics
+from .start import SmoothStart
 
 __all__ = ["LatentShrinkage", "SoftThreshold", "FlowProxSolver"]
+
+
+_LAM_MIN = 1e-4  # the smallest lambda a calibration sets ("no shrinkage")
 
 
 def _inv_softplus(v: float) -> float:
@@ -49,33 +53,66 @@ def _check_lam(lam_init: float) -> float:
 
 
 class _LearnedLambda(nn.Module):
-    """A learned shrinkage ``lambda = softplus(raw) >= 0`` (whatever the optimiser does)."""
+    """A learned shrinkage ``lambda = softplus(raw) >= 0`` (whatever the optimiser does).
+
+    ``levels``: optional long tensor ``(C, H, W)`` giving each latent entry a group (the multi-scale level
+    of :meth:`invprox.flows.Glow.latent_levels`); there is then one ``lambda`` per group, else one scalar.
+    """
 
     uses_cond = False
 
-    def __init__(self, lam_init: float = 0.1):
+    def __init__(self, lam_init: float = 0.1, levels: Optional[Tensor] = None):
         super().__init__()
-        self.raw_lam = nn.Parameter(torch.tensor(_inv_softplus(_check_lam(lam_init))))
+        raw = torch.tensor(_inv_softplus(_check_lam(lam_init)))
+        if levels is not None:
+            if not isinstance(levels, Tensor) or levels.dtype != torch.long or levels.numel() == 0:
+                raise TypeError("levels must be a non-empty long tensor of latent groups")
+            if int(levels.min()) < 0:
+                raise ValueError("levels must be non-negative group indices")
+            raw = raw.repeat(int(levels.max()) + 1)
+            self.register_buffer("levels", levels.clone(), persistent=False)
+        else:
+            self.levels = None
+        self.raw_lam = nn.Parameter(raw)
 
     @property
     def lam(self) -> Tensor:
+        """``lambda``: a scalar, or one value per level."""
         return F.softplus(self.raw_lam)
 
+    @torch.no_grad()
+    def set_lam(self, lam: Union[float, Sequence[float]]) -> None:
+        """Set ``lambda`` (a number, or one per level), e.g. from a calibration."""
+        vals = torch.as_tensor(lam, dtype=torch.float64).reshape(-1).tolist()
+        if len(vals) not in (1, self.raw_lam.numel()):
+            raise ValueError(f"expected 1 or {self.raw_lam.numel()} values of lambda, got {len(vals)}")
+        raw = [_inv_softplus(_check_lam(max(float(v), _LAM_MIN))) for v in vals]
+        src = torch.tensor(raw, dtype=self.raw_lam.dtype, device=self.raw_lam.device)
+        self.raw_lam.copy_(src.reshape(self.raw_lam.shape) if src.numel() == self.raw_lam.numel() else src[0])
+
+    def _per_entry(self, v: Tensor, like: Tensor) -> Tensor:
+        v = v.to(dtype=like.dtype, device=like.device)
+        return v if self.levels is None else v[self.levels.to(like.device)]
+
     def extra_repr(self) -> str:
-        return f"lam={float(self.lam.detach()):.4g}"
+        lam = self.lam.detach().reshape(-1).tolist()
+        per = " (per level)" if self.levels is not None else ""
+        return "lam=" + ", ".join(f"{v:.4g}" for v in lam) + per
 
 
 class LatentShrinkage(_LearnedLambda, InvertibleModule):
     """``z -> z / (1 + lambda)``: the proximal step of a standard Gaussian latent prior.
 
-    Invertible for every ``lambda >= 0``.
+    With ``levels``, ``z_l / (1 + lambda_l)`` per multi-scale level: the exact prox of a Gaussian prior
+    whose levels carry their own weights. Invertible for every ``lambda >= 0``.
 
     Args:
-        lam_init: initial ``lambda`` (> 0).
+        lam_init: initial ``lambda`` (> 0), every level alike.
+        levels: optional ``(C, H, W)`` long tensor of latent levels (see :class:`_LearnedLambda`).
     """
 
     def _factor(self, z: Tensor) -> Tensor:
-        return (1.0 / (1.0 + self.lam)).to(z.dtype)
+        return self._per_entry(1.0 / (1.0 + self.lam), z)
 
     def forward(self, z: Tensor) -> Tensor:
         return z * self._factor(z)
@@ -85,7 +122,8 @@ class LatentShrinkage(_LearnedLambda, InvertibleModule):
 
     def forward_and_logdet(self, z: Tensor):
         c = self._factor(z)
-        return z * c, torch.log(c).expand(z.shape[0]) * z[0].numel()
+        logc = torch.log(c).expand(z.shape[1:]).sum() if c.dim() else torch.log(c) * z[0].numel()
+        return z * c, logc.expand(z.shape[0])
 
 
 class SoftThreshold(_LearnedLambda):
@@ -100,7 +138,7 @@ class SoftThreshold(_LearnedLambda):
     invertible = False
 
     def forward(self, z: Tensor) -> Tensor:
-        return torch.sign(z) * F.relu(z.abs() - self.lam.to(z.dtype))
+        return torch.sign(z) * F.relu(z.abs() - self._per_entry(self.lam, z))
 
 
 class FlowProxSolver(SwappablePhysics):
@@ -117,6 +155,13 @@ class FlowProxSolver(SwappablePhysics):
             the flow's prior.
         mu_init: initial step ``mu_k`` as a fraction of ``1 / ||A||^2``.
         lam_init: initial ``lambda_k``.
+        lam_per: ``"level"`` (default): one ``lambda_{k,l}`` per multi-scale level ``l`` of the latent
+            (:meth:`invprox.flows.Glow.latent_levels`); ``"scalar"``: one ``lambda_k`` per fold (the
+            seed paper's model).
+        start: ``"smooth"`` (default): ``x_0`` is :class:`~invprox.solvers.start.SmoothStart`, a
+            smoothness-regularised least-squares estimate from ``y``; ``"mode"``: ``x_0 = g_1(0)``, the
+            flow's most likely image (the seed paper's start). :meth:`calibrate` sets the start, ``mu_k``
+            and ``lambda_k`` from a few training pairs.
         keep_every: the engine's drift policy, counted in blocks of the flat chain (see
             :class:`invprox.InvertibleChain`). ``"fold"`` (default) keeps each fold's input, one image per
             fold, so the data-consistency step is never inverted: its inverse multiplies rounding errors
@@ -139,6 +184,8 @@ class FlowProxSolver(SwappablePhysics):
         shrinkage: Optional[str] = None,
         mu_init: float = 0.5,
         lam_init: float = 0.1,
+        lam_per: str = "level",
+        start: str = "smooth",
         keep_every: Union[int, str, None] = "fold",
         check: Optional[str] = None,
         memory_efficient: bool = True,
@@ -151,13 +198,24 @@ class FlowProxSolver(SwappablePhysics):
         shrinkage = shrinkage or getattr(flow, "prior", "gaussian")
         if shrinkage not in ("gaussian", "laplace"):
             raise ValueError(f"shrinkage must be 'gaussian' or 'laplace', got {shrinkage!r}")
-        self.K, self.tied, self.shrinkage = K, tied, shrinkage
+        if lam_per not in ("level", "scalar"):
+            raise ValueError(f"lam_per must be 'level' or 'scalar', got {lam_per!r}")
+        if start not in ("smooth", "mode"):
+            raise ValueError(f"start must be 'smooth' or 'mode', got {start!r}")
+        levels = None
+        if lam_per == "level":
+            if not callable(getattr(flow, "latent_levels", None)):
+                raise TypeError(f"lam_per='level' needs a flow with latent_levels() (a multi-scale Glow); "
+                                f"{type(flow).__name__} has none: use lam_per='scalar'")
+            levels = flow.latent_levels()
+        self.K, self.tied, self.shrinkage, self.lam_per = K, tied, shrinkage, lam_per
+        self.smooth_start = SmoothStart() if start == "smooth" else None
         self.image_shape = (flow.in_channels, *flow.image_size)
         flows = [flow] * K if tied else [copy.deepcopy(flow) for _ in range(K)]
         self.flows = nn.ModuleList(flows[:1] if tied else flows)
         self.dc = nn.ModuleList(DataConsistency(physics, mu_init=mu_init) for _ in range(K))
         shrink = LatentShrinkage if shrinkage == "gaussian" else SoftThreshold
-        self.shrink = nn.ModuleList(shrink(lam_init) for _ in range(K))
+        self.shrink = nn.ModuleList(shrink(lam_init, levels) for _ in range(K))
         self.physics = physics
         blocks: List[nn.Module] = []
         for k in range(K):
@@ -193,11 +251,22 @@ class FlowProxSolver(SwappablePhysics):
         net = [p for p in self.parameters() if id(p) not in step_ids]
         return [{"params": net, "lr": lr_net}, {"params": self.step_parameters(), "lr": lr_step}]
 
-    def start(self, batch: int, like: Tensor) -> Tensor:
-        """``x_0 = g_1(0)`` in flow space, shape ``(batch, C, H, W)`` (no gradient)."""
+    def start(self, y: Tensor) -> Tensor:
+        """``x_0`` in flow space (see ``start``), shape ``(B, C, H, W)``; depends on ``y`` only."""
+        if self.smooth_start is not None:
+            return self.smooth_start(y, self.physics) - 0.5
         with torch.no_grad():
-            z = torch.zeros((1, *self.image_shape), dtype=like.dtype, device=like.device)
-            return self.flows[0].inverse(z).expand(batch, *self.image_shape).contiguous()
+            z = torch.zeros((1, *self.image_shape), dtype=y.dtype, device=y.device)
+            return self.flows[0].inverse(z).expand(y.shape[0], *self.image_shape).contiguous()
+
+    def calibrate(self, y: Tensor, x: Tensor, physics: Any = None, **grids: Any) -> Dict[str, Any]:
+        """Set the start, ``mu_k`` and ``lambda_k`` from training pairs, without backprop.
+
+        See :func:`invprox.solvers.calibrate.calibrate_flow_solver` (``grids``: its grid arguments).
+        """
+        from .calibrate import calibrate_flow_solver
+
+        return calibrate_flow_solver(self, y, x, physics, **grids)
 
     def forward(self, y: Tensor, physics: Any = None) -> Tensor:
         """Reconstruct from the measurement ``y``; returns the image estimate in ``[0, 1]`` space."""
@@ -205,12 +274,11 @@ class FlowProxSolver(SwappablePhysics):
             self.physics = physics
         if not isinstance(y, Tensor) or y.dim() < 2:
             raise ValueError(f"y must be a batched measurement tensor, got {type(y).__name__}")
-        x0 = self.start(y.shape[0], y)
-        a_half = self.physics.A(torch.full_like(x0, 0.5))
+        half = torch.full((y.shape[0], *self.image_shape), 0.5, dtype=y.dtype, device=y.device)
+        a_half = self.physics.A(half)
         if a_half.shape[1:] != y.shape[1:]:
             raise ValueError(
                 f"measurement of shape {tuple(y.shape)} does not fit the operator: for images of shape "
-                f"{tuple(x0.shape)} it gives measurements of shape {tuple(a_half.shape)}"
+                f"{tuple(half.shape)} it gives measurements of shape {tuple(a_half.shape)}"
             )
-        y_flow = y - a_half
-        return self.chain(x0, y_flow) + 0.5
+        return self.chain(self.start(y), y - a_half) + 0.5

@@ -91,7 +91,8 @@ def _references(task: str, latent_map: bool, flow: Optional[str], lm: Dict[str, 
 
         def latent(y: Tensor, op: Any, sigma: float) -> Tensor:
             gamma = kw.get("gamma", sigma**2)  # the Gaussian MAP weight unless --lm-gamma
-            return LatentMAP(glow, op, **{**kw, "gamma": gamma})(y).detach()
+            # each image stops by the discrepancy principle at this noise level (no overfitting)
+            return LatentMAP(glow, op, **{**kw, "gamma": gamma, "sigma": sigma or None})(y).detach()
 
         refs.append(("latent MAP", latent))
     if classical:

@@ -184,6 +184,7 @@ def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.M
         kw: Dict[str, Any] = {"tied": bool(config.get("tied")), "shrinkage": config.get("shrinkage"),
                               "keep_every": config.get("keep_every", "fold"),
                               "lam_init": config.get("lam_init", 0.1),
+                              "lam_per": config.get("lam_per", "scalar"),
                               "memory_efficient": not config.get("standard_autograd", False)}
     else:
         kw = {"checkpoint": bool(config.get("checkpoint_folds"))}
@@ -191,9 +192,41 @@ def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.M
             if config.get(key) is not None:
                 kw[key] = config[key]
     kw["mu_init"] = config.get("mu_init", 0.5)
+    # "paper": the seed paper's start (the flow's mode; A^T y for the baselines). Configs written before
+    # the option existed are "paper" and scalar-lambda.
+    paper = "mode" if kind == "flow" else "backprojection"
+    kw["start"] = paper if config.get("start", "paper") == "paper" else "smooth"
     from ..solvers.factory import build_solver as factory
 
     return factory(kind, physics, config["K"], config["channels"], config["size"], flow=flow, **kw)
+
+
+@torch.no_grad()
+def calibrate_solver(solver: nn.Module, xt: Tensor, config: Dict[str, Any], physics: nn.Module,
+                     device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """Calibrate a fresh solver on ``config["calibrate"]`` training pairs (see ``train_solver``).
+
+    The pairs are a seeded random draw from ``xt``, measured with ``physics`` at ``config["sigma"]``. The
+    flow solver sets its start, ``mu_k`` and ``lambda_k``; a baseline only its smooth start's ``alpha``.
+
+    Returns:
+        The calibration report (``start_psnr`` and ``psnr``, dB on the pairs; the flow's per-fold choices).
+    """
+    from ..metrics import psnr
+
+    seed = int(config["seed"])
+    g = torch.Generator().manual_seed(mix_seed(seed, 2, 0))
+    idx = torch.randperm(len(xt), generator=g)[: int(config["calibrate"])]
+    x = xt[idx].to(device)
+    y = physics.measure(x, float(config["sigma"]), g)
+    solver.physics = physics
+    if callable(getattr(solver, "calibrate", None)):
+        return solver.calibrate(y, x)
+    report: Dict[str, Any] = {"start_alpha": None}
+    if getattr(solver, "smooth_start", None) is not None:
+        report["start_alpha"] = solver.smooth_start.calibrate(y, x, physics)
+    report["start_psnr"] = report["psnr"] = float(psnr(solver.start(y).clamp(0, 1), x).mean())
+    return report
 
 
 def save_solver(path: Union[str, os.PathLike], solver: nn.Module, config: Dict[str, Any],

@@ -42,6 +42,7 @@ from .solver_setup import (
     PROX_KINDS,
     RANDOM_TASKS,
     build_solver,
+    calibrate_solver,
     fixed_measurements,
     load_flow,
     load_model_state,
@@ -56,7 +57,7 @@ __all__ = ["train_solver", "add_parser", "NonFiniteLossError"]
 
 _CKPT = "invprox.train_solver/1"
 # options that may change on resume; everything else is taken from the checkpoint
-_RUN_KEYS = ("epochs", "max_steps", "val_every", "patience", "device", "out", "resume")
+_RUN_KEYS = ("epochs", "max_steps", "budget_minutes", "val_every", "patience", "device", "out", "resume")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -94,6 +95,10 @@ def train_solver(
     shrinkage: Optional[str] = None,
     mu_init: float = 0.5,
     lam_init: float = 0.1,
+    lam_per: str = "level",
+    start: str = "smooth",
+    calibrate: int = 32,
+    clip_grad: float = 1.0,
     p_missing: float = 0.5,
     kernel: str = "gaussian",
     blur_std: float = 2.0,
@@ -107,6 +112,7 @@ def train_solver(
     batch: int = 8,
     epochs: int = 100,
     max_steps: Optional[int] = None,
+    budget_minutes: Optional[float] = None,
     val_every: Optional[int] = None,
     patience: int = 5,
     n_train: Optional[int] = None,
@@ -124,6 +130,8 @@ def train_solver(
 
     Args:
         data, val_data: data specs (``"embedded"``, a folder, ``"celeba64"``); train split and val split.
+            ``val_data="holdout"`` validates on the last ``n_val`` images of the train split instead (and
+            trains on the others), so that early stopping never sees the test images.
         out: output folder (refused if it already holds a run, unless ``resume``).
         task: denoising, inpainting, deblurring, superresolution or compressed_sensing; task options
             ``p_missing`` (inpainting), ``kernel`` ``"gaussian"|"motion"`` and ``blur_std`` (deblurring),
@@ -134,11 +142,22 @@ def train_solver(
         tied, shrinkage, keep_every, standard_autograd: flow-solver options (one flow for all folds; latent
             shrinkage; the engine's drift policy; plain autograd instead of the engine).
         mu_init, lam_init: initial step ``mu_k`` (a fraction of ``1/||A||^2``, every solver) and latent
-            shrinkage ``lambda_k`` (flow).
+            shrinkage ``lambda_k`` (flow); overridden by the calibration.
+        lam_per: flow: ``"level"`` (one ``lambda`` per multi-scale level) or ``"scalar"`` (the paper's).
+        start: ``"smooth"`` (:class:`~invprox.solvers.start.SmoothStart`, every solver) or ``"paper"`` (the
+            flow's mode ``g(0)``; ``A^T y`` for the baselines).
+        calibrate: before the first step, set the smooth start's ``alpha`` (every solver) and, for the
+            flow, ``mu_k`` and ``lambda_k`` (:meth:`~invprox.solvers.FlowProxSolver.calibrate`) from this
+            many training pairs, without backprop; 0 turns it off.
+        clip_grad: clip the gradient's global norm to this value (0: off); a non-finite gradient norm
+            stops the run like a non-finite loss.
         features, n_blocks, depth, checkpoint_folds: baseline options (``None``: the factory's default;
             ``torch.utils.checkpoint`` per fold).
         lr_net, lr_step: Adam learning rates of the networks and of the step sizes / shrinkages.
         batch, epochs, max_steps: batch size, epochs, stop after this many optimizer steps in total.
+        budget_minutes: stop when the training steps have used this many minutes of the process's CPU
+            time (validation and calibration excluded): an equal budget for every solver, which other jobs
+            on a shared machine do not shrink (run with one torch thread to compare methods).
         val_every, patience: validate every this many steps (default: each epoch); early stopping after
             ``patience`` validations without improvement (0 disables it).
         n_train, n_val: use at most this many images. seed: model init, data order and measurements.
@@ -190,8 +209,16 @@ def train_solver(
         flow_net = load_flow(cfg["flow"], cfg["size"], cfg["channels"])
     from .pretrain import load_images
 
-    xt, xv = load_images(cfg["data"], cfg["size"], cfg["channels"], cfg["val_data"], cfg["n_train"],
-                         cfg["n_val"], cfg["seed"])
+    holdout = cfg["val_data"] == "holdout"
+    n_hold = cfg["n_val"] or 64
+    n_load = cfg["n_train"] + n_hold if holdout and cfg["n_train"] else cfg["n_train"]
+    xt, xv = load_images(cfg["data"], cfg["size"], cfg["channels"], None if holdout else cfg["val_data"],
+                         n_load, cfg["n_val"], cfg["seed"])
+    if holdout:
+        if len(xt) <= n_hold:
+            raise ValueError(f"val_data='holdout' needs more than n_val={n_hold} training images, "
+                             f"got {len(xt)}")
+        xt, xv = xt[:-n_hold], xt[-n_hold:]
     shape = tuple(xt.shape[1:])
     task, popts, sig, seed = cfg["task"], cfg["physics_options"], float(cfg["sigma"]), int(cfg["seed"])
     fixed_op = None if task in RANDOM_TASKS else task_physics(task, shape, popts)
@@ -212,6 +239,11 @@ def train_solver(
         r.update(state["run"])
         set_rng_state(state["rng"])
         log(f"resumed from {ckpt_path} at epoch {r['epoch']}, step {r['step']}")
+    elif cfg["calibrate"]:
+        r["calibration"] = calibrate_solver(solver, xt, cfg, first_op, dev)
+        log(f"calibrated on {cfg['calibrate']} training pairs: PSNR {r['calibration']['psnr']:.2f} dB "
+            f"(start {r['calibration']['start_psnr']:.2f} dB)")
+    r.setdefault("train_cpu_s", 0.0)
 
     t0, elapsed0, saved = time.time(), r.get("elapsed_s", 0.0), [r["step"] if state is not None else None]
 
@@ -225,7 +257,8 @@ def train_solver(
     def metrics(status: str) -> Dict[str, Any]:
         m = {"status": status, "steps": r["step"], "epochs_done": r["epoch"], "best_val_loss": r["best_val"],
              "best_step": r["best_step"], "history": r["history"], "val": r["val"], "n_train": len(xt),
-             "n_val": len(xv), "device": str(dev), "wall_time_s": elapsed0 + time.time() - t0, "config": cfg,
+             "n_val": len(xv), "train_cpu_s": r["train_cpu_s"], "calibration": r.get("calibration"),
+             "device": str(dev), "wall_time_s": elapsed0 + time.time() - t0, "config": cfg,
              "solver": str(out_dir / "solver.pt"), "checkpoint": str(ckpt_path)}
         write_json(out_dir / "metrics.json", m)
         return m
@@ -240,7 +273,8 @@ def train_solver(
         if not math.isfinite(v["val_loss"]):
             raise NonFiniteLossError(f"validation loss is {v['val_loss']} at step {r['step']}; stopped. "
                                      f"{last_good()}")
-        r["val"].append({"step": r["step"], "epoch": r["epoch"], "scheduled": scheduled, **v})
+        r["val"].append({"step": r["step"], "epoch": r["epoch"], "scheduled": scheduled,
+                         "train_cpu_s": r["train_cpu_s"], **v})
         if r["best_val"] is None or v["val_loss"] < r["best_val"]:
             r["best_val"], r["best_step"] = v["val_loss"], r["step"]
             save_solver(out_dir / "solver.pt", solver, cfg, flow_config, {"step": r["step"], **v})
@@ -258,12 +292,16 @@ def train_solver(
         if patience and r["bad"] >= patience:
             status = "early_stopped"
             break
+        if budget_minutes is not None and r["train_cpu_s"] >= 60 * budget_minutes:
+            status = "budget"
+            break
         order = epoch_order(len(xt), seed, r["epoch"])
         x = xt[order[r["pos"] * bsz : (r["pos"] + 1) * bsz]].to(dev)
         g = torch.Generator().manual_seed(mix_seed(seed, 1, r["step"]))
         op = fixed_op if fixed_op is not None else task_physics(task, shape, popts, g)
         y = op.measure(x, sig, g)
         solver.physics = op
+        c0 = time.process_time()
         loss = ((solver(y) - x) ** 2).mean()
         lv = float(loss.detach())
         if not math.isfinite(lv):
@@ -274,7 +312,16 @@ def train_solver(
                 f"{last_good()} Try a lower --lr-net/--lr-step, or --keep-every for the flow engine.")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg["clip_grad"]:
+            gnorm = float(torch.nn.utils.clip_grad_norm_(solver.parameters(), cfg["clip_grad"]))
+            if not math.isfinite(gnorm):
+                bar.close()
+                metrics("non_finite")
+                raise NonFiniteLossError(
+                    f"gradient norm is {gnorm} at step {r['step'] + 1}; stopped before the update. "
+                    f"{last_good()} Try a lower --lr-net/--lr-step.")
         opt.step()
+        r["train_cpu_s"] += time.process_time() - c0
         r["step"], r["pos"] = r["step"] + 1, r["pos"] + 1
         r["run_sum"], r["run_n"] = r["run_sum"] + lv, r["run_n"] + 1
         bar.update(1)
@@ -335,7 +382,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--K", type=int, default=4, help="number of folds")
     a("--sigma", type=float, default=0.2, help="noise std (images in [0, 1])")
     a("--data", default="embedded", help="'embedded', an image folder, or a shared data set (celeba64)")
-    a("--val-data", default=None, help="validation data (default: the 'val' split of --data)")
+    a("--val-data", default=None, help="validation data (default: the 'val' split of --data); 'holdout': "
+      "the last --n-val images of the train split")
     a("--size", type=int, default=64, help="image side")
     a("--channels", type=int, default=3, choices=(1, 3))
     a("--flow", default=None, help="pre-trained Glow (flow.pt of `invprox pretrain`); needed for --prox flow")
@@ -343,6 +391,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--shrinkage", default=None, choices=("gaussian", "laplace"), help="flow: latent prox (default: prior)")
     a("--mu-init", type=float, default=0.5, help="initial step mu_k as a fraction of 1/||A||^2")
     a("--lam-init", type=float, default=0.1, help="flow: initial latent shrinkage lambda_k")
+    a("--lam-per", default="level", choices=("level", "scalar"),
+      help="flow: one lambda per multi-scale latent level, or one per fold (the paper's)")
+    a("--start", default="smooth", choices=("smooth", "paper"),
+      help="x_0: smoothness-regularised least squares from y, or the paper's (flow: g(0); CNNs: A^T y)")
+    a("--calibrate", type=int, default=32, metavar="N",
+      help="set the start (and for the flow mu_k, lambda_k) from N training pairs before training; 0: off")
+    a("--clip-grad", type=float, default=1.0, help="clip the gradient's global norm (0: off)")
     a("--keep-every", type=_keep_every, default="fold", metavar="N|fold|none",
       help="flow engine drift policy: keep every N-th block's input, 'fold' (default: each fold's "
            "input, one image per fold) or 'none' (pure inversion)")
@@ -356,6 +411,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--batch", type=int, default=8)
     a("--epochs", type=int, default=100)
     a("--max-steps", type=int, default=None, help="stop after this many steps in total")
+    a("--budget-minutes", type=float, default=None,
+      help="stop after this many minutes of CPU time in training steps (an equal budget per solver)")
     a("--val-every", type=int, default=None, help="validate every n steps (default: each epoch)")
     a("--patience", type=int, default=5, help="early stopping: validations without improvement (0: off)")
     a("--n-train", type=int, default=None, help="use at most this many training images")

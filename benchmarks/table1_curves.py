@@ -1,0 +1,125 @@
+"""Learning curves and training cost of the Table 1 runs (``benchmarks/table1.sh denoise``).
+
+Reads ``runs/table1/<run>/metrics.json`` of the named runs and writes
+
+* ``benchmarks/results/table1_curves.png``: validation PSNR (held-out training faces) against the CPU
+  minutes spent in training steps, one curve per run;
+* ``benchmarks/results/table1_training.md``: per run, steps done in the budget, CPU seconds per step, the
+  calibrated start, the best validation PSNR and when it was reached; with ``--step-time``, a measured
+  forward + backward time per training step of each solver (median, one thread), the flow solver through
+  the engine and with standard autograd.
+
+Usage::
+
+    python benchmarks/table1_curves.py --runs flow_dn unet_dn resnet_dn flow_dn_lr1e-3 --step-time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_runs(runs_dir: Path, names: List[str]) -> Dict[str, Dict[str, Any]]:
+    out = {}
+    for name in names:
+        f = runs_dir / name / "metrics.json"
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} is missing: run `benchmarks/table1.sh denoise_train` first")
+        out[name] = json.loads(f.read_text())
+    return out
+
+
+def plot_curves(runs: Dict[str, Dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in runs.items():
+        pts = [(v["train_cpu_s"] / 60, v["val_psnr"]) for v in m["val"] if "train_cpu_s" in v]
+        ax.plot(*zip(*pts), marker=".", label=name)
+    ax.set_xlabel("CPU minutes in training steps (one thread)")
+    ax.set_ylabel("validation PSNR (dB), 64 held-out training faces")
+    ax.set_title("Denoising, sigma 0.20, K = 4: equal budget")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def step_times(runs_dir: Path, names: List[str], repeats: int = 7) -> List[Dict[str, Any]]:
+    """Median CPU seconds of one training step (forward + backward, batch and shape of the run)."""
+    from invprox.train.solver_setup import load_solver
+
+    torch.set_num_threads(1)
+    rows = []
+    for name in names:
+        solver, cfg = load_solver(runs_dir / name / "solver.pt")
+        solver.train()
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(cfg["batch"], cfg["channels"], cfg["size"], cfg["size"], generator=g)
+        y = solver.physics.measure(x, cfg["sigma"], g)
+        modes = [("engine", True), ("standard autograd", False)] if cfg["prox"] == "flow" else [("", None)]
+        for label, eff in modes:
+            if eff is not None:
+                solver.memory_efficient = eff
+            ts = []
+            for _ in range(repeats):
+                solver.zero_grad(set_to_none=True)
+                t0 = time.process_time()
+                ((solver(y) - x) ** 2).mean().backward()
+                ts.append(time.process_time() - t0)
+            rows.append({"run": name, "mode": label, "seconds": statistics.median(ts[1:])})
+    return rows
+
+
+def write_md(runs: Dict[str, Dict[str, Any]], times: List[Dict[str, Any]], path: Path) -> None:
+    lines = ["| run | prox | lr (net) | steps in budget | CPU s / step | after calibration (32 pairs) | "
+             "best val PSNR | at CPU min |", "|---|---|---|---|---|---|---|---|"]
+    for name, m in runs.items():
+        cfg, val = m["config"], m["val"]
+        best = max(val, key=lambda v: v["val_psnr"])
+        cal = m.get("calibration") or {}
+        lines.append(
+            f"| {name} | {cfg['prox']} | {cfg['lr_net']:g} | {m['steps']} | "
+            f"{m['train_cpu_s'] / max(m['steps'], 1):.3f} | "
+            f"{cal.get('psnr', float('nan')):.2f} dB (alpha {cal.get('start_alpha')}) | "
+            f"{best['val_psnr']:.2f} dB "
+            f"(step {best['step']}) | {best.get('train_cpu_s', 0) / 60:.1f} |")
+    if times:
+        lines += ["", "Time of one training step (forward + backward, median of 6, one thread, "
+                  "the run's batch and image size):", "", "| run | mode | CPU s / step |", "|---|---|---|"]
+        lines += [f"| {t['run']} | {t['mode'] or '-'} | {t['seconds']:.3f} |" for t in times]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: List[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", nargs="+", required=True, help="run names under --runs-dir")
+    p.add_argument("--runs-dir", default=str(ROOT / "runs" / "table1"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--step-time", action="store_true", help="also measure one training step per run")
+    args = p.parse_args(argv)
+    runs_dir, out = Path(args.runs_dir), Path(args.out)
+    runs = load_runs(runs_dir, args.runs)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curves(runs, out / "table1_curves.png")
+    times = step_times(runs_dir, args.runs) if args.step_time else []
+    write_md(runs, times, out / "table1_training.md")
+    print((out / "table1_training.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
