@@ -9,6 +9,7 @@
 #     benchmarks/table1.sh denoise          # Table 1: train flow / U-Net / ResNet prox, evaluate (~70 min)
 #     benchmarks/table1.sh denoise_train    # only the training (two 25-minute pairs of runs)
 #     benchmarks/table1.sh denoise_eval     # only the evaluation of the trained denoisers
+#     benchmarks/table1.sh k_sweep          # PSNR and activation memory vs K = 1..16 (~30 min)
 #     benchmarks/table1.sh tasks            # inpainting, deblurring, compressed sensing, flow prox (~6 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
@@ -35,15 +36,14 @@ mkdir -p "$RUNS"
 # settings (the write-up quotes them)
 DATA=(--data celeba64 --size 32 --channels 3)
 BUDGET=25            # minutes of CPU time (one thread) in training steps, every denoising solver
+K_BUDGET=8           # the same, per K of the PSNR-vs-K sweep
 STEPS=80             # legacy: training steps of the pilot runs
 TASK_STEPS=15        # training steps per task (flow prox)
 LR_FLOW=3e-4         # best of 1e-5/1e-4/3e-4 over 12 minutes (issue 10); 1e-3 is run beside it
 LR_CNN=1e-3          # chosen by the U-Net pilot, used for both CNN baselines
 LR_STEP=1e-2         # mu_k, lambda_k (paper)
-EVAL_LIMIT=64        # first 64 faces of celeba64/val (people not in train)
-REF_LIMIT=8          # BM3D and latent MAP: first 8 of them, sigma 0.10 and 0.20 (Asim et al.'s levels)
+REF_LIMIT=64         # BM3D and latent MAP: the first 64 faces of celeba64/val (~4 s per face for BM3D)
 TASK_LIMIT=16        # inpainting, deblurring, compressed sensing: first 16 val faces
-LM_STEPS=30          # latent MAP Adam steps (lr 0.05, from z = 0)
 # baselines sized to the flow solver (4 untied Glows of 0.74 M = 2.95 M parameters)
 UNET=(--prox unet --features 40 --depth 2)        # 2.92 M
 RESNET=(--prox resnet --features 128 --n-blocks 2) # 2.51 M (the paper's 128 feature maps)
@@ -114,30 +114,48 @@ stage_denoise_train() {
 }
 
 stage_denoise_eval() {
-    rm -rf "$RUNS/eval_dn"
-    timed "eval denoising" invprox eval \
-        --model "$RUNS/flow_dn/solver.pt" --name "flow prox" \
-        --model "$RUNS/unet_dn/solver.pt" --name "U-Net prox" \
-        --model "$RUNS/resnet_dn/solver.pt" --name "ResNet prox" \
-        --data celeba64 --split val --limit "$EVAL_LIMIT" --sigmas 0.10 0.15 0.20 0.25 \
-        --grid-sigma 0.2 --seed 0 --no-progress --out "$RUNS/eval_dn"
-    # references on a small subset: BM3D (bm3d 4.0.3) takes ~4 s per 32x32 RGB image on this CPU
-    rm -rf "$RUNS/eval_lm"
-    timed "eval references" invprox eval --latent-map --flow "$GLOW" --lm-steps "$LM_STEPS" \
-        --model "$RUNS/flow_dn/solver.pt" --name "flow prox" \
-        --model "$RUNS/unet_dn/solver.pt" --name "U-Net prox" \
-        --model "$RUNS/resnet_dn/solver.pt" --name "ResNet prox" --classical \
-        --data celeba64 --split val --limit "$REF_LIMIT" --sigmas 0.10 0.20 --seed 0 --no-progress \
-        --out "$RUNS/eval_lm"
-    cp "$RUNS/eval_lm/results.md" "$RES/table1_references.md"
-    cp "$RUNS/eval_lm/results.json" "$RES/table1_references.json"
-    cp "$RUNS/eval_lm/grid.png" "$RES/table1_references_grid.png"
+    # all 600 faces of celeba64/val (20 people never seen in training) at four noise levels; references
+    # that take seconds per image (BM3D, latent MAP) on the first REF_LIMIT faces, with the solvers
+    # again on those faces. The two evaluations run side by side on the two cores.
+    local models=(--model "$RUNS/flow_dn/solver.pt" --name "flow prox"
+                  --model "$RUNS/unet_dn/solver.pt" --name "U-Net prox"
+                  --model "$RUNS/resnet_dn/solver.pt" --name "ResNet prox"
+                  --model "$RUNS/flow_dn_lr1e-3/solver.pt" --name "flow prox, lr 1e-3"
+                  --model "$RUNS/flow_init/solver.pt" --name "flow prox, calibrated, untrained")
+    rm -rf "$RUNS/eval_dn" "$RUNS/eval_ref"
+    timed "eval denoising" invprox eval "${models[@]}" --data celeba64 --split val \
+        --sigmas 0.10 0.15 0.20 0.25 --grid-sigma 0.2 --seed 0 --no-progress --out "$RUNS/eval_dn" &
+    timed "eval references" invprox eval "${models[@]}" --latent-map --flow "$GLOW" --classical \
+        --data celeba64 --split val --limit "$REF_LIMIT" --sigmas 0.10 0.15 0.20 0.25 --grid-sigma 0.2 \
+        --seed 0 --no-progress --out "$RUNS/eval_ref" &
+    wait
+    cp "$RUNS/eval_ref/results.md" "$RES/table1_references.md"
+    cp "$RUNS/eval_ref/results.json" "$RES/table1_references.json"
+    cp "$RUNS/eval_ref/grid.png" "$RES/table1_references_grid.png"
     cp "$RUNS/eval_dn/results.md" "$RES/table1_results.md"
     cp "$RUNS/eval_dn/results.json" "$RES/table1_results.json"
     cp "$RUNS/eval_dn/per_image.csv" "$RES/table1_per_image.csv"
     cp "$RUNS/eval_dn/grid.png" "$RES/table1_grid.png"
-    for m in flow_dn unet_dn resnet_dn; do cp "$RUNS/$m/metrics.json" "$RES/table1_train_$m.json"; done
+    for m in flow_init flow_dn unet_dn resnet_dn flow_dn_lr1e-3; do
+        cp "$RUNS/$m/metrics.json" "$RES/table1_train_$m.json"
+    done
+    timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn unet_dn resnet_dn flow_dn_lr1e-3 \
+        --step-time
     cp "$RUNS/times.tsv" "$RES/table1_times.tsv"
+}
+
+stage_k_sweep() {
+    # PSNR vs K with the new defaults: every K trains the flow solver for K_BUDGET CPU minutes (one
+    # thread, two runs at a time), then benchmarks/psnr_memory_k.py scores it on 64 unseen faces and
+    # measures the activation memory of one training step with and without the engine.
+    local common=(--sigma 0.2 --budget-minutes "$K_BUDGET" --val-every 50 --n-val 64 --val-data holdout
+                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32 --prox flow
+                  --flow "$GLOW" --standard-autograd --lr-net "$LR_FLOW")
+    for pair in "1 16" "2 8" "4"; do
+        for K in $pair; do train "k$K" "${common[@]}" --K "$K" & done
+        wait
+    done
+    timed "psnr_memory_k" "$PY" benchmarks/psnr_memory_k.py --ks 1 2 4 8 16
 }
 
 stage_tasks() {
@@ -169,7 +187,8 @@ stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(pilot denoise tasks)
 for s in "${stages[@]}"; do
     case $s in
-        pilot|denoise|denoise_train|denoise_eval|tasks) "stage_$s" ;;
-        *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, tasks)" >&2; exit 2 ;;
+        pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks) "stage_$s" ;;
+        *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks)" >&2
+           exit 2 ;;
     esac
 done

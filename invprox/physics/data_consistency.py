@@ -115,7 +115,7 @@ class DataConsistency(InvertibleModule):
         return self.step_size()
 
     def _mu(self, x: Tensor) -> Tensor:
-        L = operator_norm_sq(self.physics, tuple(x.shape), device=x.device)
+        L = operator_norm_sq(self.physics, tuple(x.shape), device=x.device, dtype=x.dtype)
         return self.fraction(self.raw_mu.to(dtype=x.dtype, device=x.device)) / L
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:

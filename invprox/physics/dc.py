@@ -44,17 +44,21 @@ def operator_norm_sq(
     op: Any,
     shape: Sequence[int] | None = None,
     device: Union[str, torch.device] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> float:
     """``||A||_2^2`` of any operator.
 
     Uses ``op.norm_sq(shape)`` for a :class:`LinearOperator`; otherwise power iteration on inputs of
-    ``shape`` (in float64 on ``device``), cached per operator object and shape. The cache assumes the
-    operator does not change; for a foreign operator whose state changes, pass a new object.
+    ``shape`` in ``dtype`` on ``device`` (the inputs' own: a foreign operator such as deepinv's ``Blur``
+    holds float32 weights and refuses float64 inputs), cached per operator object, shape, dtype and
+    device. The cache assumes the operator does not change; for a foreign operator whose state changes,
+    pass a new object.
 
     Args:
         op: the operator.
         shape: input shape ``(B, C, H, W)`` (required for foreign operators).
         device: device for power iteration.
+        dtype: dtype of the power iteration (default float64; pass the inputs' dtype).
 
     Raises:
         ValueError: if a shape is needed and not given.
@@ -65,9 +69,10 @@ def operator_norm_sq(
     if shape is None:
         raise ValueError(f"the norm of {type(op).__name__} needs an input shape (power iteration)")
     cache = _duck_cache(op)
-    key = ("norm_sq", tuple(shape))
+    dtype = torch.float64 if dtype is None else dtype
+    key = ("norm_sq", tuple(shape), dtype, str(device))
     if key not in cache:
-        cache[key] = power_iteration(_normal(op), tuple(shape), device=device)
+        cache[key] = power_iteration(_normal(op), tuple(shape), device=device, dtype=dtype)
     return cache[key]
 
 
@@ -88,7 +93,7 @@ def check_step_size(op: Any, mu: MuLike, x: Tensor) -> None:
     """
     batch_view(mu, x)  # shape check
     lo, hi = _mu_range(mu)
-    L = operator_norm_sq(op, tuple(x.shape), device=x.device)
+    L = operator_norm_sq(op, tuple(x.shape), device=x.device, dtype=x.dtype)
     if not (lo > 0 and hi * L < 1):
         bound = f"{1 / L:.6g}" if L > 0 else "inf"
         raise ValueError(

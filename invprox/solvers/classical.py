@@ -128,7 +128,7 @@ def tv_reconstruction(
         raise ValueError(f"steps must be a non-negative int, got {steps!r}")
     with torch.no_grad():
         x = physics.A_adjoint(y) if x0 is None else x0.detach()
-        mu = 1.0 / operator_norm_sq(physics, tuple(x.shape), device=x.device)
+        mu = 1.0 / operator_norm_sq(physics, tuple(x.shape), device=x.device, dtype=x.dtype)
         for _ in range(steps):
             x = _tv_denoise(x - mu * physics.A_adjoint(physics.A(x) - y), mu * weight)
     return x
