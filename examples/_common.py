@@ -219,7 +219,7 @@ def compare_with_classical(
     out: Path, task: str, solver: nn.Module, x_val: Tensor, y_val: Tensor, op: nn.Module, sigma: float,
     before: Tensor, extra: Dict[str, Any],
 ) -> Dict[str, float]:
-    """Score the back-projection, the classical reference, the solver before and after fine-tuning."""
+    """Score the back-projection, the classical reference, the solver calibrated (untrained) and after fine-tuning."""
     from invprox.solvers import classical_reference
 
     after = reconstruct(solver, y_val, op)
@@ -227,7 +227,7 @@ def compare_with_classical(
     steps = learned_steps(solver)
     print(f"learned mu_k (fraction of 1/||A||^2) {steps['mu_fraction']}, lambda_k {steps['lambda']}")
     print(f"classical reference: {method}")
-    rows = {"A^T y": op.A_adjoint(y_val), method: ref, "flow prox, untrained": before,
+    rows = {"A^T y": op.A_adjoint(y_val), method: ref, "flow prox, calibrated": before,
             "flow prox, fine-tuned": after}
     return report(out, x_val, rows, title=f"{task}, sigma={sigma}, K={solver.K}",
                   extra={"task": task, "sigma": sigma, "classical": method, **steps, **extra})

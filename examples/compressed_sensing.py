@@ -14,7 +14,7 @@ Run::
     python examples/compressed_sensing.py --tiny    # seconds (ratio 0.1)
 
 Prints the training loss and the mean PSNR on validation faces of ``A^T y``, the classical reference, and
-the solver before and after fine-tuning; writes ``grid.png`` and ``metrics.json`` to
+the solver calibrated (untrained) and after fine-tuning; writes ``grid.png`` and ``metrics.json`` to
 ``runs/examples/compressed_sensing`` (``--out``).
 
 Measured with the defaults (768 of 3072 measurements, sigma 0.01, 8 faces, about 2 minutes on a busy

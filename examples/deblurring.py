@@ -13,7 +13,7 @@ Run::
     python examples/deblurring.py --tiny        # seconds
 
 Prints the training loss and the mean PSNR on validation faces of ``A^T y``, the classical reference, and
-the solver before and after fine-tuning; writes ``grid.png`` and ``metrics.json`` to
+the solver calibrated (untrained) and after fine-tuning; writes ``grid.png`` and ``metrics.json`` to
 ``runs/examples/deblurring`` (``--out``). ``--blur-std`` sets the kernel's width (pixels).
 
 Measured with the defaults (std 1.5, sigma 0.02, 8 faces, under 3 minutes on a busy 2-core CPU):

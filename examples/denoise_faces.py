@@ -11,20 +11,18 @@ Run::
     python examples/denoise_faces.py            # 30 steps of batch 8 at K = 4: about 2 minutes on CPU
     python examples/denoise_faces.py --tiny     # seconds: K = 1, one step, two faces
 
-Prints the training loss, then the mean PSNR on validation faces (people not seen in training) of the
-noisy input, of the solver before fine-tuning (the pre-trained Glow with the initial mu, lambda) and
-after, and the learned mu_k, lambda_k. Writes ``grid.png`` (noisy / before / after / clean) and
-``metrics.json`` to ``runs/examples/denoise_faces`` (``--out``). Without ``../shared/data/celeba64`` the
-embedded scikit-image pictures stand in (with a message). Options: ``--help``.
+Prints the calibration, the training loss, then the mean PSNR on validation faces (people not seen in
+training) of the noisy input, of the solver calibrated but untrained (``solver.calibrate``: the smooth
+start, mu_k and a lambda per latent level set from 16 training pairs) and after fine-tuning, and the
+learned mu_k, lambda_k. Writes ``grid.png`` (noisy / calibrated / after / clean) and ``metrics.json`` to
+``runs/examples/denoise_faces`` (``--out``). Without ``../shared/data/celeba64`` the embedded
+scikit-image pictures stand in (with a message). Options: ``--help``.
 
-What to expect: a demonstration of the mechanics, not the paper's 28 dB. The start uses ``mu_init=0.1``,
-``lam_init=0.01`` instead of the solver's defaults (0.5, 0.1): with those, this Glow's inverse overflows to
-NaN on the first forward pass at sigma = 0.2 (its ``g`` explodes on latents far from the faces it was
-trained on). Measured with the defaults (2-core CPU, 16 faces): noisy 15.04 dB, before 13.45 dB, after 30
-steps 16.00 dB; the gain comes mostly from the learned steps mu_k (0.1 -> 0.22-0.25), which blend the
-noisy image with the Glow's mode. The latent shrinkage alone does not denoise with this flow; fine-tuning
-the flows takes far longer than a few CPU minutes (``examples/latent_map.py`` gets 23 dB from the same
-Glow without training).
+What to expect (2-core CPU, 16 faces): noisy 15.04 dB, calibrated 20.82 dB, after 30 steps 20.83 dB. The
+calibrated solver is a denoiser from the start, almost all of it the smooth start: the calibration picks
+the smallest step and shrinkage, because any larger shrinkage of this Glow's latent makes a face worse
+before training. 30 steps at ``lr_net=1e-4`` barely move it; ``invprox train`` (``benchmarks/TABLE1.md``)
+shows what 25 CPU minutes of training do.
 """
 
 from __future__ import annotations

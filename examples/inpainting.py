@@ -13,7 +13,7 @@ Run::
     python examples/inpainting.py --tiny        # seconds
 
 Prints the training loss and the mean PSNR on validation faces of ``A^T y``, the classical reference, and
-the solver before and after fine-tuning; writes ``grid.png`` and ``metrics.json`` to
+the solver calibrated (untrained) and after fine-tuning; writes ``grid.png`` and ``metrics.json`` to
 ``runs/examples/inpainting`` (``--out``). ``--p-missing`` sets the fraction of missing pixels.
 
 Measured with the defaults (half the pixels missing, sigma 0.02, 8 faces, about 2 minutes on a busy
