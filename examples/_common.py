@@ -219,7 +219,7 @@ def compare_with_classical(
     out: Path, task: str, solver: nn.Module, x_val: Tensor, y_val: Tensor, op: nn.Module, sigma: float,
     before: Tensor, extra: Dict[str, Any],
 ) -> Dict[str, float]:
-    """Score the back-projection, the classical reference, the solver calibrated (untrained) and after fine-tuning."""
+    """Score A^T y, the classical reference, the solver calibrated (untrained) and fine-tuned."""
     from invprox.solvers import classical_reference
 
     after = reconstruct(solver, y_val, op)
