@@ -15,7 +15,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from .block import forward_logdet, rebuild
 from .errors import BlockError, DriftError, DriftWarning, _recomputing
@@ -51,7 +50,6 @@ class _ChainFunction(torch.autograd.Function):
         kept: List[Tensor] = []
         h = x
         ld_total = x.new_zeros(x.shape[0]) if cfg.logdet else None
-        version = x._version
         st = BlockState.capture(x, cond, cfg.preserve_rng_state)
         amp = any(torch.is_autocast_enabled(dev) for dev in ("cpu", "cuda"))
         for i, block in enumerate(cfg.blocks):
@@ -60,6 +58,7 @@ class _ChainFunction(torch.autograd.Function):
                 kept_idx.append(i)
                 kept.append(h)
             cb = cond if cfg.uses_cond[i] else ()
+            version_in = h._version
             try:
                 if cfg.logdet:
                     h, ld = forward_logdet(block, h, *cb)
@@ -72,6 +71,11 @@ class _ChainFunction(torch.autograd.Function):
                 raise BlockError(f"{_name(i, block)} failed on input of shape {tuple(st.shape)}: {e}") from e
             if not isinstance(h, Tensor):
                 raise BlockError(f"{_name(i, block)} returned {type(h).__name__}, expected a Tensor")
+            if h_in._version != version_in:
+                raise BlockError(
+                    f"{_name(i, block)} modified its input in place; a block must return a new tensor "
+                    "(its input may be kept or rebuilt for the backward pass)"
+                )
             if amp and cfg.invertible[i] and _narrows(h_in, h):
                 warnings.warn(
                     f"{_name(i, block)} turned a {h_in.dtype} input into a {h.dtype} output under "
@@ -85,10 +89,6 @@ class _ChainFunction(torch.autograd.Function):
             st.settle(nxt)
             states.append(st)
             st = nxt
-        if x._version != version:
-            raise BlockError(
-                "a block modified the chain's input in place; blocks must return new tensors"
-            )
         if h is x:
             h = h.clone()
         ctx.states = states
@@ -99,8 +99,19 @@ class _ChainFunction(torch.autograd.Function):
         return h
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_y: Tensor, grad_ld: Optional[Tensor] = None):
+        # autograd runs a backward in grad mode exactly when it was asked for create_graph=True
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "InvertibleChain does not support double backward (create_graph=True): its backward "
+                "rebuilds activations instead of keeping a graph of them. For gradients of gradients "
+                "build the chain with memory_efficient=False."
+            )
+        with torch.no_grad():
+            return _ChainFunction._backward(ctx, grad_y, grad_ld)
+
+    @staticmethod
+    def _backward(ctx, grad_y: Tensor, grad_ld: Optional[Tensor]):
         cfg: _Config = ctx.cfg
         saved = ctx.saved_tensors
         x0, y = saved[0], saved[1]
@@ -213,7 +224,8 @@ def _check_segment(cfg: _Config, states, s, e, h, x_kept, cond) -> Dict[int, Ten
     if cfg.check is None or e - s < 2:
         return inputs
     x_rebuilt = _invert_segment(cfg, states, s + 1, e, h, cond)
-    with torch.no_grad(), states[s].replay():
+    # the reference forward is a recompute too: no batch-norm statistics update, no data init
+    with torch.no_grad(), _recomputing(), states[s].restore_buffers(cfg.blocks[s]), states[s].replay():
         x_ref = cfg.blocks[s](x_kept, *(cond if cfg.uses_cond[s] else ()))
     err = float((x_rebuilt - x_ref).norm() / x_ref.norm().clamp_min(1e-30))
     cfg.drift.append((s + 1, err))

@@ -1,0 +1,71 @@
+"""Engine: wrong gradients are never silent (double backward, the drift check's state updates, blocks that
+modify their input in place)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import invprox
+from invprox.core.errors import BlockError
+from invprox.flows import AdditiveCoupling, AffineCoupling
+
+DT = torch.float64
+
+
+class BNCoupling(AffineCoupling):
+    """An affine coupling whose network holds batch norm (running statistics: mutable state)."""
+
+    def __init__(self):
+        super().__init__(4, 8)
+        self.net = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.Conv2d(8, 4, 3, padding=1))
+
+
+class InPlace(nn.Module):
+    def forward(self, x):
+        x.mul_(1.0)
+        return x * 2
+
+    def inverse(self, y):
+        return y / 2
+
+
+def x_data(seed=0):
+    return torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(seed), dtype=DT)
+
+
+@pytest.mark.parametrize("check", ["warn", "fallback"])
+def test_drift_check_does_not_update_batchnorm_statistics(check):
+    torch.manual_seed(0)
+    blocks = [BNCoupling().double() for _ in range(4)]
+    ref = copy.deepcopy(blocks)
+    x = x_data().requires_grad_()
+    chain = invprox.InvertibleChain(blocks, keep_every=2, check=check, check_tol=1e9)
+    chain(x).square().sum().backward()
+    invprox.InvertibleChain(ref, memory_efficient=False)(x.detach()).square().sum().backward()
+    assert chain.last_drift  # the check ran
+    for b, r in zip(blocks, ref):
+        assert int(b.net[1].num_batches_tracked) == 1
+        torch.testing.assert_close(b.net[1].running_mean, r.net[1].running_mean, rtol=0, atol=1e-12)
+
+
+def test_double_backward_raises_instead_of_returning_none():
+    torch.manual_seed(0)
+    chain = invprox.InvertibleChain([AdditiveCoupling(4, 6).double(), AffineCoupling(4, 6).double()])
+    x = x_data().requires_grad_()
+    params = list(chain.parameters())
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(chain(x).square().sum(), params, create_graph=True)
+    # standard autograd (memory_efficient=False) supports it
+    chain.memory_efficient = False
+    grads = torch.autograd.grad(chain(x).square().sum(), params, create_graph=True)
+    second = torch.autograd.grad(sum(g.square().sum() for g in grads), params, allow_unused=True)
+    assert any(g is not None for g in second)
+
+
+def test_in_place_modification_names_the_block():
+    chain = invprox.InvertibleChain([AdditiveCoupling(4, 6).double(), InPlace()])
+    with pytest.raises(BlockError, match=r"block 1 \(InPlace\) modified its input in place"):
+        chain(x_data().requires_grad_())
