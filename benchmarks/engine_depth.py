@@ -45,10 +45,12 @@ Reported per method and depth:
 ``--drift DEPTH ...`` replaces the sweep by a study of drift at deep chains: the gradient error of pure
 inversion and of ``keep_every`` against standard autograd (float32 and float64), and the round trip.
 
-``--profile DEPTH`` splits the time of an invprox step at that depth: forward (and its RNG capture),
-and in the backward the fused rebuild (one pass of the coupling network with its graph, which also gives
-the inverse), the vector-Jacobian products (``torch.autograd.grad``), RNG replay, the graph-leaf walk and
-the remaining Python; plus the top operators of ``torch.profiler`` for invprox and standard.
+``--profile DEPTH`` splits the time of an invprox step at that depth with the engine's own
+``torch.profiler`` spans (``invprox.forward``, ``invprox.state_capture``, ``invprox.backward``,
+``invprox.rebuild``, ``invprox.vjp``, ``invprox.graph_leaves``; no monkeypatching): forward and its state
+capture, and in the backward the rebuilds (for couplings one pass of the network with its graph, which also
+gives the inverse), the vector-Jacobian products and the graph-leaf walk; plus the top operators of
+``torch.profiler`` for invprox and standard.
 
 Results go to ``<out>/engine_depth_<device>[_float64][_drift][_<tag>].json`` and ``.md`` (machine
 information included).
@@ -68,7 +70,6 @@ Run ``python benchmarks/engine_depth.py --help`` for every option.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import gc
 import os
@@ -322,79 +323,28 @@ def child_main(args) -> None:
 
 
 # -- profile --------------------------------------------------------------------------------------------
-#: the profile's clock: CPU time of the process on CPU (robust on a shared machine), wall time on CUDA
-_clock = time.process_time
+#: the engine's torch.profiler spans (invprox.core.errors.span), in the order of the report
+SPANS = ("invprox.forward", "invprox.state_capture", "invprox.backward", "invprox.rebuild", "invprox.vjp",
+         "invprox.graph_leaves")
 
 
-class _TimedCM:
-    def __init__(self, cm, acc, key):
-        self.cm, self.acc, self.key = cm, acc, key
-
-    def __enter__(self):
-        t = _clock()
-        r = self.cm.__enter__()
-        self.acc[self.key] += _clock() - t
-        return r
-
-    def __exit__(self, *exc):
-        t = _clock()
-        r = self.cm.__exit__(*exc)
-        self.acc[self.key] += _clock() - t
-        return r
-
-
-@contextlib.contextmanager
-def _instrument(acc: Dict[str, float]):
-    """Accumulate wall time of the engine's pieces into ``acc`` (monkeypatched timers)."""
-    import invprox.core.chain as chain_mod
-    from invprox.core.state import BlockState
-    from invprox.flows import coupling as coupling_mod
-
-    def timer(fn, key):
-        def wrapped(*a, **k):
-            t = _clock()
-            try:
-                return fn(*a, **k)
-            finally:
-                acc[key] += _clock() - t
-        return wrapped
-
-    originals = [
-        (chain_mod, "_rebuild_block", chain_mod._rebuild_block),
-        (chain_mod, "_graph_leaves", chain_mod._graph_leaves),
-        (torch.autograd, "grad", torch.autograd.grad),
-        (coupling_mod._Coupling, "_fused", coupling_mod._Coupling.__dict__["_fused"]),
-        (BlockState, "capture", BlockState.__dict__["capture"]),
-        (BlockState, "replay", BlockState.__dict__["replay"]),
-        (BlockState, "restore_buffers", BlockState.__dict__["restore_buffers"]),
-    ]
-    orig_replay = BlockState.replay
-    orig_restore = BlockState.restore_buffers
-    orig_capture = BlockState.capture
-    try:
-        chain_mod._rebuild_block = timer(chain_mod._rebuild_block, "rebuild_block")
-        chain_mod._graph_leaves = timer(chain_mod._graph_leaves, "graph_leaves")
-        torch.autograd.grad = timer(torch.autograd.grad, "vjp")
-        coupling_mod._Coupling._fused = timer(coupling_mod._Coupling._fused, "fused")
-        BlockState.capture = classmethod(
-            lambda cls, *a, **k: timer(orig_capture, "rng_capture")(*a, **k))
-        BlockState.replay = lambda self: _TimedCM(orig_replay(self), acc, "rng_replay")
-        BlockState.restore_buffers = staticmethod(
-            lambda block: _TimedCM(orig_restore(block), acc, "restore_buffers"))
-        yield acc
-    finally:
-        for owner, name, value in originals:
-            setattr(owner, name, value)
+def _span_seconds(prof) -> Dict[str, float]:
+    """Total time inside each engine span of one profiled step (children included)."""
+    out = {k: 0.0 for k in SPANS}
+    for e in prof.key_averages():
+        if e.key in out:
+            out[e.key] = e.cpu_time_total / 1e6
+    return out
 
 
 def profile(args, depth: int) -> Dict[str, Any]:
-    """Split an invprox step at ``depth`` into its parts (median over repeats) and list top operators.
+    """Split an invprox step at ``depth`` into its parts and list the top operators.
 
-    Times are CPU seconds of the process on CPU, wall seconds on CUDA (where the split is of host time
-    and means little unless the GPU is synchronised: use torch.profiler's CUDA times there).
+    Step totals (invprox and standard) are timed without a profiler (median over repeats; CPU seconds of
+    the process on CPU, wall seconds on CUDA). The split comes from the engine's own
+    ``torch.profiler.record_function`` spans in a profiled step (no monkeypatching); its times include
+    the profiler's overhead, so the report gives each part as a share of the profiled step.
     """
-    global _clock
-    _clock = time.process_time if args.device == "cpu" else time.perf_counter
     blocks = build_blocks(args, depth)
     x0 = make_input(args)
     inv, inv_blocks = make_model("invprox", blocks, args.keep_every)
@@ -405,50 +355,31 @@ def profile(args, depth: int) -> Dict[str, Any]:
         for name, model, bl in (("std", std, std_blocks), ("inv", inv, inv_blocks)):
             zero_grads(params_of(bl))
             x = x0.clone().requires_grad_()
-            acc: Dict[str, float] = defaultdict(float)
-            ctx = _instrument(acc) if name == "inv" else contextlib.nullcontext()
-            with ctx:
-                out, w_f, c_f = timed_cpu(lambda: loss_of(model(x)), args.device)  # noqa: B023
-                _, w_b, c_b = timed_cpu(out.backward, args.device)
-                t_f, t_b = (c_f, c_b) if args.device == "cpu" else (w_f, w_b)
-            if r == 0:
-                continue
-            runs[f"{name}_forward"].append(t_f)
-            runs[f"{name}_backward"].append(t_b)
-            if name == "inv":
-                for k in ("rebuild_block", "graph_leaves", "vjp", "fused", "rng_capture",
-                          "rng_replay", "restore_buffers"):
-                    runs[k].append(acc[k])
+            out, w_f, c_f = timed_cpu(lambda: loss_of(model(x)), args.device)  # noqa: B023
+            _, w_b, c_b = timed_cpu(out.backward, args.device)
+            if r > 0:
+                runs[f"{name}_forward"].append(c_f if args.device == "cpu" else w_f)
+                runs[f"{name}_backward"].append(c_b if args.device == "cpu" else w_b)
     m = {k: median(v) for k, v in runs.items()}
-    split = {
-        "forward": m["inv_forward"],
-        "forward_rng_capture": m["rng_capture"],
-        "backward": m["inv_backward"],
-        "backward_fused_rebuild_network_pass": m["fused"],
-        "backward_vjp_autograd_grad": m["vjp"],
-        "backward_rng_replay": m["rng_replay"],
-        "backward_graph_leaf_walk": m["graph_leaves"],
-        "backward_restore_buffers": m["restore_buffers"],
-        "backward_other_python": max(
-            0.0,
-            m["inv_backward"] - m["fused"] - m["vjp"] - m["rng_replay"] - m["graph_leaves"]
-            - m["restore_buffers"],
-        ),
-        "standard_forward": m["std_forward"],
-        "standard_backward": m["std_backward"],
-    }
-    ops = {}
+    ops, spans = {}, []
     for name, model, bl in (("standard", std, std_blocks), ("invprox", inv, inv_blocks)):
-        zero_grads(params_of(bl))
-        x = x0.clone().requires_grad_()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            train_step(model, x)
+        for _ in range(reps if name == "invprox" else 1):
+            zero_grads(params_of(bl))
+            x = x0.clone().requires_grad_()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                train_step(model, x)
+            if name == "invprox":
+                spans.append(_span_seconds(prof))
         rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
         ops[name] = [
             {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in rows
         ]
+    profiled = {k: median([sp[k] for sp in spans]) for k in SPANS}
+    seconds = {"forward": m["inv_forward"], "backward": m["inv_backward"],
+               "standard_forward": m["std_forward"], "standard_backward": m["std_backward"]}
     clock = "process CPU time" if args.device == "cpu" else "wall time"
-    return {"depth": depth, "seconds": split, "clock": clock, "top_ops": ops, "repeats": reps}
+    return {"depth": depth, "seconds": seconds, "profiled_spans": profiled, "clock": clock,
+            "top_ops": ops, "repeats": reps}
 
 
 # -- drift ----------------------------------------------------------------------------------------------
@@ -648,26 +579,26 @@ def render(args, payload: Dict[str, Any]) -> str:
               f"(depth: error): {rt}.\n")
     prof = payload.get("profile")
     if prof:
-        s = prof["seconds"]
-        tot = s["forward"] + s["backward"]
-        md.append(f"\nTime split of an invprox step at depth {prof['depth']} ({prof['clock']}, median of "
-                  f"{prof['repeats']}, monkeypatched timers):\n")
+        s, sp = prof["seconds"], prof["profiled_spans"]
+        md.append(f"\nAn invprox step at depth {prof['depth']} ({prof['clock']}, median of "
+                  f"{prof['repeats']}): "
+                  f"forward {s['forward'] * 1e3:.1f} ms, backward {s['backward'] * 1e3:.1f} ms; standard "
+                  f"{s['standard_forward'] * 1e3:.1f} + {s['standard_backward'] * 1e3:.1f} ms. Split by the "
+                  "engine's torch.profiler spans (a profiled step, profiler overhead included):\n")
+        step = sp["invprox.forward"] + sp["invprox.backward"]
+        other = sp["invprox.backward"] - sum(sp[k] for k in ("invprox.rebuild", "invprox.vjp",
+                                                               "invprox.graph_leaves"))
         parts = [
-            ("forward (no graph)", s["forward"]),
-            ("  of which RNG-state capture", s["forward_rng_capture"]),
-            ("backward", s["backward"]),
-            ("  fused rebuild: one coupling-network pass with graph (gives the inverse too)",
-             s["backward_fused_rebuild_network_pass"]),
-            ("  vector-Jacobian products (torch.autograd.grad)", s["backward_vjp_autograd_grad"]),
-            ("  RNG replay (fork_rng + set_rng_state)", s["backward_rng_replay"]),
-            ("  graph-leaf walk", s["backward_graph_leaf_walk"]),
-            ("  buffer save/restore", s["backward_restore_buffers"]),
-            ("  other (Python, dispatch, flips)", s["backward_other_python"]),
-            ("standard forward", s["standard_forward"]),
-            ("standard backward", s["standard_backward"]),
+            ("forward (no graph)", sp["invprox.forward"]),
+            ("  of which state capture (RNG, autocast, buffers)", sp["invprox.state_capture"]),
+            ("backward", sp["invprox.backward"]),
+            ("  rebuild: inverse and recompute with graph (fused: one network pass)", sp["invprox.rebuild"]),
+            ("  vector-Jacobian products (torch.autograd.grad)", sp["invprox.vjp"]),
+            ("  graph-leaf walk", sp["invprox.graph_leaves"]),
+            ("  other (replay, buffers, Python, dispatch)", max(0.0, other)),
         ]
-        md.append(markdown_table(["part", "ms", "% of invprox step"],
-                                 [[p, f"{v * 1e3:.1f}", f"{100 * v / tot:.0f}"] for p, v in parts]))
+        md.append(markdown_table(["part", "ms (profiled)", "% of the profiled step"],
+                                 [[p, f"{v * 1e3:.1f}", f"{100 * v / step:.0f}"] for p, v in parts]))
     return "\n".join(md)
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .block import forward_logdet, rebuild
-from .errors import BlockError, DriftError, DriftWarning, _recomputing
+from .errors import BlockError, DriftError, DriftWarning, _recomputing, span
 from .state import BlockState
 
 
@@ -43,6 +43,11 @@ def _name(i: int, block: nn.Module) -> str:
 class _ChainFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg: _Config, x: Tensor, *rest: Tensor):
+        with span("invprox.forward"):
+            return _ChainFunction._forward(ctx, cfg, x, *rest)
+
+    @staticmethod
+    def _forward(ctx, cfg: _Config, x: Tensor, *rest: Tensor):
         cond = rest[: cfg.n_cond]
         ctx.cfg = cfg
         states: List[BlockState] = []
@@ -50,7 +55,8 @@ class _ChainFunction(torch.autograd.Function):
         kept: List[Tensor] = []
         h = x
         ld_total = x.new_zeros(x.shape[0]) if cfg.logdet else None
-        st = BlockState.capture(x, cond, cfg.preserve_rng_state)
+        with span("invprox.state_capture"):
+            st = BlockState.capture(x, cond, cfg.preserve_rng_state)
         amp = any(torch.is_autocast_enabled(dev) for dev in ("cpu", "cuda"))
         for i, block in enumerate(cfg.blocks):
             h_in = h
@@ -85,8 +91,9 @@ class _ChainFunction(torch.autograd.Function):
                     DriftWarning,
                     stacklevel=2,
                 )
-            nxt = BlockState.capture(h, cond, cfg.preserve_rng_state)
-            st.settle(nxt)
+            with span("invprox.state_capture"):
+                nxt = BlockState.capture(h, cond, cfg.preserve_rng_state)
+                st.settle(nxt)
             states.append(st)
             st = nxt
         if h is x:
@@ -107,7 +114,7 @@ class _ChainFunction(torch.autograd.Function):
                 "rebuilds activations instead of keeping a graph of them. For gradients of gradients "
                 "build the chain with memory_efficient=False."
             )
-        with torch.no_grad():
+        with torch.no_grad(), span("invprox.backward"):
             return _ChainFunction._backward(ctx, grad_y, grad_ld)
 
     @staticmethod
@@ -175,7 +182,8 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
     if ld_graph is not None and ld_graph.requires_grad:
         outs.append(ld_graph)
         gouts.append(grad_ld)
-    leaves = _graph_leaves(outs)
+    with span("invprox.graph_leaves"):
+        leaves = _graph_leaves(outs)
     extra = [t for t in leaves if id(t) not in known and t is not x_leaf]
     if extra:
         shapes = ", ".join(str(tuple(t.shape)) for t in extra)
@@ -188,7 +196,7 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
     targets = [x_leaf] + [t for t in leaves if t is not x_leaf]
     if not any(o.requires_grad for o in outs):
         return x_leaf, torch.zeros_like(x_leaf)
-    with torch.enable_grad():
+    with torch.enable_grad(), span("invprox.vjp"):
         grads = torch.autograd.grad(outs, targets, gouts, allow_unused=True)
     for t, gt in zip(targets[1:], grads[1:]):
         if gt is None:
@@ -201,7 +209,8 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
 
 def _rebuild_block(j, block, st, h, cond_leaves, want_ld):
     try:
-        return rebuild(block, h, *cond_leaves, logdet=want_ld, replay=st.replay)
+        with span("invprox.rebuild"):
+            return rebuild(block, h, *cond_leaves, logdet=want_ld, replay=st.replay)
     except BlockError:
         raise
     except Exception as e:
