@@ -1,5 +1,5 @@
 """Engine: wrong gradients are never silent (double backward, the drift check's state updates, blocks that
-modify their input in place)."""
+modify their input in place), and its torch.profiler spans."""
 
 import copy
 
@@ -69,3 +69,14 @@ def test_in_place_modification_names_the_block():
     chain = invprox.InvertibleChain([AdditiveCoupling(4, 6).double(), InPlace()])
     with pytest.raises(BlockError, match=r"block 1 \(InPlace\) modified its input in place"):
         chain(x_data().requires_grad_())
+
+
+def test_profiler_sees_the_engine_spans():
+    torch.manual_seed(0)
+    chain = invprox.InvertibleChain([AffineCoupling(4, 6).double() for _ in range(3)])
+    x = x_data().requires_grad_()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        chain(x).square().sum().backward()
+    counts = {e.key: e.count for e in prof.key_averages() if e.key.startswith("invprox.")}
+    assert counts["invprox.forward"] == 1 and counts["invprox.backward"] == 1
+    assert counts["invprox.vjp"] == 3 and counts["invprox.rebuild"] == 2  # block 0's input is kept
