@@ -167,3 +167,19 @@ def test_early_stopping(setup, tmp_path, monkeypatch):
                                                        val_every=1, patience=2, epochs=5))
     assert m["status"] == "early_stopped" and m["steps"] == 4
     assert m["best_step"] == 2 and m["best_val_loss"] == 0.4
+
+
+def test_progress_counts_seconds_for_a_budget_and_is_quiet_off_a_terminal():
+    from invprox.train.loop_utils import Progress
+
+    used = [0.0]
+    bar = Progress(1_000_000, 0, "train", True, seconds=120.0, used=lambda: used[0])
+    assert bar.bar.disable  # pytest's output is not a terminal: no carriage returns in a log
+    used[0] = 30.0
+    bar.update(loss="0.1")
+    assert bar.bar.total == 120.0 and bar.bar.n == 30.0 and bar.step == 1
+    steps = Progress(10, 2, "train", False)
+    steps.update()
+    assert steps.step == 3 and steps.bar.total == 10
+    bar.close()
+    steps.close()

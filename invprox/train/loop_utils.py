@@ -23,6 +23,7 @@ __all__ = [
     "warmup_schedule",
     "save_image_grid",
     "write_json",
+    "Progress",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -142,3 +143,48 @@ def write_json(path: PathLike, obj: Any) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+class Progress:
+    """The training loops' progress bar: over steps, or over seconds for a run bounded by time.
+
+    The bar is silent when the output is not a terminal (a log file gets no carriage returns) or when
+    ``enabled`` is false. A time-bounded run shows its seconds used out of the budget, not a step count
+    whose end it will never reach.
+
+    Args:
+        total: steps of the run. initial: steps already done (on resume).
+        desc: the bar's label. enabled: show it at all.
+        seconds: the run's time budget; the bar then counts ``used()`` seconds out of it.
+        used: callable returning the seconds used so far (default: wall time since the bar started).
+    """
+
+    def __init__(self, total: int, initial: int, desc: str, enabled: bool = True,
+                 seconds: Optional[float] = None, used: Optional[Callable[[], float]] = None):
+        import time
+
+        from tqdm.auto import tqdm
+
+        t0 = time.time()
+        self.seconds = seconds
+        self.used = used or (lambda: time.time() - t0)
+        disable = None if enabled else True  # None: tqdm turns itself off when not on a terminal
+        if seconds is None:
+            self.bar = tqdm(total=total, initial=min(initial, total), disable=disable, unit="step", desc=desc)
+        else:
+            fmt = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s{postfix}"
+            self.bar = tqdm(total=float(seconds), disable=disable, desc=desc, bar_format=fmt)
+        self.step = initial
+
+    def update(self, **postfix: Any) -> None:
+        """One step done; ``postfix`` values are shown after the bar."""
+        self.step += 1
+        if self.seconds is None:
+            self.bar.update(1)
+        else:
+            self.bar.n = min(float(self.used()), float(self.seconds))
+            postfix = {"step": self.step, **postfix}
+        self.bar.set_postfix(**postfix)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -34,6 +34,7 @@ from torch import Tensor
 from ..checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
 from ..flows.glow import Glow
 from .loop_utils import (
+    Progress,
     dataset_tensor,
     epoch_order,
     resolve_device,
@@ -200,10 +201,8 @@ def pretrain(
             "options": opts,
         })
 
-    from tqdm.auto import tqdm
-
     t0 = time.time()
-    bar = tqdm(total=total, initial=min(step, total), disable=not progress, unit="step", desc="pretrain")
+    bar = Progress(total, step, "pretrain", progress, None if max_minutes is None else 60 * max_minutes)
     stopped, bad = False, 0
     params = [p for p in glow.parameters() if p.requires_grad]
     while epoch < epochs and not stopped:
@@ -233,8 +232,7 @@ def pretrain(
             pos, step = pos + 1, step + 1
             curve.append([step, lv])
             run_sum, run_n = run_sum + lv, run_n + 1
-            bar.update(1)
-            bar.set_postfix(bpd=f"{lv:.3f}", lr=f"{sched.get_last_lr()[0]:.2g}")
+            bar.update(bpd=f"{lv:.3f}", lr=f"{sched.get_last_lr()[0]:.2g}")
         if stopped:
             break
         vb = _val_bpd(glow, xv, eval_batch, dev, seed)

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..checkpoint import CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state
 from ..metrics import psnr
-from .loop_utils import epoch_order, resolve_device, write_json
+from .loop_utils import Progress, epoch_order, resolve_device, write_json
 from .solver_setup import (
     PROX_KINDS,
     RANDOM_TASKS,
@@ -283,10 +283,9 @@ def train_solver(
             r["es_best"] = v["val_loss"] if improved else r["es_best"]
             r["bad"] = 0 if improved else r["bad"] + 1
 
-    from tqdm.auto import tqdm
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=total, initial=min(r["step"], total), disable=not progress, unit="step", desc="train")
+    budget_s = None if budget_minutes is None else 60 * budget_minutes
+    bar = Progress(total, r["step"], "train", progress, budget_s, used=lambda: r["train_cpu_s"])
     status = "finished"
     while r["step"] < total:
         if patience and r["bad"] >= patience:
@@ -324,8 +323,7 @@ def train_solver(
         r["train_cpu_s"] += time.process_time() - c0
         r["step"], r["pos"] = r["step"] + 1, r["pos"] + 1
         r["run_sum"], r["run_n"] = r["run_sum"] + lv, r["run_n"] + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{lv:.4g}")
+        bar.update(loss=f"{lv:.4g}")
         end_epoch = r["pos"] >= per_epoch
         if end_epoch:
             r["history"].append({"epoch": r["epoch"] + 1, "step": r["step"],
