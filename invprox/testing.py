@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .core.block import forward_logdet, inverse_logdet
 from .core.chain import InvertibleChain
+from .core.precision import relative_error
 
 __all__ = [
     "check_roundtrip",
@@ -31,19 +32,6 @@ __all__ = [
     "relative_error",
     "randomize_parameters",
 ]
-
-
-def relative_error(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
-    """``||a - b|| / ||b||`` over the concatenation of two lists of tensors (``None`` counts as zeros)."""
-    num = den = 0.0
-    for u, v in zip(a, b):
-        if u is None and v is None:
-            continue
-        u = torch.zeros_like(v) if u is None else u
-        v = torch.zeros_like(u) if v is None else v
-        num += float((u.double() - v.double()).square().sum())
-        den += float(v.double().square().sum())
-    return (num ** 0.5) / max(den ** 0.5, 1e-300)
 
 
 def randomize_parameters(module: nn.Module, std: float = 0.2, seed: int = 0) -> nn.Module:

@@ -17,7 +17,7 @@ gradients of standard autograd under the same autocast depends on the block, not
   through the chain). Run such a block in float32 (:class:`FullPrecision`; under 1% of a Glow's
   FLOPs), keep its input (``keep_every``), or accept the drift. :func:`audit_autocast` finds such blocks.
 
-Measured (``python -m invprox.core.precision``; numbers in ``docs/reliability.md``) on CPU with
+Measured (``python benchmarks/precision_errors.py``; numbers in ``docs/reliability.md``) on CPU with
 ``autocast(bfloat16)``: with every block precision-keeping, the engine's gradient equals standard autograd
 under the same autocast to 1e-7 for a Glow and a one-fold solver, and to 3e-4 ... 5e-3 for a four-fold
 solver (4 seeds; 4e-7 ... 9e-4 with one kept state per fold), where float32 rounding of a rebuilt state now
@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from .block import InvertibleModule, accepts_cond, check_block, is_invertible
 
-__all__ = ["BlockAudit", "FullPrecision", "audit_autocast", "autocast_gradient_errors"]
+__all__ = ["BlockAudit", "FullPrecision", "audit_autocast", "autocast_gradient_errors", "relative_error"]
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -200,6 +200,19 @@ def _set_memory_efficient(model: nn.Module, value: bool) -> None:
             m.memory_efficient = value
 
 
+def relative_error(a: Sequence[Optional[Tensor]], b: Sequence[Optional[Tensor]]) -> float:
+    """``||a - b|| / ||b||`` over the concatenation of two lists of tensors (``None`` counts as zeros)."""
+    num = den = 0.0
+    for u, v in zip(a, b):
+        if u is None and v is None:
+            continue
+        u = torch.zeros_like(v) if u is None else u
+        v = torch.zeros_like(u) if v is None else v
+        num += float((u.double() - v.double()).square().sum())
+        den += float(v.double().square().sum())
+    return (num ** 0.5) / max(den ** 0.5, 1e-300)
+
+
 def autocast_gradient_errors(
     model: nn.Module,
     *inputs: Tensor,
@@ -223,8 +236,6 @@ def autocast_gradient_errors(
         "engine_autocast": autocast engine vs float32, "engine_vs_autocast": autocast engine vs
         autocast autograd}``: the last is the error the engine adds under autocast.
     """
-    from ..testing import relative_error
-
     loss_fn = loss_fn or (lambda out: out.float().square().mean())
     dev = _device_type(inputs[0]) if inputs else "cpu"
 
@@ -246,61 +257,3 @@ def autocast_gradient_errors(
         "engine_autocast": relative_error(amp_eng, ref),
         "engine_vs_autocast": relative_error(amp_eng, amp),
     }
-
-
-def _demo() -> None:  # pragma: no cover - the measurement of docs/reliability.md
-    """Print the gradient errors of docs/reliability.md (``python -m invprox.core.precision``)."""
-    from ..flows import AffineCoupling, Glow, InvConv1x1
-    from ..physics import make_physics
-    from ..solvers import FlowProxSolver
-    from ..testing import randomize_parameters
-    from .chain import InvertibleChain
-
-    torch.set_num_threads(1)
-
-    def glow(steps: int, wrap: bool) -> Glow:
-        torch.manual_seed(0)
-        g = Glow(in_channels=1, image_size=8, levels=1, steps=steps, hidden=16)  # 8x8 grey, B = 4
-        randomize_parameters(g, 0.1, seed=0)
-        if wrap:
-            for i, b in enumerate(g.chain.blocks):
-                if isinstance(b, InvConv1x1):
-                    g.chain.blocks[i] = FullPrecision(b)
-        with torch.no_grad():
-            g(torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1)) - 0.5)
-        return g
-
-    gen = torch.Generator().manual_seed(0)
-    xc = torch.rand(4, 1, 8, 8, generator=gen)
-    y = xc + 0.2 * torch.randn(xc.shape, generator=gen)
-    mse = lambda out: (out.float() - xc).square().mean()  # noqa: E731
-    bf16, fp16 = torch.bfloat16, torch.float16
-    torch.manual_seed(0)
-    couplings = InvertibleChain([AffineCoupling(8, hidden=16) for _ in range(8)])
-    randomize_parameters(couplings, 0.1, seed=1)
-    cases = [("8 affine couplings (C=8, 8x8)", couplings, (torch.randn(4, 8, 8, 8, generator=gen),), None,
-              bf16)]
-    for wrap in (False, True):
-        tag = "1x1 conv fp32" if wrap else "as is"
-        for steps in (4, 16):
-            cases.append((f"Glow steps={steps}, {tag}", glow(steps, wrap), (xc - 0.5,), None, bf16))
-        for K in (1, 4):
-            solver = FlowProxSolver(glow(4, wrap), make_physics("denoising", (1, 8, 8)), K=K)
-            cases.append((f"FlowProxSolver K={K}, {tag}", solver, (y,), mse, bf16))
-    solver = FlowProxSolver(glow(4, True), make_physics("denoising", (1, 8, 8)), K=4)
-    solver.chain.keep_every = solver.fold_blocks()
-    cases.append(("FlowProxSolver K=4, 1x1 conv fp32, keep_every=fold", solver, (y,), mse, bf16))
-    for wrap in (False, True):
-        solver = FlowProxSolver(glow(4, wrap), make_physics("denoising", (1, 8, 8)), K=4)
-        cases.append((f"FlowProxSolver K=4, {'1x1 conv fp32' if wrap else 'as is'}", solver, (y,), mse, fp16))
-    print("| model | autocast | engine fp32 vs fp32 | autocast vs fp32 | engine+autocast vs fp32 "
-          "| engine+autocast vs autocast |")
-    print("|---|---|---|---|---|---|")
-    for name, model, inputs, loss, dtype in cases:
-        e = autocast_gradient_errors(model, *inputs, loss_fn=loss, dtype=dtype)
-        print(f"| {name} | {str(dtype)[6:]} | {e['engine_fp32']:.1e} | {e['autocast']:.1e} "
-              f"| {e['engine_autocast']:.1e} | {e['engine_vs_autocast']:.1e} |")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _demo()

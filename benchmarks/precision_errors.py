@@ -1,0 +1,76 @@
+"""Gradient errors of the engine under autocast (bfloat16, float16) on CPU: the table of
+``docs/reliability.md``.
+
+For every model, the relative error of the whole gradient (parameters and inputs) of float32 engine,
+autocast autograd and autocast engine against float32 autograd
+(:func:`invprox.core.precision.autocast_gradient_errors`): couplings alone, Glows of 4 and 16 steps and
+flow-prox solvers, each as is and with the 1x1 convolutions in float32 (``FullPrecision``).
+
+Usage::
+
+    python benchmarks/precision_errors.py
+"""
+
+from __future__ import annotations
+
+import torch
+
+from invprox.core import InvertibleChain
+from invprox.core.precision import FullPrecision, autocast_gradient_errors
+from invprox.flows import AffineCoupling, Glow, InvConv1x1
+from invprox.physics import make_physics
+from invprox.solvers import FlowProxSolver
+from invprox.testing import randomize_parameters
+
+#: the seed paper's solver (the flow's mode as start, one lambda per fold), as measured in the docs
+PAPER = {"start": "mode", "lam_per": "scalar"}
+
+def main() -> None:
+    torch.set_num_threads(1)
+
+    def glow(steps: int, wrap: bool) -> Glow:
+        torch.manual_seed(0)
+        g = Glow(in_channels=1, image_size=8, levels=1, steps=steps, hidden=16)  # 8x8 grey, B = 4
+        randomize_parameters(g, 0.1, seed=0)
+        if wrap:
+            for i, b in enumerate(g.chain.blocks):
+                if isinstance(b, InvConv1x1):
+                    g.chain.blocks[i] = FullPrecision(b)
+        with torch.no_grad():
+            g(torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1)) - 0.5)
+        return g
+
+    gen = torch.Generator().manual_seed(0)
+    xc = torch.rand(4, 1, 8, 8, generator=gen)
+    y = xc + 0.2 * torch.randn(xc.shape, generator=gen)
+    mse = lambda out: (out.float() - xc).square().mean()  # noqa: E731
+    bf16, fp16 = torch.bfloat16, torch.float16
+    torch.manual_seed(0)
+    couplings = InvertibleChain([AffineCoupling(8, hidden=16) for _ in range(8)])
+    randomize_parameters(couplings, 0.1, seed=1)
+    cases = [("8 affine couplings (C=8, 8x8)", couplings, (torch.randn(4, 8, 8, 8, generator=gen),), None,
+              bf16)]
+    for wrap in (False, True):
+        tag = "1x1 conv fp32" if wrap else "as is"
+        for steps in (4, 16):
+            cases.append((f"Glow steps={steps}, {tag}", glow(steps, wrap), (xc - 0.5,), None, bf16))
+        for K in (1, 4):
+            solver = FlowProxSolver(glow(4, wrap), make_physics("denoising", (1, 8, 8)), K=K, **PAPER)
+            cases.append((f"FlowProxSolver K={K}, {tag}", solver, (y,), mse, bf16))
+    solver = FlowProxSolver(glow(4, True), make_physics("denoising", (1, 8, 8)), K=4, **PAPER)
+    solver.chain.keep_every = solver.fold_blocks()
+    cases.append(("FlowProxSolver K=4, 1x1 conv fp32, keep_every=fold", solver, (y,), mse, bf16))
+    for wrap in (False, True):
+        solver = FlowProxSolver(glow(4, wrap), make_physics("denoising", (1, 8, 8)), K=4, **PAPER)
+        cases.append((f"FlowProxSolver K=4, {'1x1 conv fp32' if wrap else 'as is'}", solver, (y,), mse, fp16))
+    print("| model | autocast | engine fp32 vs fp32 | autocast vs fp32 | engine+autocast vs fp32 "
+          "| engine+autocast vs autocast |")
+    print("|---|---|---|---|---|---|")
+    for name, model, inputs, loss, dtype in cases:
+        e = autocast_gradient_errors(model, *inputs, loss_fn=loss, dtype=dtype)
+        print(f"| {name} | {str(dtype)[6:]} | {e['engine_fp32']:.1e} | {e['autocast']:.1e} "
+              f"| {e['engine_autocast']:.1e} | {e['engine_vs_autocast']:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
