@@ -397,3 +397,16 @@ def test_float32_foreign_operator_in_data_consistency_and_solver():
     assert out.shape == x.shape and out.dtype == torch.float32 and bool(torch.isfinite(out).all())
     out.square().mean().backward()
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in solver.dc.parameters())
+
+
+def test_one_task_registry_with_every_spelling():
+    from invprox.physics import canonical_task
+
+    assert canonical_task("Super-Resolution") == canonical_task("sr") == "superresolution"
+    assert canonical_task("compressed sensing") == canonical_task("CS") == "compressed_sensing"
+    assert canonical_task("denoising") == "denoising"
+    with pytest.raises(ValueError, match="valid tasks are"):
+        canonical_task("dehazing")
+    with pytest.raises(TypeError, match="string"):
+        canonical_task(3)
+    assert type(make_physics("sr", (1, 8, 8))).__name__ == "SuperResolution"

@@ -13,13 +13,14 @@ from .blur import Deblurring, SuperResolution
 from .compressed_sensing import CompressedSensing
 from .data_consistency import DataConsistency
 from .dc import check_step_size, dc_inverse, dc_logdet, dc_step, operator_norm_sq
-from .factory import TASKS, make_physics
+from .factory import TASKS, canonical_task, make_physics
 from .inpainting import Inpainting, box_mask, random_mask
 from .kernels import gaussian_kernel, kernel_fft, motion_kernel
 from .linalg import batch_dot, batch_view, conjugate_gradient, gram_eigenvalues, power_iteration
 
 __all__ = [
     "TASKS",
+    "canonical_task",
     "CompressedSensing",
     "DataConsistency",
     "Deblurring",

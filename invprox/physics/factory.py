@@ -12,7 +12,7 @@ from .compressed_sensing import CompressedSensing
 from .inpainting import Inpainting, box_mask, random_mask
 from .kernels import gaussian_kernel, motion_kernel
 
-__all__ = ["TASKS", "make_physics"]
+__all__ = ["TASKS", "canonical_task", "make_physics"]
 
 TASKS: Tuple[str, ...] = (
     "denoising",
@@ -44,6 +44,27 @@ def _generator(kw: dict) -> torch.Generator | None:
     return gen
 
 
+#: other spellings of the task names (after lower-casing and mapping "-" and " " to "_")
+_ALIASES = {"super_resolution": "superresolution", "sr": "superresolution",
+            "compressedsensing": "compressed_sensing", "cs": "compressed_sensing"}
+
+
+def canonical_task(task: str) -> str:
+    """The canonical name of a task: case-insensitive, ``-``, ``_`` or a space between words, and the
+    aliases ``sr`` and ``cs`` (``"Super-Resolution"`` -> ``"superresolution"``).
+
+    Raises:
+        TypeError: ``task`` is not a string. ValueError: an unknown task (the message lists them).
+    """
+    if not isinstance(task, str):
+        raise TypeError(f"task must be a string, one of {', '.join(TASKS)}; got {task!r}")
+    name = task.lower().replace("-", "_").replace(" ", "_")
+    name = _ALIASES.get(name, name)
+    if name not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks are: {', '.join(TASKS)}")
+    return name
+
+
 def make_physics(task: str, image_shape: Sequence[int], **kw: Any) -> LinearOperator:
     """Build the forward operator of a task for images of ``image_shape``.
 
@@ -71,13 +92,7 @@ def make_physics(task: str, image_shape: Sequence[int], **kw: Any) -> LinearOper
         ValueError: for an unknown task (the message lists the valid ones) or a bad shape.
         TypeError: for an option the task does not take.
     """
-    if not isinstance(task, str):
-        raise TypeError(f"task must be a string, one of {', '.join(TASKS)}; got {task!r}")
-    name = task.lower().replace("-", "_").replace(" ", "_")
-    aliases = {"super_resolution": "superresolution", "compressedsensing": "compressed_sensing"}
-    name = aliases.get(name, name)
-    if name not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks are: {', '.join(TASKS)}")
+    name = canonical_task(task)
     C, H, W = _chw(image_shape)
     kw = dict(kw)
     if name == "denoising":

@@ -33,8 +33,9 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..metrics import psnr, ssim
+from ..physics import canonical_task
 from .loop_utils import dataset_tensor, resolve_device, write_json
-from .solver_setup import fixed_measurements, load_solver, normalize_task, physics_options
+from .solver_setup import fixed_measurements, load_solver, physics_options
 
 __all__ = ["evaluate", "add_parser"]
 
@@ -191,13 +192,13 @@ def evaluate(
         name = name if name not in taken else f"{name}#{sum(t.split('#')[0] == name for t in taken) + 1}"
         methods.append((name, _model_method(solver)))
     if ref_cfg is not None:
-        if task is not None and normalize_task(task) != ref_cfg["task"]:
+        if task is not None and canonical_task(task) != ref_cfg["task"]:
             raise ValueError(f"--task {task} differs from the models' task {ref_cfg['task']}")
         task, popts = ref_cfg["task"], ref_cfg["physics_options"]
         size, channels = ref_cfg["size"], ref_cfg["channels"]
         data = data or ref_cfg["data"]
     else:
-        task = normalize_task(task or "denoising")
+        task = canonical_task(task or "denoising")
         popts = physics_options(task, seed=seed)
         size, channels, data = size or 64, channels or 3, data or "embedded"
     methods += _references(task, latent_map, flow, {"gamma": lm_gamma, "steps": lm_steps, "lr": lm_lr},

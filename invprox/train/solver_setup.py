@@ -20,13 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..physics import TASKS, make_physics
+from ..physics import canonical_task, make_physics
 
 __all__ = [
     "PROX_KINDS",
     "RANDOM_TASKS",
     "SOLVER_FORMAT",
-    "normalize_task",
     "mix_seed",
     "physics_options",
     "task_physics",
@@ -42,20 +41,6 @@ PROX_KINDS = ("flow", "resnet", "unet")
 RANDOM_TASKS = ("inpainting",)
 SOLVER_FORMAT = "invprox.solver/1"
 _STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4}
-
-
-def normalize_task(task: str) -> str:
-    """The canonical task name (``"super-resolution"`` -> ``"superresolution"``).
-
-    Raises:
-        ValueError: an unknown task; the message lists the valid ones.
-    """
-    name = str(task).lower().replace("-", "_").replace(" ", "_")
-    name = {"super_resolution": "superresolution", "compressedsensing": "compressed_sensing",
-            "cs": "compressed_sensing", "sr": "superresolution"}.get(name, name)
-    if name not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid tasks are: {', '.join(TASKS)}")
-    return name
 
 
 def mix_seed(*parts: int) -> int:
@@ -77,7 +62,7 @@ def physics_options(
     Raises:
         ValueError: unknown task, or ``kernel`` not ``"gaussian"``/``"motion"``.
     """
-    task = normalize_task(task)
+    task = canonical_task(task)
     if task == "inpainting":
         return {"p_missing": float(p_missing)}
     if task == "deblurring":
@@ -95,7 +80,7 @@ def task_physics(
     task: str, shape: Sequence[int], options: Dict[str, Any], generator: Optional[torch.Generator] = None
 ) -> nn.Module:
     """The operator of ``task`` for images ``shape`` ``(C, H, W)``; ``generator`` draws a random mask."""
-    task = normalize_task(task)
+    task = canonical_task(task)
     kw = dict(options)
     if task in RANDOM_TASKS and generator is not None:
         kw["generator"] = generator
@@ -115,7 +100,7 @@ def fixed_measurements(
     Returns:
         Groups ``(start, end, y, physics)``: ``y`` measures ``x[start:end]`` through ``physics``.
     """
-    task = normalize_task(task)
+    task = canonical_task(task)
     shape = tuple(x.shape[1:])
     random_task = task in RANDOM_TASKS
     if physics is None and not random_task:

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ..checkpoint import CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state
 from ..metrics import psnr
+from ..physics import canonical_task
 from .loop_utils import Progress, epoch_order, resolve_device, write_json
 from .solver_setup import (
     PROX_KINDS,
@@ -47,7 +48,6 @@ from .solver_setup import (
     load_flow,
     load_model_state,
     mix_seed,
-    normalize_task,
     physics_options,
     save_solver,
     task_physics,
@@ -189,7 +189,7 @@ def train_solver(
         raise ValueError(f"{out_dir} already holds a training run; pass --resume to continue it "
                          "or choose another --out")
     cfg = dict(opts)
-    cfg["task"] = normalize_task(cfg["task"])
+    cfg["task"] = canonical_task(cfg["task"])
     if cfg["prox"] not in PROX_KINDS:
         raise ValueError(f"prox must be one of {PROX_KINDS}, got {cfg['prox']!r}")
     for name in ("K", "batch", "epochs", "size"):
