@@ -17,7 +17,7 @@ __all__ = ["main", "build_parser"]
 SUBCOMMANDS = (
     "invprox.train.demo",
     "invprox.train.pretrain",
-    "invprox.train.solver_train",
+    "invprox.train.solver_cli",
     "invprox.train.evaluate",
 )
 

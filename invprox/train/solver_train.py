@@ -25,9 +25,7 @@ it was.
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
@@ -53,7 +51,7 @@ from .solver_setup import (
     task_physics,
 )
 
-__all__ = ["train_solver", "add_parser", "NonFiniteLossError"]
+__all__ = ["train_solver", "NonFiniteLossError"]
 
 _CKPT = "invprox.train_solver/1"
 # options that may change on resume; everything else is taken from the checkpoint
@@ -268,6 +266,14 @@ def train_solver(
             return "No checkpoint was written before (nothing to resume)."
         return f"The last good state (step {saved[0]}) is in {ckpt_path}; --resume continues from it."
 
+    def non_finite(what: str) -> NonFiniteLossError:
+        """Close the bar, write the metrics, and the error to raise (before any update of this step)."""
+        bar.close()
+        metrics("non_finite")
+        return NonFiniteLossError(
+            f"{what} at step {r['step'] + 1} (epoch {r['epoch'] + 1}); stopped. {last_good()} "
+            "Try a lower --lr-net/--lr-step, or --keep-every for the flow engine.")
+
     def validate(scheduled: bool) -> None:
         v = _validate(solver, groups, xv, dev)
         if not math.isfinite(v["val_loss"]):
@@ -304,21 +310,13 @@ def train_solver(
         loss = ((solver(y) - x) ** 2).mean()
         lv = float(loss.detach())
         if not math.isfinite(lv):
-            bar.close()
-            metrics("non_finite")
-            raise NonFiniteLossError(
-                f"training loss is {lv} at step {r['step'] + 1} (epoch {r['epoch'] + 1}); stopped. "
-                f"{last_good()} Try a lower --lr-net/--lr-step, or --keep-every for the flow engine.")
+            raise non_finite(f"training loss is {lv}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg["clip_grad"]:
             gnorm = float(torch.nn.utils.clip_grad_norm_(solver.parameters(), cfg["clip_grad"]))
             if not math.isfinite(gnorm):
-                bar.close()
-                metrics("non_finite")
-                raise NonFiniteLossError(
-                    f"gradient norm is {gnorm} at step {r['step'] + 1}; stopped before the update. "
-                    f"{last_good()} Try a lower --lr-net/--lr-step.")
+                raise non_finite(f"gradient norm is {gnorm}")
         opt.step()
         r["train_cpu_s"] += time.process_time() - c0
         r["step"], r["pos"] = r["step"] + 1, r["pos"] + 1
@@ -348,93 +346,3 @@ def train_solver(
     log(f"{status}: {r['step']} steps, best val loss {r['best_val']:.5g} at step {r['best_step']}; "
         f"wrote {out_dir}")
     return m
-
-
-def _keep_every(text: str) -> Union[int, str, None]:
-    if text in ("fold", "none"):
-        return None if text == "none" else text
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int, 'fold' or 'none', got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive int, 'fold' or 'none', got {text!r}")
-    return n
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``invprox train``."""
-    p = subparsers.add_parser(
-        "train", help="train an unrolled solver (flow, ResNet or U-Net prox) end to end",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    a = p.add_argument
-    a("--task", default="denoising", help="denoising, inpainting, deblurring, superresolution, "
-      "compressed_sensing")
-    a("--p-missing", type=float, default=0.5, help="inpainting: fraction of missing pixels")
-    a("--kernel", default="gaussian", choices=("gaussian", "motion"), help="deblurring kernel")
-    a("--blur-std", type=float, default=2.0, help="deblurring: std of the Gaussian kernel")
-    a("--factor", type=int, default=2, help="super-resolution factor")
-    a("--cs-ratio", type=float, default=0.25, help="compressed sensing: measurements / pixels")
-    a("--prox", default="flow", choices=PROX_KINDS)
-    a("--K", type=int, default=4, help="number of folds")
-    a("--sigma", type=float, default=0.2, help="noise std (images in [0, 1])")
-    a("--data", default="embedded", help="'embedded', an image folder, or a shared data set (celeba64)")
-    a("--val-data", default=None, help="validation data (default: the 'val' split of --data); 'holdout': "
-      "the last --n-val images of the train split")
-    a("--size", type=int, default=64, help="image side")
-    a("--channels", type=int, default=3, choices=(1, 3))
-    a("--flow", default=None, help="pre-trained Glow (flow.pt of `invprox pretrain`); needed for --prox flow")
-    a("--tied", action="store_true", help="flow: one flow shared by all folds")
-    a("--shrinkage", default=None, choices=("gaussian", "laplace"), help="flow: latent prox (default: prior)")
-    a("--mu-init", type=float, default=0.5, help="initial step mu_k as a fraction of 1/||A||^2")
-    a("--lam-init", type=float, default=0.1, help="flow: initial latent shrinkage lambda_k")
-    a("--lam-per", default="level", choices=("level", "scalar"),
-      help="flow: one lambda per multi-scale latent level, or one per fold (the paper's)")
-    a("--start", default="smooth", choices=("smooth", "paper"),
-      help="x_0: smoothness-regularised least squares from y, or the paper's (flow: g(0); CNNs: A^T y)")
-    a("--calibrate", type=int, default=32, metavar="N",
-      help="set the start (and for the flow mu_k, lambda_k) from N training pairs before training; 0: off")
-    a("--clip-grad", type=float, default=1.0, help="clip the gradient's global norm (0: off)")
-    a("--keep-every", type=_keep_every, default="fold", metavar="N|fold|none",
-      help="flow engine drift policy: keep every N-th block's input, 'fold' (default: each fold's "
-           "input, one image per fold) or 'none' (pure inversion)")
-    a("--standard-autograd", action="store_true", help="flow: plain autograd instead of the engine")
-    a("--checkpoint-folds", action="store_true", help="baselines: torch.utils.checkpoint per fold")
-    a("--features", type=int, default=None, help="baselines: feature maps (default: the factory's)")
-    a("--n-blocks", type=int, default=None, help="resnet: residual blocks")
-    a("--depth", type=int, default=None, help="unet: levels")
-    a("--lr-net", type=float, default=1e-5, help="learning rate of the networks (paper: 1e-5)")
-    a("--lr-step", type=float, default=1e-2, help="learning rate of mu_k, lambda_k (paper: 1e-2)")
-    a("--batch", type=int, default=8)
-    a("--epochs", type=int, default=100)
-    a("--max-steps", type=int, default=None, help="stop after this many steps in total")
-    a("--budget-minutes", type=float, default=None,
-      help="stop after this many minutes of CPU time in training steps (an equal budget per solver)")
-    a("--val-every", type=int, default=None, help="validate every n steps (default: each epoch)")
-    a("--patience", type=int, default=5, help="early stopping: validations without improvement (0: off)")
-    a("--n-train", type=int, default=None, help="use at most this many training images")
-    a("--n-val", type=int, default=64, help="use at most this many validation images")
-    a("--seed", type=int, default=0)
-    a("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
-    a("--out", default="runs/solver", help="output folder")
-    a("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    a("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_run)
-    return p
-
-
-def _run(args: argparse.Namespace) -> int:
-    kw = {k: v for k, v in vars(args).items() if k not in ("func", "command", "no_progress")}
-    try:
-        train_solver(progress=not args.no_progress, **kw)
-    except (NonFiniteLossError, CheckpointError) as err:
-        print(f"invprox train: error: {err}", file=sys.stderr)
-        return 1 if isinstance(err, NonFiniteLossError) else 2
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))
