@@ -55,6 +55,10 @@ def canonical_task(task: str) -> str:
 
     Raises:
         TypeError: ``task`` is not a string. ValueError: an unknown task (the message lists them).
+
+    Example:
+        >>> canonical_task("Super-Resolution"), canonical_task("cs")
+        ('superresolution', 'compressed_sensing')
     """
     if not isinstance(task, str):
         raise TypeError(f"task must be a string, one of {', '.join(TASKS)}; got {task!r}")

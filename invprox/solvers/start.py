@@ -56,6 +56,15 @@ class SmoothStart(nn.Module):
     Shapes:
         ``y``: the measurement, shape of ``physics.A(x)``; output: shape of ``physics.A_adjoint(y)``,
         ``(B, C, H, W)``. Gradients reach ``y`` (not ``alpha``, which is calibrated, not trained).
+
+    Example:
+        >>> import torch
+        >>> from invprox.physics import Denoising
+        >>> x = torch.full((1, 1, 16, 16), 0.5)
+        >>> y = x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+        >>> x0 = SmoothStart(alpha=2.0)(y, Denoising())
+        >>> bool((x0 - x).square().mean() < 0.2 * (y - x).square().mean())
+        True
     """
 
     def __init__(self, alpha: float = 1.0, iters: int = 300):
