@@ -168,7 +168,11 @@ def test_training_budget_holdout_and_calibration_report(tiny_data, tmp_path):
                                                      n_val=4))
     assert m["status"] == "budget" and m["steps"] == 1  # the budget is checked before every step
     assert m["n_train"] == 12 and m["n_val"] == 4  # 16 training images: the last 4 held out
-    assert m["train_cpu_s"] > 0 and m["val"][-1]["train_cpu_s"] == m["train_cpu_s"]
+    assert m["train_cpu_s"] > 0 and m["val"][-1]["train_cpu_s"] == m["train_cpu_s"] and m["train_wall_s"] > 0
+    wall = train_solver(out=str(tmp_path / "w"), **_kw(tiny_data, budget_minutes=1e-6, budget_clock="wall"))
+    assert wall["status"] == "budget" and wall["steps"] == 1
+    with pytest.raises(ValueError, match="budget_clock"):
+        train_solver(out=str(tmp_path / "x"), **_kw(tiny_data, budget_minutes=1.0, budget_clock="gpu"))
     cal = m["calibration"]
     assert cal["psnr"] >= cal["start_psnr"] - 0.05 and len(cal["folds"]) == 1
     with pytest.raises(ValueError, match="holdout"):

@@ -73,7 +73,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--epochs", type=int, default=100)
     a("--max-steps", type=int, default=None, help="stop after this many steps in total")
     a("--budget-minutes", type=float, default=None,
-      help="stop after this many minutes of CPU time in training steps (an equal budget per solver)")
+      help="stop after this many minutes of --budget-clock time in training steps (equal per solver)")
+    a("--budget-clock", default="cpu", choices=("cpu", "wall"),
+      help="what the budget counts: the process's CPU time (fair on a shared CPU) or wall time (GPU)")
     a("--val-every", type=int, default=None, help="validate every n steps (default: each epoch)")
     a("--patience", type=int, default=5, help="early stopping: validations without improvement (0: off)")
     a("--n-train", type=int, default=None, help="use at most this many training images")

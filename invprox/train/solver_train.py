@@ -55,7 +55,8 @@ __all__ = ["train_solver", "NonFiniteLossError"]
 
 _CKPT = "invprox.train_solver/1"
 # options that may change on resume; everything else is taken from the checkpoint
-_RUN_KEYS = ("epochs", "max_steps", "budget_minutes", "val_every", "patience", "device", "out", "resume")
+_RUN_KEYS = ("epochs", "max_steps", "budget_minutes", "budget_clock", "val_every", "patience", "device",
+             "out", "resume")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,6 +112,7 @@ def train_solver(
     epochs: int = 100,
     max_steps: Optional[int] = None,
     budget_minutes: Optional[float] = None,
+    budget_clock: str = "cpu",
     val_every: Optional[int] = None,
     patience: int = 5,
     n_train: Optional[int] = None,
@@ -153,9 +155,10 @@ def train_solver(
             ``torch.utils.checkpoint`` per fold).
         lr_net, lr_step: Adam learning rates of the networks and of the step sizes / shrinkages.
         batch, epochs, max_steps: batch size, epochs, stop after this many optimizer steps in total.
-        budget_minutes: stop when the training steps have used this many minutes of the process's CPU
-            time (validation and calibration excluded): an equal budget for every solver, which other jobs
-            on a shared machine do not shrink (run with one torch thread to compare methods).
+        budget_minutes: stop when the training steps have used this many minutes (validation and
+            calibration excluded) of ``budget_clock``: ``"cpu"``, the process's CPU time, an equal budget
+            for every solver that other jobs on a shared machine do not shrink (run with one torch thread
+            to compare methods); ``"wall"``, elapsed time (use it on a GPU, where the CPU waits).
         val_every, patience: validate every this many steps (default: each epoch); early stopping after
             ``patience`` validations without improvement (0 disables it).
         n_train, n_val: use at most this many images. seed: model init, data order and measurements.
@@ -193,6 +196,8 @@ def train_solver(
     for name in ("K", "batch", "epochs", "size"):
         if not isinstance(cfg[name], int) or cfg[name] < 1:
             raise ValueError(f"{name} must be a positive int, got {cfg[name]!r}")
+    if budget_clock not in ("cpu", "wall"):
+        raise ValueError(f"budget_clock must be 'cpu' or 'wall', got {budget_clock!r}")
     if not cfg["sigma"] >= 0:
         raise ValueError(f"sigma must be non-negative, got {cfg['sigma']!r}")
     cfg["physics_options"] = physics_options(cfg["task"], cfg["p_missing"], cfg["kernel"], cfg["blur_std"],
@@ -242,6 +247,8 @@ def train_solver(
         log(f"calibrated on {cfg['calibrate']} training pairs: PSNR {r['calibration']['psnr']:.2f} dB "
             f"(start {r['calibration']['start_psnr']:.2f} dB)")
     r.setdefault("train_cpu_s", 0.0)
+    r.setdefault("train_wall_s", 0.0)
+    used_key = "train_cpu_s" if budget_clock == "cpu" else "train_wall_s"
 
     t0, elapsed0, saved = time.time(), r.get("elapsed_s", 0.0), [r["step"] if state is not None else None]
 
@@ -255,7 +262,8 @@ def train_solver(
     def metrics(status: str) -> Dict[str, Any]:
         m = {"status": status, "steps": r["step"], "epochs_done": r["epoch"], "best_val_loss": r["best_val"],
              "best_step": r["best_step"], "history": r["history"], "val": r["val"], "n_train": len(xt),
-             "n_val": len(xv), "train_cpu_s": r["train_cpu_s"], "calibration": r.get("calibration"),
+             "n_val": len(xv), "train_cpu_s": r["train_cpu_s"],
+             "train_wall_s": r["train_wall_s"], "calibration": r.get("calibration"),
              "device": str(dev), "wall_time_s": elapsed0 + time.time() - t0, "config": cfg,
              "solver": str(out_dir / "solver.pt"), "checkpoint": str(ckpt_path)}
         write_json(out_dir / "metrics.json", m)
@@ -291,13 +299,13 @@ def train_solver(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     budget_s = None if budget_minutes is None else 60 * budget_minutes
-    bar = Progress(total, r["step"], "train", progress, budget_s, used=lambda: r["train_cpu_s"])
+    bar = Progress(total, r["step"], "train", progress, budget_s, used=lambda: r[used_key])
     status = "finished"
     while r["step"] < total:
         if patience and r["bad"] >= patience:
             status = "early_stopped"
             break
-        if budget_minutes is not None and r["train_cpu_s"] >= 60 * budget_minutes:
+        if budget_minutes is not None and r[used_key] >= 60 * budget_minutes:
             status = "budget"
             break
         order = epoch_order(len(xt), seed, r["epoch"])
@@ -306,7 +314,7 @@ def train_solver(
         op = fixed_op if fixed_op is not None else task_physics(task, shape, popts, g)
         y = op.measure(x, sig, g)
         solver.physics = op
-        c0 = time.process_time()
+        c0, w0 = time.process_time(), time.perf_counter()
         loss = ((solver(y) - x) ** 2).mean()
         lv = float(loss.detach())
         if not math.isfinite(lv):
@@ -319,6 +327,7 @@ def train_solver(
                 raise non_finite(f"gradient norm is {gnorm}")
         opt.step()
         r["train_cpu_s"] += time.process_time() - c0
+        r["train_wall_s"] += time.perf_counter() - w0
         r["step"], r["pos"] = r["step"] + 1, r["pos"] + 1
         r["run_sum"], r["run_n"] = r["run_sum"] + lv, r["run_n"] + 1
         bar.update(loss=f"{lv:.4g}")
