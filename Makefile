@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-gpu clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ lint: venv
 
 bench: venv
 	$(BIN)/python benchmarks/engine_depth.py
+
+# every GPU check in one command (~13 min on one GPU); results in benchmarks/results/gpu/
+bench-gpu: venv
+	PY=$(BIN)/python bash benchmarks/gpu_suite.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -8,10 +8,13 @@ flow-prox solvers, each as is and with the 1x1 convolutions in float32 (``FullPr
 
 Usage::
 
-    python benchmarks/precision_errors.py
+    python benchmarks/precision_errors.py                 # CPU autocast (docs/reliability.md)
+    python benchmarks/precision_errors.py --device cuda   # CUDA autocast (make bench-gpu)
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 
@@ -25,7 +28,10 @@ from invprox.testing import randomize_parameters
 #: the seed paper's solver (the flow's mode as start, one lambda per fold), as measured in the docs
 PAPER = {"start": "mode", "lam_per": "scalar"}
 
-def main() -> None:
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i] (autocast of that device)")
+    dev = torch.device(p.parse_args(argv).device)
     torch.set_num_threads(1)
 
     def glow(steps: int, wrap: bool) -> Glow:
@@ -66,8 +72,10 @@ def main() -> None:
     print("| model | autocast | engine fp32 vs fp32 | autocast vs fp32 | engine+autocast vs fp32 "
           "| engine+autocast vs autocast |")
     print("|---|---|---|---|---|---|")
+    print(f"device: {dev}")
+    xc = xc.to(dev)  # what mse compares with
     for name, model, inputs, loss, dtype in cases:
-        e = autocast_gradient_errors(model, *inputs, loss_fn=loss, dtype=dtype)
+        e = autocast_gradient_errors(model.to(dev), *[t.to(dev) for t in inputs], loss_fn=loss, dtype=dtype)
         print(f"| {name} | {str(dtype)[6:]} | {e['engine_fp32']:.1e} | {e['autocast']:.1e} "
               f"| {e['engine_autocast']:.1e} | {e['engine_vs_autocast']:.1e} |")
 
