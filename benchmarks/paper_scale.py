@@ -6,7 +6,8 @@ hidden channels, K = 4 untied folds, batch 16, trained at sigma 0.20 and tested 
 for one GPU and 7 minutes: ``--glow-minutes`` (2.5) of maximum-likelihood pre-training, then
 ``--minutes`` (1.2) of wall time in training steps per solver (``invprox train --budget-clock wall``),
 then the test on ``--n-test`` faces of ``celeba64/val``. Writes ``<out>/paper_scale.{md,json}`` (the
-device named) and the evaluation to ``<out>/eval``; checkpoints go to ``--work`` (``runs/paper_scale``). ``--tiny`` runs the same pipeline at 16x16 with a 2 x 1 x 8 Glow in seconds, on any device
+device named) and the evaluation to ``<out>/eval``; checkpoints go to ``--work`` (``runs/paper_scale``).
+``--tiny`` runs the same pipeline at 16x16 with a 2 x 1 x 8 Glow in seconds, on any device
 (the test suite runs it on the CPU).
 
 Usage::
