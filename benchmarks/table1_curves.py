@@ -47,7 +47,8 @@ def plot_curves(runs: Dict[str, Dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, m in runs.items():
         pts = [(v["train_cpu_s"] / 60, v["val_psnr"]) for v in m["val"] if "train_cpu_s" in v]
-        ax.plot(*zip(*pts), marker=".", label=name)
+        if pts:
+            ax.plot(*zip(*pts), marker=".", label=name)
     ax.set_xlabel("CPU minutes in training steps (one thread)")
     ax.set_ylabel("validation PSNR (dB), 64 held-out training faces")
     ax.set_title("Denoising, sigma 0.20, K = 4: equal budget")
@@ -89,8 +90,13 @@ def write_md(runs: Dict[str, Dict[str, Any]], times: List[Dict[str, Any]], path:
              "best val PSNR | at CPU min |", "|---|---|---|---|---|---|---|---|"]
     for name, m in runs.items():
         cfg, val = m["config"], m["val"]
-        best = max(val, key=lambda v: v["val_psnr"])
         cal = m.get("calibration") or {}
+        if not val:  # stopped before its first validation (a non-finite loss)
+            per_step = m["train_cpu_s"] / max(m["steps"], 1)
+            lines.append(f"| {name} | {cfg['prox']} | {cfg['lr_net']:g} | {m['steps']} ({m['status']}) | "
+                         f"{per_step:.3f} | {cal.get('psnr', float('nan')):.2f} dB | - | - |")
+            continue
+        best = max(val, key=lambda v: v["val_psnr"])
         lines.append(
             f"| {name} | {cfg['prox']} | {cfg['lr_net']:g} | {m['steps']} | "
             f"{m['train_cpu_s'] / max(m['steps'], 1):.3f} | "
@@ -115,7 +121,8 @@ def main(argv: List[str] | None = None) -> int:
     runs = load_runs(runs_dir, args.runs)
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(runs, out / "table1_curves.png")
-    times = step_times(runs_dir, args.runs) if args.step_time else []
+    done = [n for n in args.runs if (runs_dir / n / "solver.pt").is_file()]
+    times = step_times(runs_dir, done) if args.step_time else []
     write_md(runs, times, out / "table1_training.md")
     print((out / "table1_training.md").read_text())
     return 0
