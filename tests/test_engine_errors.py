@@ -80,3 +80,41 @@ def test_profiler_sees_the_engine_spans():
     counts = {e.key: e.count for e in prof.key_averages() if e.key.startswith("invprox.")}
     assert counts["invprox.forward"] == 1 and counts["invprox.backward"] == 1
     assert counts["invprox.vjp"] == 3 and counts["invprox.rebuild"] == 2  # block 0's input is kept
+
+
+class TwoNetDropoutCoupling(nn.Module):
+    """memcnn's additive coupling with two networks and dropout: the inverse draws G's mask before F's."""
+
+    def __init__(self, c=4, hidden=8):
+        super().__init__()
+        h = c // 2
+        self.F = nn.Sequential(nn.Conv2d(h, hidden, 3, padding=1), nn.Dropout(0.3), nn.Conv2d(hidden, h, 1))
+        self.G = nn.Sequential(nn.Conv2d(h, hidden, 3, padding=1), nn.Dropout(0.3), nn.Conv2d(hidden, h, 1))
+
+    def forward(self, x):
+        x1, x2 = x.chunk(2, dim=1)
+        y1 = x1 + self.F(x2)
+        y2 = x2 + self.G(y1)
+        return torch.cat([y1, y2], dim=1)
+
+    def inverse(self, y):
+        y1, y2 = y.chunk(2, dim=1)
+        x2 = y2 - self.G(y1)
+        x1 = y1 - self.F(x2)
+        return torch.cat([x1, x2], dim=1)
+
+
+def test_block_drawing_random_numbers_gets_exact_gradients():
+    torch.manual_seed(0)
+    blocks = [TwoNetDropoutCoupling().double().train() for _ in range(4)]
+    ref = copy.deepcopy(blocks)
+    x = x_data()
+    grads = []
+    for bl, eff in ((blocks, True), (ref, False)):
+        chain = invprox.InvertibleChain(bl, memory_efficient=eff)
+        xx = x.clone().requires_grad_()
+        torch.manual_seed(1)  # the same dropout masks in both forwards
+        loss = chain(xx).square().sum()
+        grads.append(torch.autograd.grad(loss, [xx, *chain.parameters()]))
+    err = max(float((a - b).norm() / b.norm()) for a, b in zip(*grads))
+    assert err < 1e-12, err  # was 2-12% when the input was rebuilt by the inverse's other mask order

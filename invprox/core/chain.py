@@ -47,7 +47,9 @@ class InvertibleChain(InvertibleModule):
             solver a state drift of 2e-6 came with a gradient error of 1.2e-4 (``benchmarks/SOLVER_K.md``).
         check_tol: relative tolerance of the check.
         preserve_rng_state: replay each block's random state in the backward (dropout), as
-            ``torch.utils.checkpoint`` does.
+            ``torch.utils.checkpoint`` does. A block that draws random numbers also keeps its input
+            (one state per such block): its inverse need not draw them in the forward's order, so a
+            rebuilt input could be wrong; it is recomputed from the kept input instead.
         memory_efficient: ``False`` runs the blocks under standard autograd (for comparison).
         check_finite: raise ``ValueError`` when ``x`` or a ``cond`` tensor holds NaN or Inf.
 

@@ -94,6 +94,12 @@ class _ChainFunction(torch.autograd.Function):
             with span("invprox.state_capture"):
                 nxt = BlockState.capture(h, cond, cfg.preserve_rng_state)
                 st.settle(nxt)
+            if i > 0 and st.cpu_rng is not None and (not kept_idx or kept_idx[-1] != i):
+                # it drew random numbers: an inverse need not draw them in the forward's order (memcnn's
+                # two-network couplings with dropout run G before F), so rebuilding its input could be
+                # silently wrong; keep the input and recompute the block from it, replaying the state
+                kept_idx.append(i)
+                kept.append(h_in)
             states.append(st)
             st = nxt
         if h is x:
