@@ -187,3 +187,29 @@ def test_baseline_calibrates_its_smooth_start(tiny_data, tmp_path):
 
     solver, cfg = load_solver(tmp_path / "u" / "solver.pt")
     assert cfg["start"] == "smooth" and float(solver.smooth_start.alpha) == m["calibration"]["start_alpha"]
+
+
+def test_solver_takes_any_flow_that_follows_the_block_protocol():
+    from invprox import InvertibleChain
+    from invprox.flows import AffineCoupling
+
+    torch.manual_seed(0)
+    flow = InvertibleChain([AffineCoupling(2, 6), AffineCoupling(2, 6)]).double()
+    testing.randomize_parameters(flow, 0.1)
+    op = make_physics("denoising", (2, 4, 4))
+    x = smooth_images(3, 4).repeat(1, 2, 1, 1)
+    y = noisy(x, 0.1)
+    for start in ("smooth", "mode"):
+        solver = FlowProxSolver(flow, op, K=2, lam_per="scalar", start=start).double()
+        assert solver.image_shape is None  # taken from A^T y
+        out = solver(y)
+        assert out.shape == x.shape
+        plain = FlowProxSolver(flow, op, K=2, lam_per="scalar", start=start, memory_efficient=False).double()
+        plain.load_state_dict(solver.state_dict())
+        g1 = torch.autograd.grad(solver(y).square().sum(), list(solver.parameters()))
+        g2 = torch.autograd.grad(plain(y).square().sum(), list(plain.parameters()))
+        assert testing.relative_error(g1, g2) < 1e-10
+    with pytest.raises(TypeError, match="latent_levels"):
+        FlowProxSolver(flow, op, K=1)
+    with pytest.raises(TypeError, match="invertible flow"):
+        FlowProxSolver(torch.nn.Conv2d(2, 2, 1), op, K=1, lam_per="scalar")

@@ -141,12 +141,26 @@ class SoftThreshold(_LearnedLambda):
         return torch.sign(z) * F.relu(z.abs() - self._per_entry(self.lam, z))
 
 
+def _flow_blocks(flow: nn.Module) -> List[nn.Module]:
+    """The engine blocks of ``f``: ``flow.flow_blocks()`` (a Glow), or the blocks of an InvertibleChain."""
+    if callable(getattr(flow, "flow_blocks", None)):
+        return list(flow.flow_blocks())
+    if isinstance(flow, InvertibleChain):
+        return list(flow.blocks)
+    raise TypeError(
+        f"flow must be an invertible flow: an invprox.InvertibleChain of blocks, or a module with "
+        f"flow_blocks() and inverse() such as invprox.flows.Glow; got {type(flow).__name__}"
+    )
+
+
 class FlowProxSolver(SwappablePhysics):
     """K folds of (DC, Glow, latent shrinkage, inverse Glow) trained end to end through the engine.
 
     Args:
-        flow: a (pre-trained) :class:`invprox.flows.Glow`; it is copied into every fold ("untied"), or
-            shared by all folds when ``tied``.
+        flow: a (pre-trained) flow ``f`` from image to latent space that follows the block protocol:
+            an :class:`invprox.flows.Glow`, any module with ``flow_blocks()`` and ``inverse()``, or an
+            :class:`invprox.InvertibleChain` of blocks. It is copied into every fold ("untied"), or shared
+            by all folds when ``tied``. ``lam_per="level"`` needs its ``latent_levels()``.
         physics: the forward operator (``A``, ``A_adjoint``), e.g. from :func:`invprox.physics.make_physics`.
             It may be swapped per call: ``solver(y, physics=op)``.
         K: number of folds.
@@ -193,8 +207,7 @@ class FlowProxSolver(SwappablePhysics):
         super().__init__()
         if not isinstance(K, int) or K < 1:
             raise ValueError(f"K must be a positive int, got {K!r}")
-        if not hasattr(flow, "chain") or not hasattr(flow, "image_size"):
-            raise TypeError(f"flow must be an invprox.flows.Glow, got {type(flow).__name__}")
+        _flow_blocks(flow)  # raises TypeError for anything that is not an invertible flow
         shrinkage = shrinkage or getattr(flow, "prior", "gaussian")
         if shrinkage not in ("gaussian", "laplace"):
             raise ValueError(f"shrinkage must be 'gaussian' or 'laplace', got {shrinkage!r}")
@@ -210,7 +223,9 @@ class FlowProxSolver(SwappablePhysics):
             levels = flow.latent_levels()
         self.K, self.tied, self.shrinkage, self.lam_per = K, tied, shrinkage, lam_per
         self.smooth_start = SmoothStart() if start == "smooth" else None
-        self.image_shape = (flow.in_channels, *flow.image_size)
+        hw, c = getattr(flow, "image_size", None), getattr(flow, "in_channels", None)
+        #: ``(C, H, W)`` of the flow's images, or ``None`` (then taken from ``A^T y`` on every call)
+        self.image_shape = (c, *hw) if hw is not None and c is not None else None
         flows = [flow] * K if tied else [copy.deepcopy(flow) for _ in range(K)]
         self.flows = nn.ModuleList(flows[:1] if tied else flows)
         self.dc = nn.ModuleList(DataConsistency(physics, mu_init=mu_init) for _ in range(K))
@@ -219,7 +234,7 @@ class FlowProxSolver(SwappablePhysics):
         self.physics = physics
         blocks: List[nn.Module] = []
         for k in range(K):
-            fb = list(flows[k].chain.blocks)
+            fb = _flow_blocks(flows[k])
             blocks += [self.dc[k], *fb, self.shrink[k], *[Inverse(b) for b in reversed(fb)]]
         if keep_every == "fold":
             keep_every = len(blocks) // K
@@ -256,8 +271,15 @@ class FlowProxSolver(SwappablePhysics):
         if self.smooth_start is not None:
             return self.smooth_start(y, self.physics) - 0.5
         with torch.no_grad():
-            z = torch.zeros((1, *self.image_shape), dtype=y.dtype, device=y.device)
-            return self.flows[0].inverse(z).expand(y.shape[0], *self.image_shape).contiguous()
+            shape = self._image_shape(y)
+            z = torch.zeros((1, *shape), dtype=y.dtype, device=y.device)
+            return self.flows[0].inverse(z).expand(y.shape[0], *shape).contiguous()
+
+    def _image_shape(self, y: Tensor):
+        if self.image_shape is not None:
+            return self.image_shape
+        with torch.no_grad():
+            return tuple(self.physics.A_adjoint(y[:1]).shape[1:])
 
     def calibrate(self, y: Tensor, x: Tensor, physics: Any = None, **grids: Any) -> Dict[str, Any]:
         """Set the start, ``mu_k`` and ``lambda_k`` from training pairs, without backprop.
@@ -274,7 +296,7 @@ class FlowProxSolver(SwappablePhysics):
             self.physics = physics
         if not isinstance(y, Tensor) or y.dim() < 2:
             raise ValueError(f"y must be a batched measurement tensor, got {type(y).__name__}")
-        half = torch.full((y.shape[0], *self.image_shape), 0.5, dtype=y.dtype, device=y.device)
+        half = torch.full((y.shape[0], *self._image_shape(y)), 0.5, dtype=y.dtype, device=y.device)
         a_half = self.physics.A(half)
         if a_half.shape[1:] != y.shape[1:]:
             raise ValueError(
