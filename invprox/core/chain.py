@@ -176,14 +176,24 @@ class InvertibleChain(InvertibleModule):
         return self.inverse_chain().forward_and_logdet(y, *cond)
 
     def inverse_chain(self) -> InvertibleChain:
-        """The chain of the inverse blocks in reverse order, sharing parameters with this one."""
+        """The chain of the inverse blocks in reverse order, sharing parameters with this one.
+
+        Built once and reused while the blocks and the policy stay the same (it is not a submodule: its
+        parameters are this chain's own).
+        """
         from .block import Inverse
 
+        key = (tuple(id(b) for b in self.blocks), self.keep_every, self.check, self.check_tol,
+               self.preserve_rng_state, self.memory_efficient, self.check_finite)
+        cached = self.__dict__.get("_inverse_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         inv = InvertibleChain(
             [Inverse(b) for b in reversed(self.blocks)], keep_every=self.keep_every, check=self.check,
             check_tol=self.check_tol, preserve_rng_state=self.preserve_rng_state,
             memory_efficient=self.memory_efficient, check_finite=self.check_finite,
         )
+        self.__dict__["_inverse_cache"] = (key, inv)
         return inv
 
 
