@@ -349,3 +349,18 @@ def test_load_uses_the_engine_whatever_the_flow_was_trained_with(tmp_path):
     g.save(tmp_path / "g.pt")
     assert Glow.load(tmp_path / "g.pt").memory_efficient
     assert not Glow.load(tmp_path / "g.pt", memory_efficient=False).memory_efficient
+
+
+def test_actnorm_reads_its_flag_only_after_a_write():
+    from invprox.flows import ActNorm
+
+    a = ActNorm(3).train()
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    a = a.double()
+    a(x)
+    loc = a.loc.detach().clone()
+    a(x * 3 + 1)  # initialised: no second init
+    assert torch.equal(a.loc.detach(), loc) and a._seen_version == a.initialized._version
+    a.load_state_dict(ActNorm(3).double().state_dict())  # an uninitialised state: initialise again
+    a(x * 3 + 1)
+    assert bool(a.initialized) and not torch.allclose(a.loc.detach(), loc)

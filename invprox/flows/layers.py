@@ -51,6 +51,9 @@ class ActNorm(InvertibleModule):
         self.loc = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.log_scale = nn.Parameter(torch.zeros(1, channels, 1, 1))
         self.register_buffer("initialized", torch.tensor(False))
+        # the version of ``initialized`` last seen True: reading a CUDA flag syncs the device, so it is
+        # read again only after something wrote it (initialize, load_state_dict, a buffer restore)
+        self._seen_version = -1
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -74,8 +77,10 @@ class ActNorm(InvertibleModule):
 
     def forward_and_logdet(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         _check_4d(self, x, self.channels)
-        if self.training and not bool(self.initialized) and not is_recomputing():
-            self.initialize(x)
+        if self.training and self.initialized._version != self._seen_version and not is_recomputing():
+            if not bool(self.initialized):
+                self.initialize(x)
+            self._seen_version = self.initialized._version
         return (x + self.loc) * torch.exp(self.log_scale), self._logdet(x)
 
     def forward(self, x: Tensor) -> Tensor:
