@@ -183,3 +183,19 @@ def test_progress_counts_seconds_for_a_budget_and_is_quiet_off_a_terminal():
     assert steps.step == 3 and steps.bar.total == 10
     bar.close()
     steps.close()
+
+
+def test_thread_count_follows_the_idle_cpus(monkeypatch):
+    from invprox import cli
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (1.1, 1.0, 1.0), raising=False)
+    assert cli.pick_threads() == 1  # one of two cores busy
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (0.1, 0.0, 0.0), raising=False)
+    assert cli.pick_threads() == 2
+    monkeypatch.setattr(cli.os, "getloadavg", lambda: (7.0, 7.0, 7.0), raising=False)
+    assert cli.pick_threads() == 1
+    assert cli.pick_threads(3) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cli.pick_threads() == 1
