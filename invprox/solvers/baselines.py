@@ -5,8 +5,9 @@ Every baseline runs the same scheme as :class:`~invprox.solvers.FlowProxSolver`,
 
     x_{k+1} = P_k(x_k - mu_k A^T (A x_k - y)),        k = 0 .. K-1
 
-Unlike the flow solver (which works in flow space ``x01 - 0.5`` and starts at ``g(0)``), the baselines
-work directly in image space ``[0, 1]`` and start at the back-projection ``x_0 = A^T y``. For every
+Unlike the flow solver (which works in flow space ``x01 - 0.5``), the baselines work directly in image
+space ``[0, 1]``; they start at the back-projection ``x_0 = A^T y`` (the paper's), or with
+``start="smooth"`` at the flow solver's default start (:mod:`.start`). For every
 built-in operator that start has the right scale: ``y`` itself for denoising, zeros in the holes for
 inpainting, the blurred image for deblurring, zero-filled upsampling for super-resolution, and for
 compressed sensing (``N(0, 1/m)`` entries, so ``E[A^T A] = I``) an unbiased but aliased estimate.

@@ -4,7 +4,8 @@ One fold ``k`` maps ``x`` (flow space, ``x01 - 0.5``) to
 
     x~ = x - mu_k A^T (A x - y~)       data consistency, y~ = y - A(1/2) (the measurement in flow space)
     z~ = f_k(x~)                       into the latent space of the k-th Glow
-    z  = shrink_k(z~)                  z~ / (1 + lambda_k) (Gaussian prior) or soft thresholding (Laplace)
+    z  = shrink_k(z~)                  z~_l / (1 + lambda_{k,l}) per latent level l (Gaussian prior; one
+                                       lambda_k with lam_per="scalar") or soft thresholding (Laplace)
     x' = g_k(z) = f_k^-1(z)            back to image space
 
 and all K folds run as ONE :class:`invprox.InvertibleChain` of the folds' blocks (DC, every Glow layer,
@@ -12,7 +13,10 @@ the shrinkage, every inverse Glow layer), with the measurement as conditioning i
 rebuilds each layer's input by inversion, so activation memory does not grow with K (or with the Glow's
 depth). The Laplace shrinkage is not invertible: the engine keeps its input (one image per fold).
 
-The start is ``x_0 = g_1(0)``, the most likely image of the (first) flow. Every fold ends with the
+The start is the smooth estimate ``x_0 = argmin ||A x - y||^2 + alpha ||D x||^2`` (:mod:`.start`), or with
+``start="mode"`` the seed paper's ``x_0 = g_1(0)``, the most likely image of the (first) flow; a pre-trained
+Glow's fold is no denoiser before training, so :meth:`FlowProxSolver.calibrate` sets the start, ``mu_k``
+and ``lambda_{k,l}`` from training pairs (:mod:`.calibrate`). Every fold ends with the
 shrinkage and ``g_k`` (the fold of DESIGN.md; the paper's eq. 11 would skip the last shrinkage, which makes
 the last fold's ``g_K(f_K(.))`` an identity).
 """
