@@ -342,7 +342,7 @@ class Runner:
             return self.solver(y)
         s = self.solver
         x0 = s.start(y)
-        y_flow = y - s.physics.A(torch.full_like(x0, 0.5))
+        y_flow = s.flow_measurement(y)
         return self.model(x0, y_flow) + 0.5
 
     def step(self, x: Tensor, y: Tensor) -> bool:
@@ -679,7 +679,7 @@ def _fold_saved(flow: Glow, args, size: int, batch: int, K: int, method: str) ->
     if method == "standard" and K == 1:
         # per-block graph sizes: the largest is what the engine's backward materialises at a time
         x0 = r.solver.start(y)
-        yf = y - 0.5
+        yf = r.solver.flow_measurement(y)
         h, per_block, flops = x0, [], {"fused": 0, "other": 0}
         for b in r.solver.chain.blocks:
             hin = h.detach().requires_grad_()

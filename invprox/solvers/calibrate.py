@@ -79,7 +79,7 @@ def calibrate_flow_solver(
             report["start_alpha"] = solver.smooth_start.calibrate(y, x, solver.physics)
         cur = solver.start(y)
         report["start_psnr"] = float(psnr((cur + 0.5).clamp(0, 1), x).mean())
-        y_flow = y - solver.physics.A(torch.full_like(cur, 0.5))
+        y_flow = solver.flow_measurement(y)
         folds: List[Dict[str, Any]] = []
         for k in range(solver.K):
             flow = solver.flows[0 if solver.tied else k]

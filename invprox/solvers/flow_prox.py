@@ -300,6 +300,14 @@ class FlowProxSolver(SwappablePhysics):
             self.physics = physics
         if not isinstance(y, Tensor) or y.dim() < 2:
             raise ValueError(f"y must be a batched measurement tensor, got {type(y).__name__}")
+        return self.chain(self.start(y), self.flow_measurement(y)) + 0.5
+
+    def flow_measurement(self, y: Tensor) -> Tensor:
+        """``y - A(1/2)``: the measurement of flow-space images (``x01 - 0.5``), the DC blocks' ``cond``.
+
+        Raises:
+            ValueError: ``y`` does not have the shape the operator gives the solver's images.
+        """
         half = torch.full((y.shape[0], *self._image_shape(y)), 0.5, dtype=y.dtype, device=y.device)
         a_half = self.physics.A(half)
         if a_half.shape[1:] != y.shape[1:]:
@@ -307,4 +315,4 @@ class FlowProxSolver(SwappablePhysics):
                 f"measurement of shape {tuple(y.shape)} does not fit the operator: for images of shape "
                 f"{tuple(half.shape)} it gives measurements of shape {tuple(a_half.shape)}"
             )
-        return self.chain(self.start(y), y - a_half) + 0.5
+        return y - a_half

@@ -24,9 +24,7 @@ from torch import Tensor, nn
 
 from ..physics.linalg import conjugate_gradient
 
-__all__ = ["SmoothStart", "START_KINDS", "difference_gram"]
-
-START_KINDS = ("mode", "backprojection", "smooth")
+__all__ = ["SmoothStart", "difference_gram"]
 
 _ALPHA_GRID = (0.1, 0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
