@@ -88,3 +88,16 @@ def test_command_line(folder, tmp_path):
     assert glow.config["prior"] == "laplace" and glow.config["n_bits"] == 8
     assert main(["pretrain", "--data", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert main(["pretrain", "--data", str(folder), "--out", str(tmp_path / "none"), "--resume"]) == 2
+
+
+def test_init_continues_a_saved_flow(folder, tmp_path):
+    """``init=flow.pt`` starts from the saved weights (its settings win) and trains them further."""
+    first = pretrain(str(folder), str(tmp_path / "a"), batch=8, epochs=10, lr=5e-3, **TINY)
+    more = pretrain(str(folder), str(tmp_path / "b"), batch=8, epochs=10, lr=5e-3,
+                    init=str(tmp_path / "a" / "flow.pt"), **{**TINY, "hidden": 4})
+    assert Glow.load(tmp_path / "b" / "flow.pt").config["hidden"] == 8
+    # the first step of the continued run starts where the first run ended, not from scratch
+    assert more["train_curve"][0][1] < first["train_curve"][0][1] - 0.5
+    with pytest.raises(ValueError, match="not both"):
+        pretrain(str(folder), str(tmp_path / "a"), init=str(tmp_path / "a" / "flow.pt"), resume=True,
+                 **TINY)

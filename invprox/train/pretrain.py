@@ -107,6 +107,7 @@ def pretrain(
     max_minutes: Optional[float] = None,
     seed: int = 0,
     resume: bool = False,
+    init: Optional[str] = None,
     standard_autograd: bool = False,
     keep_every: Optional[int] = None,
     device: str = "cpu",
@@ -132,6 +133,8 @@ def pretrain(
             call (a checkpoint is written; ``resume`` continues).
         seed: seeds model init, data order and dequantisation noise.
         resume: continue from ``out/checkpoint.pt`` (model settings come from the checkpoint).
+        init: start from the weights of a Glow saved by :meth:`Glow.save` (a ``flow.pt``), with a fresh
+            optimizer and schedule: training a prior further. Its model settings replace the arguments'.
         standard_autograd: plain autograd instead of the memory-efficient engine.
         keep_every: the engine's drift policy. device: "cpu", "cuda" or "auto".
         threads: ``torch.set_num_threads`` for this process (1 is fastest on a busy shared CPU).
@@ -159,6 +162,18 @@ def pretrain(
         if differ:
             log(f"resume: model settings {differ} taken from the checkpoint")
         size, channels = gcfg["image_size"][0], gcfg["in_channels"]
+    init_glow: Optional[Glow] = None
+    if init is not None:
+        if resume:
+            raise ValueError("pretrain: give either resume=True or init=FLOW, not both")
+        init_glow = Glow.load(init)
+        gcfg = init_glow.config
+        differ = [k for k in _MODEL_KEYS if opts[k] != gcfg[k]]
+        if differ:
+            log(f"init: model settings {differ} taken from {init}")
+        size, channels = gcfg["image_size"][0], gcfg["in_channels"]
+        levels, steps, hidden = gcfg["levels"], gcfg["steps"], gcfg["hidden"]
+        coupling, prior, n_bits, scale_min = gcfg["coupling"], gcfg["prior"], gcfg["n_bits"], gcfg["scale_min"]
     xt, xv = load_images(data, size, channels, val_data, n_train, n_val, seed)
     torch.manual_seed(seed)
     if state is None:
@@ -178,7 +193,11 @@ def pretrain(
     noise = torch.Generator().manual_seed(seed + 1)
     epoch = pos = step = 0
     history, curve, elapsed = [], [], 0.0
-    if state is None:
+    if init_glow is not None:
+        glow.load_state_dict(init_glow.state_dict())
+        log(f"initialised from {init} ({init_glow.config['levels']} levels x {init_glow.config['steps']} "
+            f"steps x {init_glow.config['hidden']} hidden)")
+    elif state is None:
         with torch.no_grad():  # ActNorm data-dependent init on a larger batch
             init_idx = epoch_order(len(xt), seed, -1)[:init_batch]
             glow.nll_bpd(xt[init_idx].to(dev), generator=torch.Generator().manual_seed(seed + 2))
@@ -307,6 +326,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--max-minutes", type=float, default=None, help="stop after this many minutes (this run)")
     a("--seed", type=int, default=0)
     a("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    a("--init", default=None, metavar="FLOW",
+      help="start from a saved Glow (flow.pt) with a fresh optimizer; its model settings win")
     a("--standard-autograd", action="store_true", help="plain autograd instead of the engine")
     a("--keep-every", type=int, default=None, help="engine drift policy: keep every n-th state")
     a("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
