@@ -102,6 +102,7 @@ from _common import (  # noqa: E402
 
 import invprox  # noqa: E402
 from invprox.core import InvertibleModule, saved_tensor_bytes  # noqa: E402
+from invprox.core.block import draws_random, is_self_contained  # noqa: E402
 from invprox.flows import AdditiveCoupling, AffineCoupling  # noqa: E402
 
 METHODS = ("standard", "checkpoint", "memcnn", "invprox", "invprox_keep")
@@ -129,6 +130,9 @@ class FlipAfter(InvertibleModule):
         super().__init__()
         self.coupling = coupling
         self.volume_preserving = bool(getattr(coupling, "volume_preserving", False))
+        # the engine's plan: what the coupling declares holds for the flip too
+        self.draws_random = draws_random(coupling)
+        self.self_contained = is_self_contained(coupling)
 
     def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
         return self.coupling(x, *cond).flip(1)

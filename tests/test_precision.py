@@ -29,14 +29,11 @@ def _couplings(C=4, n=6, dropout=0.0):
     return testing.randomize_parameters(InvertibleChain(blocks), 0.1, seed=1)
 
 
-def _glow(steps=3, full_precision_1x1=False, seed=0, size=8):
+def _glow(steps=3, seed=0, size=8):
+    """A Glow; its 1x1 convolutions run in float32 under autocast (InvConv1x1 does so itself)."""
     torch.manual_seed(seed)
     g = Glow(in_channels=1, image_size=size, levels=1, steps=steps, hidden=8)
     testing.randomize_parameters(g, 0.1, seed=seed)
-    if full_precision_1x1:
-        for i, b in enumerate(g.chain.blocks):
-            if isinstance(b, InvConv1x1):
-                g.chain.blocks[i] = FullPrecision(b)
     with torch.no_grad():  # ActNorm data init
         g(torch.rand(4, 1, size, size, generator=torch.Generator().manual_seed(seed + 1)) - 0.5)
     return g
@@ -61,7 +58,7 @@ def test_couplings_under_autocast_equal_standard_autograd():
 
 
 def test_glow_with_float32_1x1_convs_equals_standard_autograd_under_autocast():
-    e = autocast_gradient_errors(_glow(full_precision_1x1=True), torch.rand(2, 1, 8, 8) - 0.5)
+    e = autocast_gradient_errors(_glow(), torch.rand(2, 1, 8, 8) - 0.5)
     assert e["autocast"] > 1e-4
     assert e["engine_vs_autocast"] < 1e-5, e
 
@@ -70,7 +67,7 @@ def test_glow_with_float32_1x1_convs_equals_standard_autograd_under_autocast():
 def test_solver_under_autocast_within_stated_tolerance(keep):
     """The documented tolerance: the engine adds < 1/4 of autocast's own error and < 1e-2 relative."""
     x, y = _pair()
-    solver = FlowProxSolver(_glow(full_precision_1x1=True), make_physics("denoising", (1, 8, 8)), K=2)
+    solver = FlowProxSolver(_glow(), make_physics("denoising", (1, 8, 8)), K=2)
     if keep:
         solver.chain.keep_every = solver.fold_blocks()
     e = autocast_gradient_errors(solver, y, loss_fn=lambda out: (out.float() - x).square().mean())
@@ -80,14 +77,14 @@ def test_solver_under_autocast_within_stated_tolerance(keep):
 
 def test_keep_every_1_is_exact_under_autocast_for_any_block():
     """Checkpointing (no inversion) reproduces autocast autograd bit for bit, lossy blocks included."""
-    glow = _glow()  # 1x1 convs in bfloat16
+    glow = _glow()
     glow.chain.keep_every = 1
     e = autocast_gradient_errors(glow, torch.rand(2, 1, 8, 8) - 0.5)
     assert e["engine_vs_autocast"] < 1e-7, e
 
 
 def test_engine_under_autocast_stays_finite_as_is():
-    """As is (1x1 convs in bfloat16) the rebuilt states drift at bfloat16 level, but nothing breaks."""
+    """Pure inversion through a solver under autocast: nothing breaks (finite, no NaN)."""
     x, y = _pair()
     solver = FlowProxSolver(_glow(), make_physics("denoising", (1, 8, 8)), K=2)
     e = autocast_gradient_errors(solver, y, loss_fn=lambda out: (out.float() - x).square().mean())
@@ -142,9 +139,9 @@ def test_audit_flags_lossy_blocks_and_full_precision_fixes_them():
 
 def test_audit_glow_and_solver_with_full_precision_1x1():
     x = torch.rand(2, 1, 8, 8) - 0.5
-    assert not any(r.lossy for r in audit_autocast(_glow(full_precision_1x1=True).chain, x))
+    assert not any(r.lossy for r in audit_autocast(_glow().chain, x))
     # the solver's chain with the measurement as cond: DC, shrinkage and inverse blocks pass too
-    solver = FlowProxSolver(_glow(full_precision_1x1=True), make_physics("denoising", (1, 8, 8)), K=1)
+    solver = FlowProxSolver(_glow(), make_physics("denoising", (1, 8, 8)), K=1)
     _, y = _pair()
     report = audit_autocast(solver.chain, solver.start(y), y - 0.5)
     assert len(report) == len(solver.chain) and not any(r.lossy for r in report), report
@@ -191,7 +188,7 @@ def test_backward_inside_autocast_after_float32_forward():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_autocast_solver_within_stated_tolerance(dtype):  # pragma: no cover - needs CUDA
     x, y = _pair()
-    solver = FlowProxSolver(_glow(full_precision_1x1=True), make_physics("denoising", (1, 8, 8)), K=2)
+    solver = FlowProxSolver(_glow(), make_physics("denoising", (1, 8, 8)), K=2)
     solver = solver.cuda()
     x, y = x.cuda(), y.cuda()
     e = autocast_gradient_errors(solver, y, loss_fn=lambda out: (out.float() - x).square().mean(),

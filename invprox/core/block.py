@@ -23,6 +23,19 @@ and optionally
 * ``invertible = False``: a block with no inverse (soft thresholding, say). The engine keeps its input in
   the forward pass, as checkpointing would, and inverts nothing through it.
 
+Declarations that let the engine skip bookkeeping (its *plan*, computed once per set of blocks). Each is
+optional; a block that makes none gets the full, safe treatment:
+
+* ``draws_random = False``: it never draws random numbers; the engine does not record and compare the
+  random state around it. Without the declaration the state is recorded, and a block found to draw keeps
+  its input (its inverse need not draw in the forward's order).
+* ``self_contained = True``: its output depends on its input, the cond tensors and its own parameters
+  only; the engine differentiates with respect to those instead of walking the graph to find what the
+  block read (the walk is what catches a block reading some other tensor that requires grad).
+* ``static_buffers = True`` (on any module): a recompute does not change this module's own buffers, so
+  the engine does not save and restore them (it does for every other module's buffers: running
+  statistics of batch norm, say).
+
 ``cond`` are tensors every block may read (a measurement, a mask). They are never inverted.
 
 Blocks need not subclass :class:`InvertibleModule`: memcnn's couplings, for example, work unchanged. The
@@ -48,6 +61,9 @@ __all__ = [
     "forward_logdet",
     "inverse_logdet",
     "rebuild",
+    "draws_random",
+    "is_self_contained",
+    "mutable_buffers",
 ]
 
 
@@ -102,6 +118,8 @@ class Inverse(InvertibleModule):
         self.block = block
         self.volume_preserving = bool(getattr(block, "volume_preserving", False))
         self.uses_cond = accepts_cond(block)
+        self.draws_random = draws_random(block)
+        self.self_contained = is_self_contained(block)
 
     def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
         return self.block.inverse(x, *cond)
@@ -128,6 +146,30 @@ class Inverse(InvertibleModule):
 def is_invertible(block: nn.Module) -> bool:
     """False for blocks marked ``invertible = False`` (the engine keeps their input instead)."""
     return bool(getattr(block, "invertible", True))
+
+
+def draws_random(block: nn.Module) -> bool:
+    """False only for blocks that declare ``draws_random = False`` (see the module docstring)."""
+    return bool(getattr(block, "draws_random", True))
+
+
+def is_self_contained(block: nn.Module) -> bool:
+    """True for blocks that declare ``self_contained = True`` (see the module docstring)."""
+    return bool(getattr(block, "self_contained", False))
+
+
+def mutable_buffers(block: nn.Module) -> list:
+    """The buffers of ``block`` and its submodules that a recompute may change: those of every module that
+    does not declare ``static_buffers = True``."""
+    out, seen = [], set()
+    for m in block.modules():
+        if getattr(m, "static_buffers", False):
+            continue
+        for b in m.buffers(recurse=False):
+            if id(b) not in seen:
+                seen.add(id(b))
+                out.append(b)
+    return out
 
 
 def accepts_cond(block: nn.Module) -> bool:

@@ -17,9 +17,10 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .block import InvertibleModule, accepts_cond, check_block, forward_logdet, is_invertible
+from .block import InvertibleModule, check_block, forward_logdet
 from .errors import BlockError, DriftError, DriftWarning, is_recomputing
 from .function import _ChainFunction, _Config, _name
+from .plan import Plan, make_plan
 
 __all__ = ["InvertibleChain", "DriftError", "DriftWarning", "BlockError", "is_recomputing"]
 
@@ -120,35 +121,36 @@ class InvertibleChain(InvertibleModule):
 
     def _run(self, x: Tensor, cond: Tuple[Tensor, ...], logdet: bool):
         self._validate(x, cond)
-        params = [p for p in _unique_params(self) if p.requires_grad]
+        plan = self.plan()
+        params = [p for p in plan.params if p.requires_grad]
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or any(c.requires_grad for c in cond) or bool(params)
         )
         if not self.memory_efficient or not needs_grad:
-            return self._plain(x, cond, logdet)
-        blocks = list(self.blocks)
+            return self._plain(x, cond, logdet, plan)
         cfg = _Config(
-            blocks=blocks, uses_cond=self._flags(blocks, accepts_cond),
-            invertible=self._flags(blocks, is_invertible), params=params, n_cond=len(cond), logdet=logdet,
+            blocks=list(self.blocks), plan=plan, params=params, n_cond=len(cond), logdet=logdet,
             keep_every=self.keep_every, check=self.check, check_tol=self.check_tol,
             preserve_rng_state=self.preserve_rng_state, drift=[],
         )
         self.last_drift = cfg.drift
         return _ChainFunction.apply(cfg, x, *cond, *params)
 
-    def _flags(self, blocks, fn) -> List[bool]:
-        key = (fn.__name__, tuple(id(b) for b in blocks))
-        cache = self.__dict__.setdefault("_flag_cache", {})
-        if key not in cache:
-            if len(cache) > 8:
-                cache.clear()
-            cache[key] = [fn(b) for b in blocks]
-        return cache[key]
+    def plan(self) -> Plan:
+        """The engine's plan of this chain (:mod:`invprox.core.plan`): made once, and again only when the
+        blocks or their parameters change."""
+        params = _unique_params(self)
+        key = (tuple(id(b) for b in self.blocks), tuple(id(p) for p in params))
+        cached = self.__dict__.get("_plan_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, make_plan(list(self.blocks), params))
+            self.__dict__["_plan_cache"] = cached
+        return cached[1]
 
-    def _plain(self, x, cond, logdet):
+    def _plain(self, x, cond, logdet, plan: Plan):
         h = x
         ld = x.new_zeros(x.shape[0]) if logdet else None
-        uses = self._flags(list(self.blocks), accepts_cond)
+        uses = plan.uses_cond
         for i, b in enumerate(self.blocks):
             cb = cond if uses[i] else ()
             try:

@@ -9,6 +9,7 @@ vector-Jacobian product.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -18,14 +19,14 @@ from torch import Tensor, nn
 
 from .block import forward_logdet, rebuild
 from .errors import BlockError, DriftError, DriftWarning, _recomputing, span
-from .state import BlockState
+from .plan import Plan
+from .state import BlockState, autocast_state
 
 
 @dataclass
 class _Config:
     blocks: Sequence[nn.Module]
-    uses_cond: Sequence[bool]
-    invertible: Sequence[bool]
+    plan: Plan
     params: List[Tensor]
     n_cond: int
     logdet: bool
@@ -34,6 +35,8 @@ class _Config:
     check_tol: float
     preserve_rng_state: bool
     drift: List[Tuple[int, float]] = field(default_factory=list)
+    #: set by the backward: whether recomputes must re-enter the forward's autocast state
+    replay_autocast: bool = True
 
 
 def _name(i: int, block: nn.Module) -> str:
@@ -50,20 +53,27 @@ class _ChainFunction(torch.autograd.Function):
     def _forward(ctx, cfg: _Config, x: Tensor, *rest: Tensor):
         cond = rest[: cfg.n_cond]
         ctx.cfg = cfg
+        plan = cfg.plan
         states: List[BlockState] = []
         kept_idx: List[int] = []
         kept: List[Tensor] = []
         h = x
         ld_total = x.new_zeros(x.shape[0]) if cfg.logdet else None
-        with span("invprox.state_capture"):
-            st = BlockState.capture(x, cond, cfg.preserve_rng_state)
-        amp = any(torch.is_autocast_enabled(dev) for dev in ("cpu", "cuda"))
+        autocast = autocast_state()  # one chain call, one autocast state (shared by its blocks' records)
+        ctx.autocast = autocast
+        amp = any(enabled for _, enabled, _, _ in autocast)
         for i, block in enumerate(cfg.blocks):
             h_in = h
-            if i > 0 and (not cfg.invertible[i] or (cfg.keep_every and i % cfg.keep_every == 0)):
+            if i > 0 and (not plan.invertible[i] or (cfg.keep_every and i % cfg.keep_every == 0)):
                 kept_idx.append(i)
                 kept.append(h)
-            cb = cond if cfg.uses_cond[i] else ()
+            random = cfg.preserve_rng_state and plan.draws_random[i]
+            with span("invprox.state_capture"):
+                if random:
+                    st = BlockState.capture(h, cond, True, autocast)
+                else:
+                    st = BlockState(h.shape, None, [], [], autocast)
+            cb = cond if plan.uses_cond[i] else ()
             version_in = h._version
             try:
                 if cfg.logdet:
@@ -82,7 +92,7 @@ class _ChainFunction(torch.autograd.Function):
                     f"{_name(i, block)} modified its input in place; a block must return a new tensor "
                     "(its input may be kept or rebuilt for the backward pass)"
                 )
-            if amp and cfg.invertible[i] and _narrows(h_in, h):
+            if amp and plan.invertible[i] and _narrows(h_in, h):
                 warnings.warn(
                     f"{_name(i, block)} turned a {h_in.dtype} input into a {h.dtype} output under "
                     "autocast: its inverse cannot rebuild the input exactly, and the states rebuilt "
@@ -91,9 +101,9 @@ class _ChainFunction(torch.autograd.Function):
                     DriftWarning,
                     stacklevel=2,
                 )
-            with span("invprox.state_capture"):
-                nxt = BlockState.capture(h, cond, cfg.preserve_rng_state)
-                st.settle(nxt)
+            if random:
+                with span("invprox.state_capture"):
+                    st.settle(BlockState.capture(h, cond, True, autocast))
             if i > 0 and st.cpu_rng is not None and (not kept_idx or kept_idx[-1] != i):
                 # it drew random numbers: an inverse need not draw them in the forward's order (memcnn's
                 # two-network couplings with dropout run G before F), so rebuilding its input could be
@@ -101,7 +111,6 @@ class _ChainFunction(torch.autograd.Function):
                 kept_idx.append(i)
                 kept.append(h_in)
             states.append(st)
-            st = nxt
         if h is x:
             h = h.clone()
         ctx.states = states
@@ -142,6 +151,8 @@ class _ChainFunction(torch.autograd.Function):
         if not cfg.logdet:
             grad_ld = None
 
+        # recomputes re-enter the forward's autocast state only where the backward runs in another one
+        cfg.replay_autocast = autocast_state() != ctx.autocast
         bounds = sorted(kept) + [len(cfg.blocks)]
         h, g = y.detach(), grad_y
         for s, e in reversed(list(zip(bounds[:-1], bounds[1:]))):
@@ -149,12 +160,23 @@ class _ChainFunction(torch.autograd.Function):
             for j in range(e - 1, s - 1, -1):
                 block, st = cfg.blocks[j], ctx.states[j]
                 # buffers are restored after the vjp: batch norm saves its running stats for backward
-                with _recomputing(), st.restore_buffers(block):
+                with _recomputing(), _restore(cfg, j):
                     x_leaf, g = _block_vjp(cfg, j, block, st, inputs.get(j), h, g, grad_ld,
                                            cond_leaves, known, grad_cond, grad_params)
                 h = x_leaf.detach()
         grad_x = g if needs[1] else None
         return (None, grad_x, *grad_cond, *grad_params)
+
+
+def _restore(cfg: _Config, j: int):
+    """Save and restore the buffers of block ``j`` that a recompute may change (none: nothing to do)."""
+    bufs = cfg.plan.buffers[j]
+    return BlockState.restore_buffers(cfg.blocks[j], bufs) if bufs else contextlib.nullcontext()
+
+
+def _replay(cfg: _Config, st: BlockState):
+    """The context that replays block state ``st`` (random state, autocast) where there is any."""
+    return st.replay(cfg.replay_autocast) if st.needs_replay(cfg.replay_autocast) else contextlib.nullcontext()
 
 
 def _narrows(a: Tensor, b: Tensor) -> bool:
@@ -168,17 +190,17 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
     """Recompute block ``j`` with a graph (from its kept input ``x_in`` or by rebuilding it from its
     output ``h``), check it, accumulate the cond and parameter gradients; return ``(x_leaf, grad_x)``."""
     want_ld = grad_ld is not None
-    if not cfg.uses_cond[j]:
+    if not cfg.plan.uses_cond[j]:
         cond_leaves = ()
     if x_in is not None:
         x_leaf = x_in.detach().requires_grad_()
-        with torch.enable_grad(), st.replay():
+        with torch.enable_grad(), _replay(cfg, st):
             if want_ld:
                 y_graph, ld_graph = forward_logdet(block, x_leaf, *cond_leaves)
             else:
                 y_graph, ld_graph = block(x_leaf, *cond_leaves), None
     else:
-        x_leaf, y_graph, ld_graph = _rebuild_block(j, block, st, h, cond_leaves, want_ld)
+        x_leaf, y_graph, ld_graph = _rebuild_block(cfg, j, block, st, h, cond_leaves, want_ld)
     if x_leaf.shape != st.shape:
         raise BlockError(
             f"{_name(j, block)}: inverse returned shape {tuple(x_leaf.shape)}, but the "
@@ -188,17 +210,21 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
     if ld_graph is not None and ld_graph.requires_grad:
         outs.append(ld_graph)
         gouts.append(grad_ld)
-    with span("invprox.graph_leaves"):
-        leaves = _graph_leaves(outs)
-    extra = [t for t in leaves if id(t) not in known and t is not x_leaf]
-    if extra:
-        shapes = ", ".join(str(tuple(t.shape)) for t in extra)
-        raise BlockError(
-            f"{_name(j, block)} uses tensor(s) of shape {shapes} that require grad but are "
-            "neither its parameters nor conditioning inputs of the chain; their gradients "
-            "would be lost. Pass them as cond: chain(x, *cond), or register them in a module "
-            "of the chain."
-        )
+    if cfg.plan.self_contained[j]:  # declared: its own parameters and cond are all it reads
+        leaves = [p for p in cfg.plan.block_params[j] if p.requires_grad]
+        leaves += [c for c in cond_leaves if c.requires_grad]
+    else:
+        with span("invprox.graph_leaves"):
+            leaves = _graph_leaves(outs)
+        extra = [t for t in leaves if id(t) not in known and t is not x_leaf]
+        if extra:
+            shapes = ", ".join(str(tuple(t.shape)) for t in extra)
+            raise BlockError(
+                f"{_name(j, block)} uses tensor(s) of shape {shapes} that require grad but are "
+                "neither its parameters nor conditioning inputs of the chain; their gradients "
+                "would be lost. Pass them as cond: chain(x, *cond), or register them in a module "
+                "of the chain."
+            )
     targets = [x_leaf] + [t for t in leaves if t is not x_leaf]
     if not any(o.requires_grad for o in outs):
         return x_leaf, torch.zeros_like(x_leaf)
@@ -213,10 +239,11 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
     return x_leaf, (grads[0] if grads[0] is not None else torch.zeros_like(x_leaf))
 
 
-def _rebuild_block(j, block, st, h, cond_leaves, want_ld):
+def _rebuild_block(cfg, j, block, st, h, cond_leaves, want_ld):
+    replay = (lambda: st.replay(cfg.replay_autocast)) if st.needs_replay(cfg.replay_autocast) else None
     try:
         with span("invprox.rebuild"):
-            return rebuild(block, h, *cond_leaves, logdet=want_ld, replay=st.replay)
+            return rebuild(block, h, *cond_leaves, logdet=want_ld, replay=replay)
     except BlockError:
         raise
     except Exception as e:
@@ -227,8 +254,8 @@ def _invert_segment(cfg: _Config, states, s: int, e: int, h: Tensor, cond) -> Te
     with torch.no_grad():
         for j in range(e - 1, s - 1, -1):
             block, st = cfg.blocks[j], states[j]
-            cb = cond if cfg.uses_cond[j] else ()
-            with _recomputing(), st.restore_buffers(block), st.replay():
+            cb = cond if cfg.plan.uses_cond[j] else ()
+            with _recomputing(), _restore(cfg, j), _replay(cfg, st):
                 h = block.inverse(h, *cb)
     return h
 
@@ -240,8 +267,8 @@ def _check_segment(cfg: _Config, states, s, e, h, x_kept, cond) -> Dict[int, Ten
         return inputs
     x_rebuilt = _invert_segment(cfg, states, s + 1, e, h, cond)
     # the reference forward is a recompute too: no batch-norm statistics update, no data init
-    with torch.no_grad(), _recomputing(), states[s].restore_buffers(cfg.blocks[s]), states[s].replay():
-        x_ref = cfg.blocks[s](x_kept, *(cond if cfg.uses_cond[s] else ()))
+    with torch.no_grad(), _recomputing(), _restore(cfg, s), _replay(cfg, states[s]):
+        x_ref = cfg.blocks[s](x_kept, *(cond if cfg.plan.uses_cond[s] else ()))
     err = float((x_rebuilt - x_ref).norm() / x_ref.norm().clamp_min(1e-30))
     cfg.drift.append((s + 1, err))
     if not (err > cfg.check_tol):  # also catches NaN
@@ -260,8 +287,8 @@ def _check_segment(cfg: _Config, states, s, e, h, x_kept, cond) -> Dict[int, Ten
     with torch.no_grad():
         hh = x_kept
         for j in range(s, e - 1):
-            with _recomputing(), states[j].restore_buffers(cfg.blocks[j]), states[j].replay():
-                hh = cfg.blocks[j](hh, *(cond if cfg.uses_cond[j] else ()))
+            with _recomputing(), _restore(cfg, j), _replay(cfg, states[j]):
+                hh = cfg.blocks[j](hh, *(cond if cfg.plan.uses_cond[j] else ()))
             inputs[j + 1] = hh
     return inputs
 

@@ -44,7 +44,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .block import InvertibleModule, accepts_cond, check_block, is_invertible
+from .block import (
+    InvertibleModule,
+    accepts_cond,
+    check_block,
+    draws_random,
+    is_invertible,
+    is_self_contained,
+)
 
 __all__ = ["BlockAudit", "FullPrecision", "audit_autocast", "autocast_gradient_errors", "relative_error"]
 
@@ -93,6 +100,8 @@ class FullPrecision(InvertibleModule):
         self.volume_preserving = bool(getattr(block, "volume_preserving", False))
         self.uses_cond = accepts_cond(block)
         self.invertible = is_invertible(block)
+        self.draws_random = draws_random(block)
+        self.self_contained = is_self_contained(block)
 
     def _up(self, t: Any) -> Any:
         if isinstance(t, Tensor) and t.dtype in _LOW and _narrower(t.dtype, self.dtype):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import get_device_states, set_device_states
 
-__all__ = ["BlockState"]
+__all__ = ["BlockState", "autocast_state"]
 
 #: Devices whose autocast state is recorded and replayed, on or off, around every recompute.
 _AUTOCAST_DEVICES = ("cpu", "cuda")
@@ -19,8 +19,9 @@ class BlockState:
     """Input shape, random state and autocast state of one block call.
 
     ``replay()`` re-enters the random and autocast state of the forward call, so a block with dropout
-    draws the same mask in the recompute (as in ``torch.utils.checkpoint``); ``restore_buffers(block)``
-    undoes buffer updates (running statistics, initialisation flags) that a recompute makes.
+    draws the same mask in the recompute (as in ``torch.utils.checkpoint``). The autocast state is the
+    chain call's (one list shared by all its blocks, see :func:`autocast_state`); the random state is
+    recorded only around blocks that may draw random numbers (the chain's plan).
     """
 
     __slots__ = ("shape", "cpu_rng", "devices", "device_rng", "autocast")
@@ -34,17 +35,13 @@ class BlockState:
         self.autocast: List[Tuple[str, bool, torch.dtype, bool]] = autocast
 
     @classmethod
-    def capture(cls, x: Tensor, cond: Sequence[Tensor], preserve_rng: bool) -> BlockState:
+    def capture(cls, x: Tensor, cond: Sequence[Tensor], preserve_rng: bool,
+                autocast: Optional[List[Tuple[str, bool, torch.dtype, bool]]] = None) -> BlockState:
         cpu_rng, devices, device_rng = None, [], []
         if preserve_rng:
             cpu_rng = torch.get_rng_state()
             devices, device_rng = get_device_states(x, *cond)
-        cache = torch.is_autocast_cache_enabled()
-        autocast = [
-            (dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev), cache)
-            for dev in _AUTOCAST_DEVICES
-        ]
-        return cls(x.shape, cpu_rng, devices, device_rng, autocast)
+        return cls(x.shape, cpu_rng, devices, device_rng, autocast if autocast is not None else autocast_state())
 
     def settle(self, after: BlockState) -> None:
         """Forget the random state if the block drew no random numbers (the state ``after`` it is the same).
@@ -59,8 +56,14 @@ class BlockState:
         if same:
             self.cpu_rng, self.devices, self.device_rng = None, [], []
 
+    def needs_replay(self, autocast: bool = True) -> bool:
+        """Whether :meth:`replay` has anything to do (a random state, or autocast to re-enter)."""
+        return self.cpu_rng is not None or autocast
+
     @contextlib.contextmanager
-    def replay(self):
+    def replay(self, autocast: bool = True):
+        """Re-enter the forward call's random state and (unless ``autocast`` is false: the caller knows the
+        current autocast state equals the recorded one) its autocast state."""
         with contextlib.ExitStack() as stack:
             if self.cpu_rng is not None:
                 stack.enter_context(torch.random.fork_rng(devices=self.devices))
@@ -69,14 +72,17 @@ class BlockState:
                     set_device_states(self.devices, self.device_rng)
             # off as well as on (as torch.utils.checkpoint does): a backward run inside an autocast
             # region must not recompute in low precision a block whose forward ran without autocast
-            for dev, enabled, dtype, cache in self.autocast:
-                stack.enter_context(torch.autocast(dev, dtype=dtype, enabled=enabled, cache_enabled=cache))
+            if autocast:
+                for dev, enabled, dtype, cache in self.autocast:
+                    stack.enter_context(torch.autocast(dev, dtype=dtype, enabled=enabled, cache_enabled=cache))
             yield
 
     @staticmethod
     @contextlib.contextmanager
-    def restore_buffers(block: nn.Module):
-        saved = [(b, b.detach().clone()) for b in block.buffers()]
+    def restore_buffers(block: nn.Module, buffers: Optional[Sequence[Tensor]] = None):
+        """Undo changes a recompute makes to ``buffers`` (default: all of ``block``'s buffers)."""
+        bufs = list(block.buffers()) if buffers is None else buffers
+        saved = [(b, b.detach().clone()) for b in bufs]
         try:
             yield
         finally:
@@ -84,3 +90,10 @@ class BlockState:
                 for b, v in saved:
                     if b.shape == v.shape:
                         b.copy_(v)
+
+
+def autocast_state() -> List[Tuple[str, bool, torch.dtype, bool]]:
+    """``(device, enabled, dtype, cache_enabled)`` of autocast now, for each of :data:`_AUTOCAST_DEVICES`."""
+    cache = torch.is_autocast_cache_enabled()
+    return [(dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev), cache)
+            for dev in _AUTOCAST_DEVICES]

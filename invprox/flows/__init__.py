@@ -17,6 +17,7 @@ from .layers import (
     squeeze2d,
     unsqueeze2d,
 )
+from .step import GlowStep
 from .prior import PRIORS, prior_log_prob, prior_prox, prior_sample
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "ChannelRange",
     "CouplingNet",
     "Glow",
+    "GlowStep",
     "InvConv1x1",
     "SplitPrior",
     "Squeeze",

@@ -76,6 +76,10 @@ class _Coupling(InvertibleModule):
         self.cond_channels = cond_channels
         out = self.c2 * (2 if self.affine else 1)
         self.net = net if net is not None else CouplingNet(self.c1 + cond_channels, out, hidden, dropout)
+        # the engine's plan (invprox.core.block): a network of our own, without dropout, is known to draw
+        # no random numbers and to read only its parameters; a network passed in is not
+        self.draws_random = net is not None or dropout > 0
+        self.self_contained = net is None
 
     def _check(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels:

@@ -16,8 +16,8 @@ An unrolled solver uses ``x = preprocess(x01)``, ``z = f(x)``, ``z' = prox(z, la
 Architecture (all in one tensor)
 --------------------------------
 Each of the ``levels`` levels squeezes the *whole* tensor (space-to-depth 2x2, which maps the leading
-channels to leading channels), runs ``steps`` steps of ActNorm -> invertible 1x1 conv -> coupling on the
-leading ``active`` channels, and, except at the last level, applies a :class:`SplitPrior` that normalises
+channels to leading channels), runs ``steps`` flow steps (:class:`~invprox.flows.step.GlowStep`: ActNorm ->
+invertible 1x1 conv -> coupling, one engine block each) on the leading ``active`` channels, and, except at the last level, applies a :class:`SplitPrior` that normalises
 the second half of the active channels, which later levels leave alone. At the end the tensor is
 un-squeezed ``levels`` times back to ``(B, C, H, W)``. Channels active at level ``l``: ``C * 2**(l + 2)``.
 The whole flow is one :class:`invprox.InvertibleChain`, so training is memory-efficient.
@@ -34,23 +34,21 @@ from torch import Tensor, nn
 
 from ..core.block import Inverse, InvertibleModule
 from ..core.chain import InvertibleChain
-from .coupling import AdditiveCoupling, AffineCoupling
 from .layers import (
-    ActNorm,
     ChannelRange,
-    InvConv1x1,
     SplitPrior,
     Squeeze,
     Unsqueeze,
     squeeze2d,
     unsqueeze2d,
 )
+from .step import GlowStep
 from .prior import PRIORS, prior_log_prob, prior_prox, prior_sample
 
 __all__ = ["Glow", "build_glow_blocks"]
 
 _FORMAT = "invprox.flows.Glow"
-_COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
+_COUPLINGS = ("affine", "additive")
 
 
 def build_glow_blocks(
@@ -84,17 +82,11 @@ def build_glow_blocks(
     for level in range(levels):
         blocks.append(Squeeze())
         total, active = 4 * total, 4 * active
-
-        def wrap(b: nn.Module, n: int = active, full: int = total) -> nn.Module:
-            return b if n == full else ChannelRange(b, n)
-
         for _ in range(steps):
-            blocks.append(wrap(ActNorm(active)))
-            blocks.append(wrap(InvConv1x1(active, generator=gen)))
-            kw = {"scale_min": scale_min} if coupling == "affine" else {}
-            blocks.append(wrap(_COUPLINGS[coupling](active, hidden=hidden, **kw)))
+            blocks.append(GlowStep(active, hidden, coupling, scale_min, generator=gen))
         if level < levels - 1:
-            blocks.append(wrap(SplitPrior(active)))
+            split = SplitPrior(active)
+            blocks.append(split if active == total else ChannelRange(split, active))
             active //= 2
     blocks += [Unsqueeze() for _ in range(levels)]
     return blocks
@@ -180,6 +172,34 @@ class Glow(InvertibleModule):
         self.chain = InvertibleChain(
             blocks, keep_every=keep_every, check=check, memory_efficient=memory_efficient
         )
+        self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
+
+    def _upgrade_state_dict(self, state_dict, prefix, *args) -> None:
+        """Rename the keys of the earlier layout (ActNorm, 1x1 conv and coupling as three blocks, wrapped
+        in ``ChannelRange`` below the first level) to one :class:`GlowStep` block per step, in place."""
+        head = prefix + "chain.blocks."
+        if not any(k.startswith(head + "1.loc") or k.startswith(head + "1.block.loc") for k in state_dict):
+            return
+        rename = {}
+        old = new = 0
+        for block in self.chain.blocks:
+            if isinstance(block, GlowStep):
+                for part in ("actnorm", "invconv", "coupling"):
+                    rename[f"{old}.block."] = f"{new}.{part}."
+                    rename[f"{old}."] = f"{new}.{part}."
+                    old += 1
+            else:
+                rename[f"{old}."] = f"{new}."
+                old += 1
+            new += 1
+        moved = {}
+        for key in [k for k in state_dict if k.startswith(head)]:
+            rest = key[len(head):]
+            for src in (rest.split(".", 2)[0] + ".block.", rest.split(".", 1)[0] + "."):
+                if rest.startswith(src) and src in rename:
+                    moved[head + rename[src] + rest[len(src):]] = state_dict.pop(key)
+                    break
+        state_dict.update(moved)
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> Glow:

@@ -15,7 +15,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..core.block import InvertibleModule, accepts_cond, forward_logdet, inverse_logdet
+from ..core.block import (
+    InvertibleModule,
+    accepts_cond,
+    draws_random,
+    forward_logdet,
+    inverse_logdet,
+    is_self_contained,
+)
 from ..core.chain import is_recomputing
 from .coupling import AffineCoupling, _Coupling
 
@@ -43,6 +50,12 @@ class ActNorm(InvertibleModule):
         channels: number of channels ``C``.
         eps: added to the standard deviation in the data init.
     """
+
+    # the engine's plan (invprox.core.block): no randomness, reads only its parameters, and a recompute
+    # never initialises, so the ``initialized`` flag needs no restore
+    draws_random = False
+    self_contained = True
+    static_buffers = True
 
     def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
@@ -117,6 +130,10 @@ class InvConv1x1(InvertibleModule):
         generator: a CPU generator for the random rotation (reproducible init); default the global RNG.
     """
 
+    draws_random = False
+    self_contained = True
+    static_buffers = True  # perm, sign_s and the mask never change
+
     def __init__(self, channels: int, generator: Optional[torch.Generator] = None):
         super().__init__()
         self.channels = channels
@@ -130,6 +147,8 @@ class InvConv1x1(InvertibleModule):
         self.lower = nn.Parameter(torch.tril(lo, -1).to(dtype))
         self.upper = nn.Parameter(torch.triu(up, 1).to(dtype))
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).to(dtype))
+        self._cache_key: Optional[list] = None
+        self._cache: Tuple[Tensor, Tensor] = ()  # (W, W^-1) without a graph, see matrix()
 
     def weight(self) -> Tensor:
         """The ``(C, C)`` matrix ``W``."""
@@ -155,12 +174,36 @@ class InvConv1x1(InvertibleModule):
             x = x.to(self.lower.dtype)
         return ctx, x
 
+    def matrix(self, inverse: bool = False) -> Tensor:
+        """``W`` (or ``W^-1``) for the current parameters.
+
+        With a graph when autograd records one (grad mode and a parameter that requires grad); otherwise
+        a cached copy, computed once per parameter update (the optimizer's in-place step, or a load,
+        changes the parameters' versions): the engine's forward pass and its inverses run without a graph
+        and so invert the matrix once per training step, not once per call.
+        """
+        params = (self.lower, self.upper, self.log_s)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            w = self.weight()
+            return torch.linalg.inv(w) if inverse else w
+        # the tensors themselves (held, so their memory cannot be reused by others) and their versions
+        key = [(t, t._version) for t in (*params, self.perm, self.sign_s)]
+        old = self._cache_key
+        if old is None or any(a is not b or va != vb for (a, va), (b, vb) in zip(old, key)):
+            with torch.no_grad():
+                w = self.weight()
+                self._cache = (w, torch.linalg.inv(w))
+            self._cache_key = key
+        return self._cache[1 if inverse else 0]
+
+    def _apply_matrix(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.conv2d(x, w.view(self.channels, self.channels, 1, 1))
+
     def forward_and_logdet(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         _check_4d(self, x, self.channels)
         ctx, x = self._full_precision(x)
         with ctx:
-            w = self.weight()
-            return F.conv2d(x, w.view(self.channels, self.channels, 1, 1)), self._logdet(x)
+            return self._apply_matrix(x, self.matrix()), self._logdet(x)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_and_logdet(x)[0]
@@ -169,8 +212,7 @@ class InvConv1x1(InvertibleModule):
         _check_4d(self, y, self.channels)
         ctx, y = self._full_precision(y)
         with ctx:
-            w_inv = torch.linalg.inv(self.weight())
-            return F.conv2d(y, w_inv.view(self.channels, self.channels, 1, 1)), -self._logdet(y)
+            return self._apply_matrix(y, self.matrix(inverse=True)), -self._logdet(y)
 
     def inverse(self, y: Tensor) -> Tensor:
         return self.inverse_and_logdet(y)[0]
@@ -201,6 +243,8 @@ class Squeeze(InvertibleModule):
     """Space-to-depth 2x2 (:func:`squeeze2d`), a permutation: volume preserving."""
 
     volume_preserving = True
+    draws_random = False
+    self_contained = True
 
     def forward(self, x: Tensor) -> Tensor:
         return squeeze2d(x)
@@ -213,6 +257,8 @@ class Unsqueeze(InvertibleModule):
     """Depth-to-space 2x2 (:func:`unsqueeze2d`), the inverse of :class:`Squeeze`."""
 
     volume_preserving = True
+    draws_random = False
+    self_contained = True
 
     def forward(self, x: Tensor) -> Tensor:
         return unsqueeze2d(x)
@@ -248,6 +294,7 @@ class SplitPrior(AffineCoupling):
     def __init__(self, channels: int):
         c1 = channels // 2
         super().__init__(channels, net=_ZeroConv(c1, 2 * (channels - c1)))
+        self.draws_random, self.self_contained = False, True  # its own convolution
 
     def _params(self, x1, cond):
         h = self.net(x1)
@@ -272,6 +319,8 @@ class ChannelRange(InvertibleModule):
         self.channels = channels
         self.volume_preserving = bool(getattr(block, "volume_preserving", False))
         self.uses_cond = accepts_cond(block)  # the engine passes cond only where the inner block reads it
+        self.draws_random = draws_random(block)
+        self.self_contained = is_self_contained(block)
 
     def _split(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         if x.dim() < 2 or x.shape[1] < self.channels:

@@ -64,6 +64,10 @@ class _LearnedLambda(nn.Module):
     """
 
     uses_cond = False
+    # the engine's plan (invprox.core.block): no randomness, reads only lambda; ``levels`` is constant
+    draws_random = False
+    self_contained = True
+    static_buffers = True
 
     def __init__(self, lam_init: float = 0.1, levels: Optional[Tensor] = None):
         super().__init__()
@@ -247,6 +251,22 @@ class FlowProxSolver(SwappablePhysics):
         self.chain = InvertibleChain(
             blocks, keep_every=keep_every, check=check, memory_efficient=memory_efficient
         )
+        # every tensor of ``chain`` is also one of flows.*, dc.* or shrink.*: a state dict loads through
+        # those names only, so one saved with an earlier block layout of the flow still loads
+        self._register_load_state_dict_pre_hook(self._drop_chain_aliases)
+        self.register_load_state_dict_post_hook(FlowProxSolver._forget_chain_aliases)
+        self._alias_prefixes: List[str] = []
+
+    def _drop_chain_aliases(self, state_dict, prefix, *args) -> None:
+        head = prefix + "chain."
+        for key in [k for k in state_dict if k.startswith(head)]:
+            del state_dict[key]
+        self._alias_prefixes.append(head)
+
+    @staticmethod
+    def _forget_chain_aliases(module: "FlowProxSolver", incompatible) -> None:
+        heads, module._alias_prefixes = tuple(module._alias_prefixes), []
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(heads)]
 
     @property
     def memory_efficient(self) -> bool:

@@ -1,0 +1,210 @@
+"""One Glow flow step as one engine block: ActNorm -> invertible 1x1 convolution -> coupling.
+
+The engine's cost per block (its state capture, graph walk and vector-Jacobian product) is paid once per
+step instead of three times, and both directions rebuild with one pass of the coupling network:
+
+* ``rebuild_inverse`` (the step used as ``g = f^-1``, as a solver's fold does): the coupling's known half
+  gives the network's input at once; the step's input is filled in and the whole inverse recorded from it
+  in one graph.
+* ``rebuild`` (the step used as ``f``): the network's input is a function of the step's input, which is
+  not known before the network has run. The network runs once with a graph on a leaf copy of that half;
+  :class:`_StepVJP` then takes the vector-Jacobian product in two stages (through the coupling to the
+  coupling's input, then through the two linear layers to the step's input). Activation memory stays one
+  step deep.
+
+The 1x1 convolution's matrix and its inverse are computed once per parameter update where no graph is
+recorded (:meth:`~invprox.flows.layers.InvConv1x1.matrix`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..core.block import InvertibleModule
+from .coupling import AdditiveCoupling, AffineCoupling, _Coupling
+from .layers import ActNorm, InvConv1x1
+
+__all__ = ["GlowStep"]
+
+_COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
+
+
+class GlowStep(InvertibleModule):
+    """ActNorm, LU-parametrised 1x1 convolution and coupling on the leading ``channels`` channels.
+
+    Channels beyond ``channels`` pass through unchanged (the multi-scale Glow keeps its whole latent in
+    one tensor). ``log|det|`` is the sum of the three layers'.
+
+    Args:
+        channels: channels the step acts on (at least 2).
+        hidden: hidden channels of the coupling network.
+        coupling: ``"affine"`` or ``"additive"``.
+        scale_min: lower bound of the affine coupling's scale (see :class:`AffineCoupling`).
+        generator: CPU generator for the 1x1 convolution's random rotation.
+    """
+
+    uses_cond = False
+
+    def __init__(
+        self,
+        channels: int,
+        hidden: int = 64,
+        coupling: str = "affine",
+        scale_min: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+    ):
+        super().__init__()
+        if coupling not in _COUPLINGS:
+            raise ValueError(f"coupling must be one of {tuple(_COUPLINGS)}, got {coupling!r}")
+        self.channels = channels
+        self.actnorm = ActNorm(channels)
+        self.invconv = InvConv1x1(channels, generator=generator)
+        kw = {"scale_min": scale_min} if coupling == "affine" else {}
+        self.coupling: _Coupling = _COUPLINGS[coupling](channels, hidden=hidden, **kw)
+        self.draws_random = self.coupling.draws_random
+        self.self_contained = self.coupling.self_contained
+
+    def _split(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        if x.dim() != 4 or x.shape[1] < self.channels:
+            raise ValueError(
+                f"GlowStep({self.channels}) expects input of shape (B, >= {self.channels}, H, W), "
+                f"got {tuple(x.shape)}"
+            )
+        if x.shape[1] == self.channels:
+            return x, None
+        return x[:, : self.channels], x[:, self.channels :]
+
+    @staticmethod
+    def _join(a: Tensor, rest: Optional[Tensor]) -> Tensor:
+        return a if rest is None else torch.cat([a, rest], 1)
+
+    def forward_and_logdet(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        a, rest = self._split(x)
+        h, ld1 = self.actnorm.forward_and_logdet(a)
+        h, ld2 = self.invconv.forward_and_logdet(h)
+        h, ld3 = self.coupling.forward_and_logdet(h)
+        return self._join(h, rest), ld1 + ld2 + ld3
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, rest = self._split(x)
+        return self._join(self.coupling(self.invconv(self.actnorm(a))), rest)
+
+    def inverse_and_logdet(self, y: Tensor) -> Tuple[Tensor, Tensor]:
+        b, rest = self._split(y)
+        h, ld3 = self.coupling.inverse_and_logdet(b)
+        h, ld2 = self.invconv.inverse_and_logdet(h)
+        h, ld1 = self.actnorm.inverse_and_logdet(h)
+        return self._join(h, rest), ld1 + ld2 + ld3
+
+    def inverse(self, y: Tensor) -> Tensor:
+        b, rest = self._split(y)
+        return self._join(self.actnorm.inverse(self.invconv.inverse(self.coupling.inverse(b))), rest)
+
+    # -- fused rebuilds for the engine ---------------------------------------------------------------
+    def rebuild(self, y: Tensor, logdet: bool = False):
+        """``(x, forward(x) with graph, logdet with graph or None)`` from the output ``y``, one network pass."""
+        b, rest = self._split(y)
+        # the coupling: its input (a leaf) and its graph from one network pass on the known half
+        u_leaf, yc, ldc = self.coupling._fused(b, (), logdet, forward=True)
+        with torch.no_grad():
+            a = self.actnorm.inverse(self.invconv.inverse(u_leaf.detach()))
+        x_leaf = self._join(a, None if rest is None else rest.detach()).requires_grad_()
+        lin = [self.actnorm.loc, self.actnorm.log_scale, self.invconv.lower, self.invconv.upper,
+               self.invconv.log_s]
+        net = list(self.coupling.net.parameters())
+        # the coupling's graph travels in a list: autograd must not see it as an input of the Function
+        y_graph, ld = _StepVJP.apply(self, [u_leaf, yc, ldc], logdet, x_leaf, *lin, *net)
+        return x_leaf, y_graph, (ld if logdet else None)
+
+    def rebuild_inverse(self, x: Tensor, logdet: bool = False):
+        """The same for the inverse map: ``(y, inverse(y) with graph, its logdet or None)`` from ``x``."""
+        a, rest = self._split(x)
+        cp, c1, n = self.coupling, self.coupling.c1, self.channels
+        with torch.no_grad():
+            u = self.invconv(self.actnorm(a))
+        y_leaf = torch.empty_like(x)
+        with torch.no_grad():
+            y_leaf[:, :c1] = u[:, :c1]
+            if rest is not None:
+                y_leaf[:, n:] = rest
+        y_leaf.requires_grad_()
+        t, s = cp._params(y_leaf[:, :c1].clone(), ())
+        with torch.no_grad():
+            y_leaf[:, c1:n] = u[:, c1:] + t if s is None else (u[:, c1:] + t) * s
+        y2 = y_leaf[:, c1:n]
+        u_graph = torch.cat([y_leaf[:, :c1], y2 - t if s is None else y2 / s - t], 1)
+        h, ld2 = self.invconv.inverse_and_logdet(u_graph)
+        h, ld1 = self.actnorm.inverse_and_logdet(h)
+        out = self._join(h, None if rest is None else y_leaf[:, n:])
+        ld = None
+        if logdet:
+            ld = -cp._logdet(s, u_graph) + ld2 + ld1
+        return y_leaf, out, ld
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+
+class _StepVJP(torch.autograd.Function):
+    """The graph of one Glow step's forward from its rebuilt input, taken in two stages.
+
+    Inputs: the step, the coupling's input ``u_leaf`` and its graph ``yc`` (and log-det ``ldc``) from one
+    network pass, ``x_leaf`` and the parameters (linear layers', then the network's). Output: the step's
+    output and log-det, values only; the backward differentiates the coupling's graph to ``u`` and its
+    network, then recomputes ActNorm and the 1x1 convolution (cheap) from ``x`` and differentiates them.
+    """
+
+    @staticmethod
+    def forward(ctx, step: GlowStep, held: list, logdet: bool, x_leaf, *params):
+        ctx.step, ctx.held, ctx.logdet = step, held, logdet
+        yc, ldc = held[1], held[2]
+        ctx.save_for_backward(x_leaf)
+        rest = x_leaf[:, step.channels :]
+        y = step._join(yc.detach(), rest if rest.shape[1] else None)
+        with torch.no_grad():
+            ld = x_leaf.new_zeros(x_leaf.shape[0])
+            if logdet:
+                hw = x_leaf.shape[2] * x_leaf.shape[3]
+                ld = ldc.detach() + hw * (step.actnorm.log_scale.sum() + step.invconv.log_s.sum())
+        return y, ld
+
+    @staticmethod
+    def backward(ctx, g_y: Tensor, g_ld: Optional[Tensor]):
+        (x_leaf,) = ctx.saved_tensors
+        step, n = ctx.step, ctx.step.channels
+        u_leaf, yc, ldc = ctx.held
+        params = list(ctx.needs_input_grad[4:])
+        lin_p = [step.actnorm.loc, step.actnorm.log_scale, step.invconv.lower, step.invconv.upper,
+                 step.invconv.log_s]
+        n_lin = len(lin_p)
+        net_p = list(step.coupling.net.parameters())
+        use_ld = ctx.logdet and g_ld is not None
+        with torch.enable_grad():
+            # stage 1: the coupling, to its input and its network's parameters
+            outs, gouts = [yc], [g_y[:, :n]]
+            if use_ld and ldc is not None and ldc.requires_grad:
+                outs.append(ldc)
+                gouts.append(g_ld)
+            net_t = [p for p, need in zip(net_p, params[n_lin :]) if need]
+            g1 = torch.autograd.grad(outs, [u_leaf, *net_t], gouts, allow_unused=True)
+            g_u = g1[0] if g1[0] is not None else torch.zeros_like(u_leaf)
+            # stage 2: ActNorm and the 1x1 convolution, recomputed from the step's input
+            a = x_leaf[:, :n].detach().requires_grad_()
+            h, ld1 = step.actnorm.forward_and_logdet(a)
+            u, ld2 = step.invconv.forward_and_logdet(h)
+            outs, gouts = [u], [g_u]
+            if use_ld:
+                outs.append(ld1 + ld2)
+                gouts.append(g_ld)
+            lin_t = [p for p, need in zip(lin_p, params[: n_lin]) if need]
+            g2 = torch.autograd.grad(outs, [a, *lin_t], gouts, allow_unused=True)
+        g_x = g2[0] if x_leaf.shape[1] == n else torch.cat([g2[0], g_y[:, n:]], 1)
+        it_lin, it_net = iter(g2[1:]), iter(g1[1:])
+        out_lin = [next(it_lin) if need else None for need in params[: n_lin]]
+        out_net = [next(it_net) if need else None for need in params[n_lin :]]
+        ctx.held.clear()
+        return (None, None, None, g_x, *out_lin, *out_net)
+
