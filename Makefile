@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench bench-gpu clean
+.PHONY: venv demo test lint docs bench bench-gpu clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ test: venv
 lint: venv
 	$(BIN)/ruff check invprox tests benchmarks examples
 
+# the API reference, built from the docstrings: docs/_build/html/index.html
+docs: venv
+	$(BIN)/python -m sphinx -W --keep-going -b html -q docs docs/_build/html
+
 bench: venv
 	$(BIN)/python benchmarks/engine_depth.py
 
@@ -36,4 +40,4 @@ bench-gpu: venv
 	PY=$(BIN)/python bash benchmarks/gpu_suite.sh
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache docs/_build

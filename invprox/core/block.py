@@ -84,7 +84,7 @@ class InvertibleModule(nn.Module):
         raise NotImplementedError
 
     def forward_and_logdet(self, x: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
-        """Output and per-sample log |det dy/dx|, shape ``(B,)``."""
+        """Output and per-sample ``log |det dy/dx|``, shape ``(B,)``."""
         if self.volume_preserving:
             y = self(x, *cond)
             return y, x.new_zeros(x.shape[0])
@@ -94,7 +94,7 @@ class InvertibleModule(nn.Module):
         )
 
     def inverse_and_logdet(self, y: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
-        """Input and per-sample log |det dx/dy| of the inverse map (default: via the forward)."""
+        """Input and per-sample ``log |det dx/dy|`` of the inverse map (default: via the forward)."""
         x = self.inverse(y, *cond)
         _, ld = self.forward_and_logdet(x, *cond)
         return x, -ld

@@ -241,9 +241,9 @@ def autocast_gradient_errors(
         dtype: autocast dtype.
 
     Returns:
-        ``{"engine_fp32": engine vs autograd in float32, "autocast": autocast autograd vs float32,
-        "engine_autocast": autocast engine vs float32, "engine_vs_autocast": autocast engine vs
-        autocast autograd}``: the last is the error the engine adds under autocast.
+        A dict: ``engine_fp32`` (engine vs autograd in float32), ``autocast`` (autocast autograd vs
+        float32), ``engine_autocast`` (autocast engine vs float32) and ``engine_vs_autocast`` (autocast
+        engine vs autocast autograd: the error the engine adds under autocast).
     """
     loss_fn = loss_fn or (lambda out: out.float().square().mean())
     dev = _device_type(inputs[0]) if inputs else "cpu"

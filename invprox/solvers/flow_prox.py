@@ -1,6 +1,6 @@
 """The unrolled proximal-gradient solver with normalizing-flow prox (Wei et al., ICASSP 2022 / IEEE TSP).
 
-One fold ``k`` maps ``x`` (flow space, ``x01 - 0.5``) to
+One fold ``k`` maps ``x`` (flow space, ``x01 - 0.5``) to::
 
     x~ = x - mu_k A^T (A x - y~)       data consistency, y~ = y - A(1/2) (the measurement in flow space)
     z~ = f_k(x~)                       into the latent space of the k-th Glow
