@@ -7,6 +7,8 @@ vanishes. This script shows the trend on the CPU.
 
     python benchmarks/solver_step_time.py                       # writes results/solver_step_time_cpu.md
     python benchmarks/solver_step_time.py --configs 32:4 128:8   # hidden:batch pairs
+    python benchmarks/solver_step_time.py --levels 3 --steps 8 --configs 64:8 --tag table1
+                                                                 # the Table 1 flow prox (TABLE1.md)
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ from invprox.physics import make_physics  # noqa: E402
 from invprox.solvers import FlowProxSolver  # noqa: E402
 
 
-def measure(hidden: int, batch: int, K: int, size: int, repeats: int, keep_every) -> dict:
+def measure(hidden: int, batch: int, K: int, size: int, repeats: int, keep_every, levels: int = 2,
+            steps: int = 4) -> dict:
     torch.manual_seed(0)
-    glow = Glow(in_channels=3, image_size=size, levels=2, steps=4, hidden=hidden)
+    glow = Glow(in_channels=3, image_size=size, levels=levels, steps=steps, hidden=hidden)
     x = torch.rand(batch, 3, size, size)
     glow.train()
     with torch.no_grad():
@@ -63,6 +66,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--levels", type=int, default=2, help="Glow levels")
+    p.add_argument("--steps", type=int, default=4, help="Glow steps per level")
+    p.add_argument("--tag", default="", help="suffix of the output files' names")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -70,7 +76,7 @@ def main(argv=None) -> int:
     for cfg in args.configs:
         hidden, batch = (int(v) for v in cfg.split(":"))
         for keep, label in ((None, "pure inversion"), ("fold", "one state per fold")):
-            r = measure(hidden, batch, args.K, args.size, args.repeats, keep)
+            r = measure(hidden, batch, args.K, args.size, args.repeats, keep, args.levels, args.steps)
             r["policy"] = label
             rows.append(r)
             print(f"hidden {hidden:4d} batch {batch:3d} {label:20s} invprox {r['invprox_s']:.3f} s  "
@@ -83,10 +89,12 @@ def main(argv=None) -> int:
     )
     command = " ".join(["python benchmarks/solver_step_time.py", *(argv or sys.argv[1:])])
     md = (f"# Flow-prox solver: time of one training step vs model size (cpu)\n\n"
-          f"K = {args.K}, 3 x {args.size} x {args.size} images, Glow 2 levels x 4 steps; CPU process time, "
+          f"K = {args.K}, 3 x {args.size} x {args.size} images, Glow {args.levels} levels x {args.steps} steps; "
+          f"CPU process time (engine and standard interleaved), "
           f"median of {args.repeats}. {describe_machine(info)}\n\n"
           f"Command: `{command}`\n\n{table}\n")
-    write_results(args.out, "solver_step_time_cpu", {"machine": info, "rows": rows}, md)
+    name = "solver_step_time_cpu" + (f"_{args.tag}" if args.tag else "")
+    write_results(args.out, name, {"machine": info, "rows": rows}, md)
     print(md)
     return 0
 

@@ -241,3 +241,15 @@ def test_noisy_pairs():
     assert 0.05 <= float(s) <= 0.2 and noisy.shape == c.shape
     with pytest.raises(ValueError):
         NoisyPairs(list(clean), sigma=(0.3, 0.1))
+
+
+def test_data_folder_comes_from_the_caller_not_the_checkout(tmp_path, monkeypatch):
+    """Without INVPROX_DATA the folder is found from the working directory only, wherever the package is."""
+    monkeypatch.delenv("INVPROX_DATA", raising=False)
+    work = tmp_path / "elsewhere" / "project"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    with pytest.raises(FileNotFoundError, match="INVPROX_DATA"):
+        shared_data_dir()
+    (tmp_path / "elsewhere" / "shared" / "data").mkdir(parents=True)
+    assert shared_data_dir() == (tmp_path / "elsewhere" / "shared" / "data").resolve()

@@ -1,8 +1,10 @@
 """Where the shared evaluation data lives, and one entry point that turns a name into a data set.
 
 The research data sets (``celeba64``, ``BSD68``, ``Set12``, ``Train400``; see
-``shared/data/MANIFEST.md``) are never copied into the project: they are read from
-``../shared/data`` relative to the project root.
+``shared/data/MANIFEST.md``) are never copied into the project. Where they are comes from the caller: a
+folder path given as the data spec, the environment variable ``INVPROX_DATA``, or the working directory
+(``../shared/data`` or ``shared/data`` below it, the layout of the project's machines). Nothing depends on
+where the ``invprox`` package itself is installed.
 """
 
 from __future__ import annotations
@@ -16,27 +18,18 @@ from torch.utils.data import Dataset
 __all__ = ["DATA_ENV", "shared_data_dir", "dataset_path", "make_dataset"]
 
 DATA_ENV = "INVPROX_DATA"
-_REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder above the ``invprox`` package
 
 
 def _candidates() -> List[Path]:
-    cands = []
-    for base in (Path.cwd(), _REPO_ROOT):
-        cands += [base / ".." / "shared" / "data", base / "shared" / "data"]
-    out: List[Path] = []
-    for c in cands:
-        c = c.resolve()
-        if c not in out:
-            out.append(c)
-    return out
+    cwd = Path.cwd()
+    return [(cwd / ".." / "shared" / "data").resolve(), (cwd / "shared" / "data").resolve()]
 
 
 def shared_data_dir() -> Path:
     """The shared data folder.
 
     Looked up in this order: ``$INVPROX_DATA`` (if set, it must exist); ``../shared/data`` and
-    ``shared/data`` relative to the current working directory; the same relative to the repository
-    root (the folder above the ``invprox`` package).
+    ``shared/data`` relative to the current working directory.
 
     Raises:
         FileNotFoundError: ``$INVPROX_DATA`` names a missing folder, or no candidate exists (the
