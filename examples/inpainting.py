@@ -1,8 +1,8 @@
 """Inpainting faces with the unrolled flow-prox solver: a new random mask for every image.
 
 What it shows: :class:`invprox.physics.Inpainting` with per-image masks ``(B, 1, H, W)`` from
-:func:`invprox.physics.random_mask`, swapped into :class:`invprox.solvers.FlowProxSolver` at every step
-(``solver(y, physics=op)``: the physics is state, not a parameter); the solver starts from the pre-trained
+:func:`invprox.physics.random_mask`, passed to :class:`invprox.solvers.FlowProxSolver` with every call
+(``solver(y, op)``, as deepinv's reconstructors take it: the solver keeps no per-call operator); the solver starts from the pre-trained
 Glow (``benchmarks/results/glow_celeba32.pt``, 32x32 RGB CelebA faces) and is fine-tuned end to end, then
 compared with the back-projection ``A^T y`` (the masked image) and the classical reference
 (:func:`invprox.solvers.classical_reference`: biharmonic inpainting, then TV denoising).

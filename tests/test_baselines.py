@@ -143,8 +143,10 @@ def test_unrolled_solver_construction_and_groups():
     assert s.physics is op2 and all(dc.physics is op2 for dc in s.dc)
     op3 = _physics("deblurring")
     with torch.no_grad():
-        s(op3.A(_smooth()), physics=op3)
-    assert s.physics is op3 and all(dc.physics is op3 for dc in s.dc)
+        out = s(op3.A(_smooth()), physics=op3)  # for this call only
+        assert s.physics is op2 and all(dc.physics is op2 for dc in s.dc)
+        s.physics = op3
+        assert torch.allclose(s(op3.A(_smooth())), out, atol=1e-6)
     assert "physics" not in s._modules
 
 

@@ -25,11 +25,9 @@ def setup(tiny_data, tmp_path_factory):
 
 
 class _Identity(nn.Module):
-    """A "perfect" denoiser at sigma 0: returns the measurement."""
+    """A "perfect" denoiser at sigma 0: returns the measurement (a solver: called as ``solver(y, physics)``)."""
 
-    physics = None
-
-    def forward(self, y):
+    def forward(self, y, physics=None):
         return y
 
 
@@ -95,7 +93,7 @@ def test_save_grid(tmp_path):
 class _NaNFirst(_Identity):
     """Returns the measurement, except NaN for the first image of each batch."""
 
-    def forward(self, y):
+    def forward(self, y, physics=None):
         out = y.clone()
         out[0] = float("nan")
         return out

@@ -2,7 +2,7 @@
 
 Layers, bottom up: ``core`` (the engine: torch alone) and two torch-only utilities that import nothing
 of invprox (``checkpoint``: atomic files; ``metrics``: PSNR, SSIM); ``flows``, ``physics``, ``data`` and
-``testing`` on top of them; ``solvers`` on flows and physics; ``train``, ``cli`` and ``distributed``
+``testing`` on top of them; ``solvers`` on flows and physics; ``train``, ``cli``, ``__main__`` and ``distributed``
 (the application) on everything.
 """
 
@@ -23,7 +23,7 @@ ALLOWED = {
     "testing": {"core", "testing"},
     "solvers": {"core", "checkpoint", "metrics", "flows", "physics", "solvers"},
 }
-APP = {"train", "cli", "distributed", "__init__"}
+APP = {"train", "cli", "distributed", "__init__", "__main__"}
 
 
 def _layer(parts):

@@ -134,6 +134,31 @@ def test_physics_swapped_per_call_and_not_in_state_dict():
     x, y = measurement(op2)
     out1 = s(y)
     out2 = s(y, physics=op2)
-    assert s.physics is op2 and all(dc.physics is op2 for dc in s.dc)
+    # the operator of a call is for that call only: the solver keeps its own (deepinv's forward(y, physics))
+    assert s.physics is op1 and all(dc.physics is op1 for dc in s.dc)
     assert not torch.allclose(out1, out2)
+    assert torch.equal(s(y), out1)
+    s.physics = op2  # changing the default gives what the call gave
+    assert s.physics is op2 and all(dc.physics is op2 for dc in s.dc)
+    assert torch.allclose(s(y), out2, atol=1e-6)
     assert not any("mask" in k for k in s.state_dict())
+
+
+def test_physics_of_a_call_trains_the_same_parameters():
+    """Gradients with ``solver(y, op)`` equal those with ``op`` as the default (engine and standard)."""
+    op1 = make_physics("inpainting", (1, 4, 4), p_missing=0.5, generator=torch.Generator().manual_seed(1))
+    op2 = make_physics("inpainting", (1, 4, 4), p_missing=0.5, generator=torch.Generator().manual_seed(2))
+    for eff in (True, False):
+        s = FlowProxSolver(tiny_glow(), op1, K=2, memory_efficient=eff).double()
+        x, y = measurement(op2)
+        x, y = x.double(), y.double()
+        grads = []
+        for call in (lambda: s(y, op2), lambda: s(y)):
+            if len(grads):
+                s.physics = op2
+            s.zero_grad(set_to_none=True)
+            ((call() - x) ** 2).sum().backward()
+            grads.append([p.grad.clone() for p in s.parameters()])
+        for a, b in zip(*grads):
+            assert torch.allclose(a, b, atol=1e-10, rtol=1e-8)
+        assert all(dc.raw_mu.grad is not None and dc.raw_mu.grad.abs().sum() > 0 for dc in s.dc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Sequence, Tuple, Union
 
@@ -24,10 +25,10 @@ class DataConsistency(InvertibleModule):
     absorbs the error of a power-iteration norm. The measurement ``y`` is a ``cond`` input of the
     block: it is read, never inverted, and receives gradients.
 
-    ``physics`` is state, not a submodule: it may be swapped between calls (``block.physics = op``,
-    e.g. a new random mask per batch; ``mu`` then follows the new ``||A||^2`` with the same fraction
-    ``t``). It is therefore not in ``state_dict()`` and not moved by ``.to()``; the
-    built-in operators cast their buffers to the input's device and dtype on every call. Any object
+    ``physics`` is the block's default operator, not a submodule: a solver passes another for one call
+    with :meth:`bind` (e.g. a new random mask per batch; ``mu`` then follows the new ``||A||^2`` with the
+    same fraction ``t``), and ``block.physics = op`` changes the default. It is therefore not in
+    ``state_dict()`` and not moved by ``.to()``; the built-in operators cast their buffers to the input's device and dtype on every call. Any object
     with ``A`` and ``A_adjoint`` works (e.g. a deepinv ``Physics``): the inverse then uses conjugate
     gradients and ``||A||^2`` power iteration.
 
@@ -81,6 +82,15 @@ class DataConsistency(InvertibleModule):
     def physics(self) -> Any:
         """The current forward operator."""
         return self.__dict__["_physics"]
+
+    def bind(self, physics: Any) -> "DataConsistency":
+        """This block with another operator, for one call: a view that shares ``raw_mu`` (its gradient
+        reaches this block's parameter), leaving this block's own operator as it is."""
+        if physics is self.physics:
+            return self
+        view = copy.copy(self)  # shares the parameter dict, so raw_mu is the same tensor
+        view.physics = physics
+        return view
 
     def fraction(self, raw: Tensor | None = None) -> Tensor:
         """``t = margin + (1 - 2 margin) sigmoid(raw_mu)``, the step as a fraction of ``1/||A||^2``."""

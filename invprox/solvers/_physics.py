@@ -1,4 +1,4 @@
-"""Shared by the unrolled solvers: the forward operator as swappable state."""
+"""Shared by the unrolled solvers: the default forward operator, kept out of ``state_dict``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ __all__ = ["SwappablePhysics"]
 
 
 class SwappablePhysics(nn.Module):
-    """A solver whose ``physics`` is state, not a submodule: not in ``state_dict``, swappable per call.
+    """A solver whose default ``physics`` is not a submodule: not in ``state_dict``, not moved by ``.to()``.
 
-    Setting ``solver.physics = op`` points every data-consistency block in ``solver.dc`` at ``op``
+    A call passes its own operator, ``solver(y, op)``, for that call only. Setting the default,
+    ``solver.physics = op``, points every data-consistency block in ``solver.dc`` at ``op``
     (``nn.Module.__setattr__`` would otherwise register an operator module under that name, bypassing any
     property, and leave the DC blocks on the old operator).
     """

@@ -173,8 +173,8 @@ class UnrolledSolver(SwappablePhysics):
         prox: the prox networks: a list, tuple or ``nn.ModuleList`` of ``K`` distinct modules (used as
             they are), a single module, ``nn.Sequential`` included (deep-copied into every fold), or a
             factory called with no argument once per fold.
-        physics: the forward operator (``A``, ``A_adjoint``); settable, or per call
-            ``solver(y, physics=op)``.
+        physics: the default forward operator (``A``, ``A_adjoint``); a call may pass another,
+            ``solver(y, op)``, used for that call only; ``solver.physics = op`` changes the default.
         K: number of folds (inferred from a sequence of modules when ``None``; required otherwise).
         checkpoint: run each fold under :func:`torch.utils.checkpoint` (``use_reentrant=False``).
         mu_init: initial step ``mu_k`` as a fraction of ``1 / ||A||^2`` (see ``DataConsistency``).
@@ -234,23 +234,25 @@ class UnrolledSolver(SwappablePhysics):
         net = [p for p in self.parameters() if id(p) not in step_ids]
         return [{"params": net, "lr": lr_net}, {"params": self.step_parameters(), "lr": lr_step}]
 
-    def start(self, y: Tensor) -> Tensor:
+    def start(self, y: Tensor, physics: Any = None) -> Tensor:
         """``x_0``: ``A^T y`` or the smooth start (image space, see ``start``)."""
+        op = self.physics if physics is None else physics
         if self.smooth_start is not None:
-            return self.smooth_start(y, self.physics)
-        return self.physics.A_adjoint(y)
+            return self.smooth_start(y, op)
+        return op.A_adjoint(y)
 
-    def fold(self, k: int, x: Tensor, y: Tensor) -> Tensor:
-        """One fold: ``P_k(x - mu_k A^T (A x - y))``."""
-        return self.prox[k](self.dc[k](x, y))
+    def fold(self, k: int, x: Tensor, y: Tensor, physics: Any = None) -> Tensor:
+        """One fold: ``P_k(x - mu_k A^T (A x - y))`` (``A`` of ``physics``, default the solver's)."""
+        dc = self.dc[k] if physics is None else self.dc[k].bind(physics)
+        return self.prox[k](dc(x, y))
 
     def forward(self, y: Tensor, physics: Any = None) -> Tensor:
-        """Reconstruct from the measurement ``y``; returns the image estimate in ``[0, 1]`` space."""
-        if physics is not None:
-            self.physics = physics
+        """Reconstruct from the measurement ``y`` (with ``physics`` for this call, default the solver's);
+        returns the image estimate in ``[0, 1]`` space."""
         if not isinstance(y, Tensor) or y.dim() < 2:
             raise ValueError(f"y must be a batched measurement tensor, got {type(y).__name__}")
-        x = self.start(y)
+        op = physics
+        x = self.start(y, op)
         use_ckpt = self.checkpoint and torch.is_grad_enabled()
         for k in range(self.K):
             if use_ckpt:
@@ -259,9 +261,9 @@ class UnrolledSolver(SwappablePhysics):
                 def ctx(net: nn.Module = net):
                     return contextlib.nullcontext(), _frozen_batchnorm_stats(net)
 
-                x = _checkpoint(self.fold, k, x, y, use_reentrant=False, context_fn=ctx)
+                x = _checkpoint(self.fold, k, x, y, op, use_reentrant=False, context_fn=ctx)
             else:
-                x = self.fold(k, x, y)
+                x = self.fold(k, x, y, op)
         return x
 
     def extra_repr(self) -> str:

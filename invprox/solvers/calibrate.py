@@ -52,7 +52,7 @@ def calibrate_flow_solver(
         solver: a :class:`~invprox.solvers.FlowProxSolver`.
         y: measurements, shape of ``physics.A(x)``.
         x: the clean images, ``(B, C, H, W)`` in ``[0, 1]``.
-        physics: their operator (default: the solver's current one).
+        physics: their operator (default: the solver's own, which the calibration does not change).
         mu_grid: candidate step fractions ``t`` (``mu = t / ||A||^2``), each in ``(0, 1)``.
         lam_grid: candidate ``lambda`` values (default: by shrinkage, :data:`LAM_GRID`).
 
@@ -69,21 +69,20 @@ def calibrate_flow_solver(
     lam_grid = tuple(lam_grid if lam_grid is not None else LAM_GRID[solver.shrinkage])
     if not mu_grid or not lam_grid:
         raise ValueError("mu_grid and lam_grid must not be empty")
-    if physics is not None:
-        solver.physics = physics
+    op = solver.physics if physics is None else physics
     was = solver.training
     solver.eval()
     try:
         report: Dict[str, Any] = {"start_alpha": None}
         if solver.smooth_start is not None:
-            report["start_alpha"] = solver.smooth_start.calibrate(y, x, solver.physics)
-        cur = solver.start(y)
+            report["start_alpha"] = solver.smooth_start.calibrate(y, x, op)
+        cur = solver.start(y, op)
         report["start_psnr"] = float(psnr((cur + 0.5).clamp(0, 1), x).mean())
-        y_flow = solver.flow_measurement(y)
+        y_flow = solver.flow_measurement(y, op)
         folds: List[Dict[str, Any]] = []
         for k in range(solver.K):
             flow = solver.flows[0 if solver.tied else k]
-            dc, shrink = solver.dc[k], solver.shrink[k]
+            dc, shrink = solver.dc[k].bind(op), solver.shrink[k]
             n_lam = shrink.raw_lam.numel()
             best = None
             for t in mu_grid:

@@ -169,8 +169,10 @@ class FlowProxSolver(SwappablePhysics):
             an :class:`invprox.flows.Glow`, any module with ``flow_blocks()`` and ``inverse()``, or an
             :class:`invprox.InvertibleChain` of blocks. It is copied into every fold ("untied"), or shared
             by all folds when ``tied``. ``lam_per="level"`` needs its ``latent_levels()``.
-        physics: the forward operator (``A``, ``A_adjoint``), e.g. from :func:`invprox.physics.make_physics`.
-            It may be swapped per call: ``solver(y, physics=op)``.
+        physics: the default forward operator (``A``, ``A_adjoint``), e.g. from
+            :func:`invprox.physics.make_physics`. A call may pass another, ``solver(y, op)``, which is
+            used for that call only (deepinv's ``forward(y, physics)``); ``solver.physics = op`` changes
+            the default.
         K: number of folds.
         tied: share one flow between all folds.
         shrinkage: ``"gaussian"`` (``z / (1 + lambda)``) or ``"laplace"`` (soft thresholding); default:
@@ -290,20 +292,21 @@ class FlowProxSolver(SwappablePhysics):
         net = [p for p in self.parameters() if id(p) not in step_ids]
         return [{"params": net, "lr": lr_net}, {"params": self.step_parameters(), "lr": lr_step}]
 
-    def start(self, y: Tensor) -> Tensor:
+    def start(self, y: Tensor, physics: Any = None) -> Tensor:
         """``x_0`` in flow space (see ``start``), shape ``(B, C, H, W)``; depends on ``y`` only."""
+        op = self.physics if physics is None else physics
         if self.smooth_start is not None:
-            return self.smooth_start(y, self.physics) - 0.5
+            return self.smooth_start(y, op) - 0.5
         with torch.no_grad():
-            shape = self._image_shape(y)
+            shape = self._image_shape(y, op)
             z = torch.zeros((1, *shape), dtype=y.dtype, device=y.device)
             return self.flows[0].inverse(z).expand(y.shape[0], *shape).contiguous()
 
-    def _image_shape(self, y: Tensor):
+    def _image_shape(self, y: Tensor, physics: Any = None):
         if self.image_shape is not None:
             return self.image_shape
         with torch.no_grad():
-            return tuple(self.physics.A_adjoint(y[:1]).shape[1:])
+            return tuple((self.physics if physics is None else physics).A_adjoint(y[:1]).shape[1:])
 
     def calibrate(self, y: Tensor, x: Tensor, physics: Any = None, **grids: Any) -> Dict[str, Any]:
         """Set the start, ``mu_k`` and ``lambda_k`` from training pairs, without backprop.
@@ -315,21 +318,41 @@ class FlowProxSolver(SwappablePhysics):
         return calibrate_flow_solver(self, y, x, physics, **grids)
 
     def forward(self, y: Tensor, physics: Any = None) -> Tensor:
-        """Reconstruct from the measurement ``y``; returns the image estimate in ``[0, 1]`` space."""
-        if physics is not None:
-            self.physics = physics
+        """Reconstruct from the measurement ``y`` (with ``physics`` for this call, default the solver's);
+        returns the image estimate in ``[0, 1]`` space."""
         if not isinstance(y, Tensor) or y.dim() < 2:
             raise ValueError(f"y must be a batched measurement tensor, got {type(y).__name__}")
-        return self.chain(self.start(y), self.flow_measurement(y)) + 0.5
+        op = self.physics if physics is None else physics
+        return self.chain_for(op)(self.start(y, op), self.flow_measurement(y, op)) + 0.5
 
-    def flow_measurement(self, y: Tensor) -> Tensor:
+    def chain_for(self, physics: Any) -> InvertibleChain:
+        """The solver's chain with its data-consistency blocks bound to ``physics`` (views sharing their
+        parameters, see :meth:`DataConsistency.bind`); ``self.chain`` itself for the default operator."""
+        if physics is self.physics:
+            return self.chain
+        base = self.chain
+        key = tuple(id(b) for b in base.blocks)
+        cached = self.__dict__.get("_bound_chain")
+        if cached is None or cached[0] is not physics or cached[1] != key:
+            dcs = {id(dc): dc.bind(physics) for dc in self.dc}
+            bound = InvertibleChain([dcs.get(id(b), b) for b in base.blocks])
+            cached = (physics, key, bound)
+            self.__dict__["_bound_chain"] = cached  # not a submodule: its parameters are the solver's
+        bound = cached[2]
+        for attr in ("keep_every", "check", "check_tol", "preserve_rng_state", "memory_efficient",
+                     "check_finite"):
+            setattr(bound, attr, getattr(base, attr))
+        return bound
+
+    def flow_measurement(self, y: Tensor, physics: Any = None) -> Tensor:
         """``y - A(1/2)``: the measurement of flow-space images (``x01 - 0.5``), the DC blocks' ``cond``.
 
         Raises:
             ValueError: ``y`` does not have the shape the operator gives the solver's images.
         """
-        half = torch.full((y.shape[0], *self._image_shape(y)), 0.5, dtype=y.dtype, device=y.device)
-        a_half = self.physics.A(half)
+        op = self.physics if physics is None else physics
+        half = torch.full((y.shape[0], *self._image_shape(y, op)), 0.5, dtype=y.dtype, device=y.device)
+        a_half = op.A(half)
         if a_half.shape[1:] != y.shape[1:]:
             raise ValueError(
                 f"measurement of shape {tuple(y.shape)} does not fit the operator: for images of shape "

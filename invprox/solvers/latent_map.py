@@ -44,7 +44,8 @@ class LatentMAP:
     Args:
         flow: a (pre-trained) :class:`invprox.flows.Glow` (``forward``: flow space to latent,
             ``inverse``: latent to flow space).
-        physics: the forward operator (``A``, ``A_adjoint``); settable, or per call.
+        physics: the default forward operator (``A``, ``A_adjoint``); a call may pass another, for that
+            call only.
         gamma: weight of ``||z||^2`` (``sigma^2`` for the Gaussian MAP; default ``0.2**2``, the seed
             paper's training noise).
         steps: Adam iterations, or L-BFGS iterations (``max_iter`` of one ``LBFGS.step``).
@@ -104,16 +105,16 @@ class LatentMAP:
         self.stopped_at: Optional[Tensor] = None
         self.history: List[float] = []
 
-    def objective(self, z: Tensor, y: Tensor) -> Tensor:
+    def objective(self, z: Tensor, y: Tensor, physics: Any = None) -> Tensor:
         """Per-image objective ``||y - A(g(z) + 0.5)||^2 + gamma ||z||^2``, shape ``(B,)``."""
         x = self.flow.inverse(z) + 0.5
-        r = (self.physics.A(x) - y).reshape(y.shape[0], -1)
+        r = ((self.physics if physics is None else physics).A(x) - y).reshape(y.shape[0], -1)
         return (r**2).sum(1) + self.gamma * (z.reshape(z.shape[0], -1) ** 2).sum(1)
 
-    def initial_latent(self, y: Tensor) -> Tensor:
+    def initial_latent(self, y: Tensor, physics: Any = None) -> Tensor:
         """The start ``z_0`` (see ``init``), shape ``(B, C, H, W)``, no graph."""
         with torch.no_grad():
-            xb = self.physics.A_adjoint(y)
+            xb = (self.physics if physics is None else physics).A_adjoint(y)
             if self.init == "zero":
                 return torch.zeros_like(xb)
             return self.flow(xb.clamp(0.0, 1.0) - 0.5)
@@ -123,28 +124,27 @@ class LatentMAP:
 
         Args:
             y: measurements, shape of ``physics.A(x)``.
-            physics: operator for this call (replaces :attr:`physics`).
+            physics: operator for this call (default :attr:`physics`, which it does not change).
             z0: optional start latent (overrides ``init``).
         """
-        if physics is not None:
-            self.physics = physics
+        op = self.physics if physics is None else physics
         if not isinstance(y, Tensor) or y.dim() < 2:
             raise ValueError(f"y must be a batched measurement tensor, got {type(y).__name__}")
         y = y.detach()
         self.history = []
         with _frozen(self.flow), torch.enable_grad():
-            start = self.initial_latent(y) if z0 is None else z0.detach()
+            start = self.initial_latent(y, op) if z0 is None else z0.detach()
             z = start.clone().requires_grad_(True)
 
             def closure() -> Tensor:
-                loss = self.objective(z, y).sum()
+                loss = self.objective(z, y, op).sum()
                 (z.grad,) = torch.autograd.grad(loss, z)
                 self.history.append(float(loss.detach()) / y.shape[0])
                 return loss.detach()
 
             if self.optimizer == "adam":
                 opt = torch.optim.Adam([z], lr=self.lr)
-                stop = _Discrepancy(self, y) if self.sigma is not None else None
+                stop = _Discrepancy(self, y, op) if self.sigma is not None else None
                 for it in range(self.steps):
                     if stop is not None and stop.update(z, it):
                         break
@@ -153,7 +153,7 @@ class LatentMAP:
                     if stop is not None:
                         stop.update(z, self.steps)
                         z = stop.final(z)
-                    self.history.append(float(self.objective(z, y).mean()))
+                    self.history.append(float(self.objective(z, y, op).mean()))
             elif self.steps > 0:
                 opt = torch.optim.LBFGS(
                     [z], lr=self.lr, max_iter=self.steps, line_search_fn="strong_wolfe"
@@ -175,8 +175,8 @@ class _Discrepancy:
     """Per-image discrepancy-principle stop: keeps each latent from the first iteration that fits ``y``
     to within the noise, and records that iteration in ``solver.stopped_at`` (``steps``: never)."""
 
-    def __init__(self, solver: LatentMAP, y: Tensor):
-        self.solver, self.y = solver, y
+    def __init__(self, solver: LatentMAP, y: Tensor, physics: Any):
+        self.solver, self.y, self.physics = solver, y, physics
         m = y[0].numel()
         self.threshold = solver.tau * m * float(solver.sigma) ** 2
         self.done = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
@@ -187,7 +187,7 @@ class _Discrepancy:
     def update(self, z: Tensor, it: int) -> bool:
         """Freeze the images that now fit; ``True`` when every image has stopped."""
         x = self.solver.flow.inverse(z) + 0.5
-        res = ((self.solver.physics.A(x) - self.y) ** 2).reshape(self.y.shape[0], -1).sum(1)
+        res = ((self.physics.A(x) - self.y) ** 2).reshape(self.y.shape[0], -1).sum(1)
         new = (res <= self.threshold) & ~self.done
         if bool(new.any()):
             self.kept = z.detach().clone() if self.kept is None else torch.where(

@@ -65,9 +65,8 @@ def _display(y: Tensor, op: Any, like: Tensor) -> Tensor:
 
 def _model_method(solver) -> Method:
     def run(y: Tensor, op: Any, sigma: float) -> Tensor:
-        solver.physics = op
         with torch.no_grad():
-            return solver(y)
+            return solver(y, op)
 
     return run
 

@@ -204,13 +204,12 @@ def calibrate_solver(solver: nn.Module, xt: Tensor, config: Dict[str, Any], phys
     idx = torch.randperm(len(xt), generator=g)[: int(config["calibrate"])]
     x = xt[idx].to(device)
     y = physics.measure(x, float(config["sigma"]), g)
-    solver.physics = physics
     if callable(getattr(solver, "calibrate", None)):
-        return solver.calibrate(y, x)
+        return solver.calibrate(y, x, physics)
     report: Dict[str, Any] = {"start_alpha": None}
     if getattr(solver, "smooth_start", None) is not None:
         report["start_alpha"] = solver.smooth_start.calibrate(y, x, physics)
-    report["start_psnr"] = report["psnr"] = float(psnr(solver.start(y).clamp(0, 1), x).mean())
+    report["start_psnr"] = report["psnr"] = float(psnr(solver.start(y, physics).clamp(0, 1), x).mean())
     return report
 
 

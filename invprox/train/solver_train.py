@@ -21,6 +21,11 @@ continues exactly where the checkpoint was written. Early stopping counts valida
 ``val_every``) without improvement; a validation added at the end of a run stopped by ``max_steps`` only
 updates ``solver.pt``. A non-finite loss raises :class:`NonFiniteLossError`; the last checkpoint stays as
 it was.
+
+Under ``torchrun --nproc_per_node=N -m invprox train ...`` every process builds the same solver and takes
+``batch / N`` images of each global batch (the measurement noise is drawn for the whole batch, then split);
+DDP averages the gradients, stop decisions (budget, non-finite loss) are taken together, and rank 0 writes
+the checkpoint, ``solver.pt`` and the metrics. The run equals one process on the global batch.
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from ..checkpoint import CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state
+from ..distributed import barrier, cleanup, init_distributed, is_distributed, wrap_ddp
 from ..metrics import psnr
 from ..physics import canonical_task
 from .loop_utils import Progress, epoch_order, resolve_device, write_json
@@ -70,8 +77,7 @@ def _validate(solver, groups, xv: Tensor, dev) -> Dict[str, float]:
     se, ps = 0.0, 0.0
     for start, end, y, op in groups:
         x = xv[start:end].to(dev)
-        solver.physics = op
-        out = solver(y.to(dev))
+        out = solver(y.to(dev), op)
         se += float(((out - x) ** 2).flatten(1).mean(1).sum())
         ps += float(psnr(out.clamp(0, 1), x).clamp(max=100.0).sum())
     solver.train(was)
@@ -174,6 +180,16 @@ def train_solver(
         NonFiniteLossError: the loss became NaN/inf (``checkpoint.pt`` keeps the last good state).
     """
     opts = {k: v for k, v in locals().items() if k not in ("log", "progress")}
+    # under torchrun: one process per replica, each on batch / world_size images of every global batch;
+    # DDP averages the gradients, so the run equals one process on the global batch. Rank 0 writes.
+    own_group = not is_distributed()
+    info = init_distributed()
+    world, rank, main = info.world_size, info.rank, info.is_main
+    if world > 1:
+        if not isinstance(batch, int) or batch % world:
+            raise ValueError(f"batch {batch!r} must be a multiple of the {world} processes (the global batch)")
+        if not main:
+            log, progress = (lambda s: None), False
     out_dir = Path(out)
     ckpt_path = out_dir / "checkpoint.pt"
     state: Optional[Dict[str, Any]] = None
@@ -189,6 +205,7 @@ def train_solver(
     elif ckpt_path.exists():
         raise ValueError(f"{out_dir} already holds a training run; pass --resume to continue it "
                          "or choose another --out")
+    barrier()  # every rank has looked at OUT before rank 0 writes there
     cfg = dict(opts)
     cfg["task"] = canonical_task(cfg["task"])
     if cfg["prox"] not in PROX_KINDS:
@@ -202,7 +219,7 @@ def train_solver(
         raise ValueError(f"sigma must be non-negative, got {cfg['sigma']!r}")
     cfg["physics_options"] = physics_options(cfg["task"], cfg["p_missing"], cfg["kernel"], cfg["blur_std"],
                                              cfg["factor"], cfg["cs_ratio"], cfg["seed"])
-    dev = resolve_device(device)
+    dev = info.device if world > 1 and info.device.type == "cuda" else resolve_device(device)
     flow_net = None
     if state is not None and state.get("flow_config") is not None:  # the flow's weights are in the state
         from ..flows.glow import Glow
@@ -232,6 +249,9 @@ def train_solver(
     opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"]))
     groups = fixed_measurements(xv, range(len(xv)), task, popts, sig, seed, "val", cfg["batch"], fixed_op)
     bsz = min(cfg["batch"], len(xt))
+    if bsz % world:
+        raise ValueError(f"{len(xt)} training images give batches of {bsz}, not a multiple of the {world} "
+                         "processes")
     per_epoch = len(xt) // bsz
     total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
     r: Dict[str, Any] = {"epoch": 0, "pos": 0, "step": 0, "best_val": None, "best_step": None,
@@ -246,6 +266,9 @@ def train_solver(
         r["calibration"] = calibrate_solver(solver, xt, cfg, first_op, dev)
         log(f"calibrated on {cfg['calibrate']} training pairs: PSNR {r['calibration']['psnr']:.2f} dB "
             f"(start {r['calibration']['start_psnr']:.2f} dB)")
+    if world > 1 and dev.type == "cuda":  # batch norm over the global batch, as in one process
+        solver = torch.nn.SyncBatchNorm.convert_sync_batchnorm(solver)
+    model = wrap_ddp(solver, dev) if world > 1 else solver  # DDP broadcasts rank 0's parameters
     r.setdefault("train_cpu_s", 0.0)
     r.setdefault("train_wall_s", 0.0)
     used_key = "train_cpu_s" if budget_clock == "cpu" else "train_wall_s"
@@ -254,6 +277,8 @@ def train_solver(
 
     def checkpoint() -> None:
         r["elapsed_s"] = elapsed0 + time.time() - t0
+        if not main:
+            return
         save_checkpoint(ckpt_path, {"format": _CKPT, "config": cfg, "flow_config": flow_config,
                                     "model": solver.state_dict(), "optimizer": opt.state_dict(),
                                     "run": dict(r), "rng": rng_state()})
@@ -264,9 +289,10 @@ def train_solver(
              "best_step": r["best_step"], "history": r["history"], "val": r["val"], "n_train": len(xt),
              "n_val": len(xv), "train_cpu_s": r["train_cpu_s"],
              "train_wall_s": r["train_wall_s"], "calibration": r.get("calibration"),
-             "device": str(dev), "wall_time_s": elapsed0 + time.time() - t0, "config": cfg,
-             "solver": str(out_dir / "solver.pt"), "checkpoint": str(ckpt_path)}
-        write_json(out_dir / "metrics.json", m)
+             "device": str(dev), "world_size": world, "wall_time_s": elapsed0 + time.time() - t0,
+             "config": cfg, "solver": str(out_dir / "solver.pt"), "checkpoint": str(ckpt_path)}
+        if main:
+            write_json(out_dir / "metrics.json", m)
         return m
 
     def last_good() -> str:
@@ -291,13 +317,15 @@ def train_solver(
                          "train_cpu_s": r["train_cpu_s"], **v})
         if r["best_val"] is None or v["val_loss"] < r["best_val"]:
             r["best_val"], r["best_step"] = v["val_loss"], r["step"]
-            save_solver(out_dir / "solver.pt", solver, cfg, flow_config, {"step": r["step"], **v})
+            if main:
+                save_solver(out_dir / "solver.pt", solver, cfg, flow_config, {"step": r["step"], **v})
         if scheduled:
             improved = r["es_best"] is None or v["val_loss"] < r["es_best"]
             r["es_best"] = v["val_loss"] if improved else r["es_best"]
             r["bad"] = 0 if improved else r["bad"] + 1
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     budget_s = None if budget_minutes is None else 60 * budget_minutes
     bar = Progress(total, r["step"], "train", progress, budget_s, used=lambda: r[used_key])
     status = "finished"
@@ -305,7 +333,7 @@ def train_solver(
         if patience and r["bad"] >= patience:
             status = "early_stopped"
             break
-        if budget_minutes is not None and r[used_key] >= 60 * budget_minutes:
+        if budget_minutes is not None and _any_rank(r[used_key] >= 60 * budget_minutes):
             status = "budget"
             break
         order = epoch_order(len(xt), seed, r["epoch"])
@@ -313,10 +341,12 @@ def train_solver(
         g = torch.Generator().manual_seed(mix_seed(seed, 1, r["step"]))
         op = fixed_op if fixed_op is not None else task_physics(task, shape, popts, g)
         y = op.measure(x, sig, g)
-        solver.physics = op
+        if world > 1:  # this rank's share of the global batch (the noise was drawn for all of it)
+            part = slice(rank * (bsz // world), (rank + 1) * (bsz // world))
+            x, y = x[part], y[part]
         c0, w0 = time.process_time(), time.perf_counter()
-        loss = ((solver(y) - x) ** 2).mean()
-        lv = float(loss.detach())
+        loss = ((model(y, op) - x) ** 2).mean()
+        lv = _mean_over_ranks(float(loss.detach()))
         if not math.isfinite(lv):
             raise non_finite(f"training loss is {lv}")
         opt.zero_grad(set_to_none=True)
@@ -354,4 +384,24 @@ def train_solver(
     m = metrics(status)
     log(f"{status}: {r['step']} steps, best val loss {r['best_val']:.5g} at step {r['best_step']}; "
         f"wrote {out_dir}")
+    if own_group:
+        cleanup()
     return m
+
+
+def _any_rank(flag: bool) -> bool:
+    """``flag`` on any rank (every rank must stop at the same step); ``flag`` itself in one process."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([float(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _mean_over_ranks(value: float) -> float:
+    """The mean of ``value`` over the ranks (the global batch's loss), the same on every rank."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
