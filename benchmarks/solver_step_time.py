@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     )
     command = " ".join(["python benchmarks/solver_step_time.py", *(argv or sys.argv[1:])])
     md = (f"# Flow-prox solver: time of one training step vs model size (cpu)\n\n"
-          f"K = {args.K}, 3 x {args.size} x {args.size} images, Glow {args.levels} levels x {args.steps} steps; "
+          f"K = {args.K}, 3 x {args.size} x {args.size} images, "
+          f"Glow {args.levels} levels x {args.steps} steps; "
           f"CPU process time (engine and standard interleaved), "
           f"median of {args.repeats}. {describe_machine(info)}\n\n"
           f"Command: `{command}`\n\n{table}\n")

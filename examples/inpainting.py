@@ -2,7 +2,8 @@
 
 What it shows: :class:`invprox.physics.Inpainting` with per-image masks ``(B, 1, H, W)`` from
 :func:`invprox.physics.random_mask`, passed to :class:`invprox.solvers.FlowProxSolver` with every call
-(``solver(y, op)``, as deepinv's reconstructors take it: the solver keeps no per-call operator); the solver starts from the pre-trained
+(``solver(y, op)``, as deepinv's reconstructors take it: the solver keeps no per-call operator); the
+solver starts from the pre-trained
 Glow (``benchmarks/results/glow_celeba32.pt``, 32x32 RGB CelebA faces) and is fine-tuned end to end, then
 compared with the back-projection ``A^T y`` (the masked image) and the classical reference
 (:func:`invprox.solvers.classical_reference`: biharmonic inpainting, then TV denoising).

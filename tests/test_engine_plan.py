@@ -1,13 +1,16 @@
-"""The engine's plan: bookkeeping only where a block needs it, rebuilt when the blocks change."""
+"""The engine's plan: bookkeeping only where a block needs it (random state replayed for the blocks that
+draw, and only for those), rebuilt when the blocks change."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 
 from invprox import InvertibleChain, testing
 from invprox.core.plan import make_plan
-from invprox.flows import AffineCoupling, Glow
+from invprox.flows import AdditiveCoupling, AffineCoupling, Glow
 from invprox.physics import make_physics
 from invprox.solvers import FlowProxSolver
 
@@ -61,3 +64,36 @@ def test_batch_norm_inside_a_coupling_counts_one_batch_per_step():
     x = torch.randn(8, 4, 4, 4)
     chain(x).square().sum().backward()
     assert int(net[1].num_batches_tracked) == 1
+
+
+class DropoutBlock(AffineCoupling):
+    def __init__(self):
+        super().__init__(4, 8, dropout=0.5)
+
+
+def test_dropout_random_state_replayed():
+    torch.manual_seed(0)
+    blocks = [testing.randomize_parameters(DropoutBlock(), 0.3, seed=i).double() for i in range(3)]
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0), dtype=D64)
+    chain = InvertibleChain(blocks)
+    plain = copy.deepcopy(chain)
+    plain.memory_efficient = False
+    grads = []
+    for c in (chain, plain):
+        torch.manual_seed(123)
+        xi = x.clone().requires_grad_()
+        grads.append(torch.autograd.grad(c(xi).square().sum(), [xi, *c.parameters()]))
+    assert testing.relative_error(grads[0], grads[1]) < 1e-10
+    # and the masks really were random: another seed gives other gradients
+    torch.manual_seed(7)
+    xi = x.clone().requires_grad_()
+    other = torch.autograd.grad(chain(xi).square().sum(), [xi, *chain.parameters()])
+    assert testing.relative_error(other, grads[1]) > 1e-3
+
+
+def test_random_state_kept_only_for_blocks_that_draw_random_numbers():
+    blocks = [AffineCoupling(4, 8).double(), DropoutBlock().double(), AdditiveCoupling(4, 8).double()]
+    x = torch.randn(2, 4, 3, 3, generator=torch.Generator().manual_seed(0), dtype=D64)
+    y = InvertibleChain(blocks)(x.requires_grad_())
+    kept = [st.cpu_rng is not None for st in y.grad_fn.states]  # grad_fn is the Function's ctx
+    assert kept == [False, True, False]

@@ -25,7 +25,7 @@ def setup(tiny_data, tmp_path_factory):
 
 
 class _Identity(nn.Module):
-    """A "perfect" denoiser at sigma 0: returns the measurement (a solver: called as ``solver(y, physics)``)."""
+    """A "perfect" denoiser at sigma 0: returns the measurement (called as ``solver(y, physics)``)."""
 
     def forward(self, y, physics=None):
         return y

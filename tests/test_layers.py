@@ -2,7 +2,8 @@
 
 Layers, bottom up: ``core`` (the engine: torch alone) and two torch-only utilities that import nothing
 of invprox (``checkpoint``: atomic files; ``metrics``: PSNR, SSIM); ``flows``, ``physics``, ``data`` and
-``testing`` on top of them; ``solvers`` on flows and physics; ``train``, ``cli``, ``__main__`` and ``distributed``
+``testing`` on top of them; ``solvers`` on flows and physics; ``train``, ``cli``, ``__main__`` and
+``distributed``
 (the application) on everything.
 """
 

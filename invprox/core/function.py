@@ -176,7 +176,9 @@ def _restore(cfg: _Config, j: int):
 
 def _replay(cfg: _Config, st: BlockState):
     """The context that replays block state ``st`` (random state, autocast) where there is any."""
-    return st.replay(cfg.replay_autocast) if st.needs_replay(cfg.replay_autocast) else contextlib.nullcontext()
+    if st.needs_replay(cfg.replay_autocast):
+        return st.replay(cfg.replay_autocast)
+    return contextlib.nullcontext()
 
 
 def _narrows(a: Tensor, b: Tensor) -> bool:

@@ -41,7 +41,8 @@ class BlockState:
         if preserve_rng:
             cpu_rng = torch.get_rng_state()
             devices, device_rng = get_device_states(x, *cond)
-        return cls(x.shape, cpu_rng, devices, device_rng, autocast if autocast is not None else autocast_state())
+        autocast = autocast if autocast is not None else autocast_state()
+        return cls(x.shape, cpu_rng, devices, device_rng, autocast)
 
     def settle(self, after: BlockState) -> None:
         """Forget the random state if the block drew no random numbers (the state ``after`` it is the same).
@@ -74,7 +75,8 @@ class BlockState:
             # region must not recompute in low precision a block whose forward ran without autocast
             if autocast:
                 for dev, enabled, dtype, cache in self.autocast:
-                    stack.enter_context(torch.autocast(dev, dtype=dtype, enabled=enabled, cache_enabled=cache))
+                    stack.enter_context(
+                        torch.autocast(dev, dtype=dtype, enabled=enabled, cache_enabled=cache))
             yield
 
     @staticmethod

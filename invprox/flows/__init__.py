@@ -17,8 +17,8 @@ from .layers import (
     squeeze2d,
     unsqueeze2d,
 )
-from .step import GlowStep
 from .prior import PRIORS, prior_log_prob, prior_prox, prior_sample
+from .step import GlowStep
 
 __all__ = [
     "PRIORS",

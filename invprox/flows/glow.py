@@ -17,9 +17,10 @@ Architecture (all in one tensor)
 --------------------------------
 Each of the ``levels`` levels squeezes the *whole* tensor (space-to-depth 2x2, which maps the leading
 channels to leading channels), runs ``steps`` flow steps (:class:`~invprox.flows.step.GlowStep`: ActNorm ->
-invertible 1x1 conv -> coupling, one engine block each) on the leading ``active`` channels, and, except at the last level, applies a :class:`SplitPrior` that normalises
-the second half of the active channels, which later levels leave alone. At the end the tensor is
-un-squeezed ``levels`` times back to ``(B, C, H, W)``. Channels active at level ``l``: ``C * 2**(l + 2)``.
+invertible 1x1 conv -> coupling, one engine block each) on the leading ``active`` channels, and, except at
+the last level, applies a :class:`SplitPrior` that normalises the second half of the active channels, which
+later levels leave alone. At the end the tensor is un-squeezed ``levels`` times back to ``(B, C, H, W)``.
+Channels active at level ``l``: ``C * 2**(l + 2)``.
 The whole flow is one :class:`invprox.InvertibleChain`, so training is memory-efficient.
 """
 
@@ -42,8 +43,8 @@ from .layers import (
     squeeze2d,
     unsqueeze2d,
 )
-from .step import GlowStep
 from .prior import PRIORS, prior_log_prob, prior_prox, prior_sample
+from .step import GlowStep
 
 __all__ = ["Glow", "build_glow_blocks"]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..core.block import InvertibleModule
 from .coupling import AdditiveCoupling, AffineCoupling, _Coupling
@@ -105,7 +105,8 @@ class GlowStep(InvertibleModule):
 
     # -- fused rebuilds for the engine ---------------------------------------------------------------
     def rebuild(self, y: Tensor, logdet: bool = False):
-        """``(x, forward(x) with graph, logdet with graph or None)`` from the output ``y``, one network pass."""
+        """``(x, forward(x) with graph, logdet with graph or None)`` from the output ``y``, in one
+        pass of the network."""
         b, rest = self._split(y)
         # the coupling: its input (a leaf) and its graph from one network pass on the known half
         u_leaf, yc, ldc = self.coupling._fused(b, (), logdet, forward=True)

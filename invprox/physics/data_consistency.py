@@ -28,9 +28,9 @@ class DataConsistency(InvertibleModule):
     ``physics`` is the block's default operator, not a submodule: a solver passes another for one call
     with :meth:`bind` (e.g. a new random mask per batch; ``mu`` then follows the new ``||A||^2`` with the
     same fraction ``t``), and ``block.physics = op`` changes the default. It is therefore not in
-    ``state_dict()`` and not moved by ``.to()``; the built-in operators cast their buffers to the input's device and dtype on every call. Any object
-    with ``A`` and ``A_adjoint`` works (e.g. a deepinv ``Physics``): the inverse then uses conjugate
-    gradients and ``||A||^2`` power iteration.
+    ``state_dict()`` and not moved by ``.to()``; the built-in operators cast their buffers to the input's
+    device and dtype on every call. Any object with ``A`` and ``A_adjoint`` works (e.g. a deepinv
+    ``Physics``): the inverse then uses conjugate gradients and ``||A||^2`` power iteration.
 
     Args:
         physics: the forward operator.
@@ -83,7 +83,7 @@ class DataConsistency(InvertibleModule):
         """The current forward operator."""
         return self.__dict__["_physics"]
 
-    def bind(self, physics: Any) -> "DataConsistency":
+    def bind(self, physics: Any) -> DataConsistency:
         """This block with another operator, for one call: a view that shares ``raw_mu`` (its gradient
         reaches this block's parameter), leaving this block's own operator as it is."""
         if physics is self.physics:

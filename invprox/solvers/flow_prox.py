@@ -266,7 +266,7 @@ class FlowProxSolver(SwappablePhysics):
         self._alias_prefixes.append(head)
 
     @staticmethod
-    def _forget_chain_aliases(module: "FlowProxSolver", incompatible) -> None:
+    def _forget_chain_aliases(module: FlowProxSolver, incompatible) -> None:
         heads, module._alias_prefixes = tuple(module._alias_prefixes), []
         incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(heads)]
 

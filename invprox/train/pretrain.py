@@ -173,7 +173,8 @@ def pretrain(
             log(f"init: model settings {differ} taken from {init}")
         size, channels = gcfg["image_size"][0], gcfg["in_channels"]
         levels, steps, hidden = gcfg["levels"], gcfg["steps"], gcfg["hidden"]
-        coupling, prior, n_bits, scale_min = gcfg["coupling"], gcfg["prior"], gcfg["n_bits"], gcfg["scale_min"]
+        coupling, prior, n_bits = gcfg["coupling"], gcfg["prior"], gcfg["n_bits"]
+        scale_min = gcfg["scale_min"]
     xt, xv = load_images(data, size, channels, val_data, n_train, n_val, seed)
     torch.manual_seed(seed)
     if state is None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -43,6 +43,7 @@ from ..checkpoint import CheckpointError, load_latest, rng_state, save_checkpoin
 from ..distributed import barrier, cleanup, init_distributed, is_distributed, wrap_ddp
 from ..metrics import psnr
 from ..physics import canonical_task
+from .config import RUN_KEYS, TrainConfig
 from .loop_utils import Progress, epoch_order, resolve_device, write_json
 from .solver_setup import (
     PROX_KINDS,
@@ -62,8 +63,6 @@ __all__ = ["train_solver", "NonFiniteLossError"]
 
 _CKPT = "invprox.train_solver/1"
 # options that may change on resume; everything else is taken from the checkpoint
-_RUN_KEYS = ("epochs", "max_steps", "budget_minutes", "budget_clock", "val_every", "patience", "device",
-             "out", "resume")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,98 +87,42 @@ def train_solver(
     data: str = "embedded",
     out: str = "runs/solver",
     *,
-    task: str = "denoising",
-    prox: str = "flow",
-    K: int = 4,
-    sigma: float = 0.2,
-    val_data: Optional[str] = None,
-    size: int = 64,
-    channels: int = 3,
-    flow: Optional[str] = None,
-    tied: bool = False,
-    shrinkage: Optional[str] = None,
-    mu_init: float = 0.5,
-    lam_init: float = 0.1,
-    lam_per: str = "level",
-    start: str = "smooth",
-    calibrate: int = 32,
-    clip_grad: float = 1.0,
-    p_missing: float = 0.5,
-    kernel: str = "gaussian",
-    blur_std: float = 2.0,
-    factor: int = 2,
-    cs_ratio: float = 0.25,
-    features: Optional[int] = None,
-    n_blocks: Optional[int] = None,
-    depth: Optional[int] = None,
-    lr_net: float = 1e-5,
-    lr_step: float = 1e-2,
-    batch: int = 8,
-    epochs: int = 100,
-    max_steps: Optional[int] = None,
-    budget_minutes: Optional[float] = None,
-    budget_clock: str = "cpu",
-    val_every: Optional[int] = None,
-    patience: int = 5,
-    n_train: Optional[int] = None,
-    n_val: Optional[int] = 64,
-    standard_autograd: bool = False,
-    checkpoint_folds: bool = False,
-    keep_every: Union[int, str, None] = "fold",
-    seed: int = 0,
-    device: str = "cpu",
-    resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    **options: Any,
 ) -> Dict[str, Any]:
     """Train an unrolled solver end to end; see the module docstring.
 
     Args:
-        data, val_data: data specs (``"embedded"``, a folder, ``"celeba64"``); train split and val split.
-            ``val_data="holdout"`` validates on the last ``n_val`` images of the train split instead (and
-            trains on the others), so that early stopping never sees the test images.
-        out: output folder (refused if it already holds a run, unless ``resume``).
-        task: denoising, inpainting, deblurring, superresolution or compressed_sensing; task options
-            ``p_missing`` (inpainting), ``kernel`` ``"gaussian"|"motion"`` and ``blur_std`` (deblurring),
-            ``factor`` (superresolution), ``cs_ratio`` (compressed sensing).
-        prox: ``"flow"`` (needs ``flow``, the ``flow.pt`` of ``invprox pretrain``), ``"resnet"``, ``"unet"``.
-        K: folds. sigma: training and validation noise std (images in ``[0, 1]``).
-        size, channels: image side and channels (must match the flow).
-        tied, shrinkage, keep_every, standard_autograd: flow-solver options (one flow for all folds; latent
-            shrinkage; the engine's drift policy; plain autograd instead of the engine).
-        mu_init, lam_init: initial step ``mu_k`` (a fraction of ``1/||A||^2``, every solver) and latent
-            shrinkage ``lambda_k`` (flow); overridden by the calibration.
-        lam_per: flow: ``"level"`` (one ``lambda`` per multi-scale level) or ``"scalar"`` (the paper's).
-        start: ``"smooth"`` (:class:`~invprox.solvers.start.SmoothStart`, every solver) or ``"paper"`` (the
-            flow's mode ``g(0)``; ``A^T y`` for the baselines).
-        calibrate: before the first step, set the smooth start's ``alpha`` (every solver) and, for the
-            flow, ``mu_k`` and ``lambda_k`` (:meth:`~invprox.solvers.FlowProxSolver.calibrate`) from this
-            many training pairs, without backprop; 0 turns it off.
-        clip_grad: clip the gradient's global norm to this value (0: off); a non-finite gradient norm
-            stops the run like a non-finite loss.
-        features, n_blocks, depth, checkpoint_folds: baseline options (``None``: the factory's default;
-            ``torch.utils.checkpoint`` per fold).
-        lr_net, lr_step: Adam learning rates of the networks and of the step sizes / shrinkages.
-        batch, epochs, max_steps: batch size, epochs, stop after this many optimizer steps in total.
-        budget_minutes: stop when the training steps have used this many minutes (validation and
-            calibration excluded) of ``budget_clock``: ``"cpu"``, the process's CPU time, an equal budget
-            for every solver that other jobs on a shared machine do not shrink (run with one torch thread
-            to compare methods); ``"wall"``, elapsed time (use it on a GPU, where the CPU waits).
-        val_every, patience: validate every this many steps (default: each epoch); early stopping after
-            ``patience`` validations without improvement (0 disables it).
-        n_train, n_val: use at most this many images. seed: model init, data order and measurements.
-        device: "cpu", "cuda" or "auto". resume: continue from ``out/checkpoint.pt``.
-        progress: tqdm bar. log: where messages go.
+        data, out: training data (``"embedded"``, a folder, ``"celeba64"``) and output folder.
+        progress: progress bar. log: where messages go.
+        **options: any other field of :class:`~invprox.train.config.TrainConfig`, the one declaration of
+            every option (``invprox train --help`` lists them with their help): task and its options,
+            ``prox`` (``"flow"`` needs ``flow``, the ``flow.pt`` of ``invprox pretrain``), ``K``, ``sigma``,
+            the start and ``calibrate``, learning rates, ``batch``, the budget (``epochs``, ``max_steps``,
+            ``budget_minutes`` of ``budget_clock`` time), validation (``val_data``, possibly
+            ``"holdout"``: the last ``n_val`` training images), ``seed``, ``device``, ``resume``.
 
     Returns:
         The metrics (also ``out/metrics.json``): ``history`` (train loss per epoch), ``val`` (per
         validation), ``best_val_loss``, ``best_step``, ``steps``, ``status``, ``config``, paths.
 
     Raises:
-        ValueError, FileNotFoundError: bad options or data. CheckpointError: unusable checkpoint on resume.
+        TypeError: an unknown option. ValueError, FileNotFoundError: bad options or data.
+        CheckpointError: unusable checkpoint on resume.
         NonFiniteLossError: the loss became NaN/inf (``checkpoint.pt`` keeps the last good state).
     """
-    opts = {k: v for k, v in locals().items() if k not in ("log", "progress")}
+    return run_training(TrainConfig(data=data, out=out, **options), progress=progress, log=log)
+
+
+def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str], None] = print
+                 ) -> Dict[str, Any]:
+    """Train the solver that ``config`` describes (what :func:`train_solver` and ``invprox train`` run)."""
+    opts = config.as_dict()
+    batch, out, resume, device = config.batch, config.out, config.resume, config.device
+    epochs, max_steps = config.epochs, config.max_steps
+    val_every, patience = config.val_every, config.patience
+    budget_minutes, budget_clock = config.budget_minutes, config.budget_clock
     # under torchrun: one process per replica, each on batch / world_size images of every global batch;
     # DDP averages the gradients, so the run equals one process on the global batch. Rank 0 writes.
     own_group = not is_distributed()
@@ -187,7 +130,8 @@ def train_solver(
     world, rank, main = info.world_size, info.rank, info.is_main
     if world > 1:
         if not isinstance(batch, int) or batch % world:
-            raise ValueError(f"batch {batch!r} must be a multiple of the {world} processes (the global batch)")
+            raise ValueError(f"batch {batch!r} must be a multiple of the {world} processes "
+                             "(it is the global batch)")
         if not main:
             log, progress = (lambda s: None), False
     out_dir = Path(out)
@@ -198,10 +142,10 @@ def train_solver(
         if not isinstance(state, dict) or state.get("format") != _CKPT:
             raise CheckpointError(f"{ckpt_path} is not a checkpoint of `invprox train`")
         saved = dict(state["config"])
-        differ = sorted(k for k in saved if k not in _RUN_KEYS and k in opts and opts[k] != saved[k])
+        differ = sorted(k for k in saved if k not in RUN_KEYS and k in opts and opts[k] != saved[k])
         if differ:
             log(f"resume: {', '.join(differ)} taken from the checkpoint")
-        opts.update({k: v for k, v in saved.items() if k in opts and k not in _RUN_KEYS})
+        opts.update({k: v for k, v in saved.items() if k in opts and k not in RUN_KEYS})
     elif ckpt_path.exists():
         raise ValueError(f"{out_dir} already holds a training run; pass --resume to continue it "
                          "or choose another --out")

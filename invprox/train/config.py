@@ -1,0 +1,127 @@
+"""The options of ``invprox train``, declared once: a frozen dataclass from which the command line is made.
+
+Each field of :class:`TrainConfig` carries its default, its help text and (where the command line needs
+them) its choices and parser; :func:`add_arguments` turns the fields into ``argparse`` options (``K`` ->
+``--K``, ``lr_net`` -> ``--lr-net``, booleans -> flags), :func:`train_solver
+<invprox.train.solver_train.train_solver>` takes the same names as keywords, and a run's ``config`` (in its
+checkpoint and metrics) is :func:`dataclasses.asdict` of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Optional, Union
+
+__all__ = ["TrainConfig", "add_arguments", "RUN_KEYS"]
+
+
+def _keep_every(text: str) -> Union[int, str, None]:
+    if text in ("fold", "none"):
+        return None if text == "none" else text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, 'fold' or 'none', got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, 'fold' or 'none', got {text!r}")
+    return n
+
+
+def _opt(default: Any, help: str, parse: Optional[Callable[[str], Any]] = None, choices=None,
+         metavar: Optional[str] = None) -> Any:
+    meta = {"help": help, "parse": parse, "choices": choices, "metavar": metavar}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training job of an unrolled solver (flow, ResNet or U-Net prox); see ``invprox train --help``."""
+
+    # data and task
+    data: str = _opt("embedded", "'embedded', an image folder, or a shared data set (celeba64)")
+    out: str = _opt("runs/solver", "output folder")
+    task: str = _opt("denoising", "denoising, inpainting, deblurring, superresolution, compressed_sensing")
+    p_missing: float = _opt(0.5, "inpainting: fraction of missing pixels", float)
+    kernel: str = _opt("gaussian", "deblurring kernel", choices=("gaussian", "motion"))
+    blur_std: float = _opt(2.0, "deblurring: std of the Gaussian kernel", float)
+    factor: int = _opt(2, "super-resolution factor", int)
+    cs_ratio: float = _opt(0.25, "compressed sensing: measurements / pixels", float)
+    sigma: float = _opt(0.2, "noise std (images in [0, 1])", float)
+    val_data: Optional[str] = _opt(None, "validation data (default: the 'val' split of --data); 'holdout': "
+                                   "the last --n-val images of the train split")
+    size: int = _opt(64, "image side", int)
+    channels: int = _opt(3, "image channels", int, choices=(1, 3))
+    n_train: Optional[int] = _opt(None, "use at most this many training images", int)
+    n_val: Optional[int] = _opt(64, "use at most this many validation images", int)
+    # the solver
+    prox: str = _opt("flow", "the prox of every fold", choices=("flow", "resnet", "unet"))
+    K: int = _opt(4, "number of folds", int)
+    flow: Optional[str] = _opt(None, "pre-trained Glow (flow.pt of `invprox pretrain`); needed for "
+                               "--prox flow")
+    tied: bool = _opt(False, "flow: one flow shared by all folds")
+    shrinkage: Optional[str] = _opt(None, "flow: latent prox (default: the flow's prior)",
+                                    choices=("gaussian", "laplace"))
+    mu_init: float = _opt(0.5, "initial step mu_k as a fraction of 1/||A||^2", float)
+    lam_init: float = _opt(0.1, "flow: initial latent shrinkage lambda_k", float)
+    lam_per: str = _opt("level", "flow: one lambda per multi-scale latent level, or one per fold (the "
+                        "paper's)", choices=("level", "scalar"))
+    start: str = _opt("smooth", "x_0: smoothness-regularised least squares from y, or the paper's (flow: "
+                      "g(0); CNNs: A^T y)", choices=("smooth", "paper"))
+    calibrate: int = _opt(32, "set the start (and for the flow mu_k, lambda_k) from N training pairs "
+                          "before training; 0: off", int, metavar="N")
+    keep_every: Union[int, str, None] = _opt(
+        "fold", "flow engine drift policy: keep every N-th block's input, 'fold' (each fold's input, one "
+        "image per fold) or 'none' (pure inversion)", _keep_every, metavar="N|fold|none")
+    standard_autograd: bool = _opt(False, "flow: plain autograd instead of the engine")
+    checkpoint_folds: bool = _opt(False, "baselines: torch.utils.checkpoint per fold")
+    features: Optional[int] = _opt(None, "baselines: feature maps (default: the factory's)", int)
+    n_blocks: Optional[int] = _opt(None, "resnet: residual blocks", int)
+    depth: Optional[int] = _opt(None, "unet: levels", int)
+    # optimisation
+    lr_net: float = _opt(1e-5, "learning rate of the networks (paper: 1e-5)", float)
+    lr_step: float = _opt(1e-2, "learning rate of mu_k, lambda_k (paper: 1e-2)", float)
+    clip_grad: float = _opt(1.0, "clip the gradient's global norm (0: off)", float)
+    batch: int = _opt(8, "global batch (split over the processes under torchrun)", int)
+    epochs: int = _opt(100, "epochs", int)
+    max_steps: Optional[int] = _opt(None, "stop after this many steps in total", int)
+    budget_minutes: Optional[float] = _opt(None, "stop after this many minutes of --budget-clock time in "
+                                           "training steps (equal per solver)", float)
+    budget_clock: str = _opt("cpu", "what the budget counts: the process's CPU time (fair on a shared CPU) "
+                             "or wall time (GPU)", choices=("cpu", "wall"))
+    val_every: Optional[int] = _opt(None, "validate every n steps (default: each epoch)", int)
+    patience: int = _opt(5, "early stopping: validations without improvement (0: off)", int)
+    seed: int = _opt(0, "seed of the model, the data order and the measurements", int)
+    device: str = _opt("cpu", "cpu, cuda, cuda:1 or auto")
+    resume: bool = _opt(False, "continue from OUT/checkpoint.pt")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: fields that belong to a run, not to the model: on resume they are taken from the call, not the checkpoint
+RUN_KEYS = ("epochs", "max_steps", "budget_minutes", "budget_clock", "val_every", "patience", "device",
+            "out", "resume")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One ``--option`` per field of ``cls`` (``lr_net`` -> ``--lr-net``; booleans are flags)."""
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, dest=f.name, action="store_true", help=meta["help"])
+            continue
+        kw: Dict[str, Any] = {"dest": f.name, "default": f.default, "help": meta["help"]}
+        if meta.get("parse") is not None:
+            kw["type"] = meta["parse"]
+        if meta.get("choices") is not None:
+            kw["choices"] = meta["choices"]
+        if meta.get("metavar") is not None:
+            kw["metavar"] = meta["metavar"]
+        parser.add_argument(flag, **kw)
