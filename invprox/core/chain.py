@@ -112,7 +112,8 @@ class InvertibleChain(InvertibleModule):
         for j, c in enumerate(cond):
             if not isinstance(c, Tensor):
                 raise TypeError(f"cond[{j}] must be a Tensor, got {type(c).__name__}")
-        if self.check_finite:
+        # the check reads the data, which would split a torch.compile graph: skipped while compiling
+        if self.check_finite and not torch.compiler.is_compiling():
             if x.is_floating_point() and not torch.isfinite(x).all():
                 raise ValueError("input x contains NaN or Inf")
             for j, c in enumerate(cond):
@@ -134,7 +135,7 @@ class InvertibleChain(InvertibleModule):
             preserve_rng_state=self.preserve_rng_state, drift=[],
         )
         self.last_drift = cfg.drift
-        return _ChainFunction.apply(cfg, x, *cond, *params)
+        return _apply(cfg, x, *cond, *params)
 
     def plan(self) -> Plan:
         """The engine's plan of this chain (:mod:`invprox.core.plan`): made once, and again only when the
@@ -197,6 +198,14 @@ class InvertibleChain(InvertibleModule):
         )
         self.__dict__["_inverse_cache"] = (key, inv)
         return inv
+
+
+@torch.compiler.disable
+def _apply(cfg: _Config, x: Tensor, *rest: Tensor):
+    """The engine's Function, run eagerly under ``torch.compile``: its backward rebuilds activations with
+    ``torch.autograd.grad`` per block, which cannot be traced, so a compiled model runs the chain as one
+    eager call between its compiled graphs (the rest of the model compiles as usual)."""
+    return _ChainFunction.apply(cfg, x, *rest)
 
 
 def _unique_params(module: nn.Module) -> List[Tensor]:

@@ -62,6 +62,7 @@ class _ChainFunction(torch.autograd.Function):
         autocast = autocast_state()  # one chain call, one autocast state (shared by its blocks' records)
         ctx.autocast = autocast
         amp = any(enabled for _, enabled, _, _ in autocast)
+        compiling = torch.compiler.is_compiling()  # torch.compile traces no version counters
         for i, block in enumerate(cfg.blocks):
             h_in = h
             if i > 0 and (not plan.invertible[i] or (cfg.keep_every and i % cfg.keep_every == 0)):
@@ -74,7 +75,7 @@ class _ChainFunction(torch.autograd.Function):
                 else:
                     st = BlockState(h.shape, None, [], [], autocast)
             cb = cond if plan.uses_cond[i] else ()
-            version_in = h._version
+            version_in = None if compiling else h._version
             try:
                 if cfg.logdet:
                     h, ld = forward_logdet(block, h, *cb)
@@ -87,7 +88,7 @@ class _ChainFunction(torch.autograd.Function):
                 raise BlockError(f"{_name(i, block)} failed on input of shape {tuple(st.shape)}: {e}") from e
             if not isinstance(h, Tensor):
                 raise BlockError(f"{_name(i, block)} returned {type(h).__name__}, expected a Tensor")
-            if h_in._version != version_in:
+            if not compiling and h_in._version != version_in:
                 raise BlockError(
                     f"{_name(i, block)} modified its input in place; a block must return a new tensor "
                     "(its input may be kept or rebuilt for the backward pass)"
