@@ -86,6 +86,7 @@ from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    SPANS,
     child_report,
     ctx_held,
     describe_machine,
@@ -93,6 +94,7 @@ from _common import (  # noqa: E402
     machine_info,
     markdown_table,
     median,
+    profiled_spans,
     run_children,
     step_peak_rss,
     storage_key,
@@ -327,20 +329,6 @@ def child_main(args) -> None:
 
 
 # -- profile --------------------------------------------------------------------------------------------
-#: the engine's torch.profiler spans (invprox.core.errors.span), in the order of the report
-SPANS = ("invprox.forward", "invprox.state_capture", "invprox.backward", "invprox.rebuild", "invprox.vjp",
-         "invprox.graph_leaves")
-
-
-def _span_seconds(prof) -> Dict[str, float]:
-    """Total time inside each engine span of one profiled step (children included)."""
-    out = {k: 0.0 for k in SPANS}
-    for e in prof.key_averages():
-        if e.key in out:
-            out[e.key] = e.cpu_time_total / 1e6
-    return out
-
-
 def profile(args, depth: int) -> Dict[str, Any]:
     """Split an invprox step at ``depth`` into its parts and list the top operators.
 
@@ -370,10 +358,9 @@ def profile(args, depth: int) -> Dict[str, Any]:
         for _ in range(reps if name == "invprox" else 1):
             zero_grads(params_of(bl))
             x = x0.clone().requires_grad_()
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                train_step(model, x)
+            sp, prof = profiled_spans(lambda: train_step(model, x))  # noqa: B023
             if name == "invprox":
-                spans.append(_span_seconds(prof))
+                spans.append(sp)
         rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
         ops[name] = [
             {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in rows

@@ -60,10 +60,9 @@ the CPU where that fails); activation bytes per fold are measured at reduced ima
 largest sizes, checked against the smallest); the largest K for an 80 GB H100 is then PROJECTED for
 standard, checkpoint per fold and invprox.
 
-``--parts profile``: splits the CPU time of an invprox step at ``--profile-k`` (default 4) into forward,
-inversion, recompute, fused coupling rebuilds, vector-Jacobian products, RNG replay and Python overhead
-(monkeypatched timers), next to standard's forward and backward, plus A/B runs with the RNG capture and
-the finiteness check switched off.
+``--parts profile``: step times of invprox and standard at ``--profile-k`` (default 4), and the split of
+invprox's step into forward, random-state capture, rebuilds, vector-Jacobian products, graph-leaf walks and
+the rest, read from the engine's own ``torch.profiler`` spans (no monkeypatching).
 
 Usage::
 
@@ -84,15 +83,10 @@ then changes nothing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import cProfile
-import functools
 import gc
-import io
 import math
 import os
-import pstats
 import re
 import sys
 import time
@@ -108,6 +102,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    SPANS,
     child_report,
     ctx_held,
     describe_machine,
@@ -115,6 +110,7 @@ from _common import (  # noqa: E402
     machine_info,
     markdown_table,
     median,
+    profiled_spans,
     run_child,
     step_peak_rss,
     storage_key,
@@ -802,185 +798,60 @@ def projection(args) -> Dict[str, Any]:
 
 
 # -- profile --------------------------------------------------------------------------------------------
-class _TimedCM:
-    def __init__(self, cm, acc, key, clock):
-        self.cm, self.acc, self.key, self.clock = cm, acc, key, clock
-
-    def __enter__(self):
-        t = self.clock()
-        r = self.cm.__enter__()
-        self.acc[self.key] += self.clock() - t
-        return r
-
-    def __exit__(self, *exc):
-        t = self.clock()
-        r = self.cm.__exit__(*exc)
-        self.acc[self.key] += self.clock() - t
-        return r
-
-
-@contextlib.contextmanager
-def instrument(solver: FlowProxSolver, acc: Dict[str, float], clock):
-    """Accumulate time of the engine's parts into ``acc`` (monkeypatched timers; outermost calls only)."""
-    from invprox.core.state import BlockState
-
-    try:  # the engine's backward moved from chain.py to function.py (commit ab55251)
-        import invprox.core.function as chain_mod
-    except ImportError:
-        import invprox.core.chain as chain_mod
-    state = {"depth": 0, "in_rebuild": False}
-
-    def timer(fn, key):
-        def wrapped(*a, **k):
-            t = clock()
-            try:
-                return fn(*a, **k)
-            finally:
-                acc[key] += clock() - t
-        return wrapped
-
-    def rebuild_timer(fn):
-        def wrapped(*a, **k):
-            state["in_rebuild"] = True
-            t = clock()
-            try:
-                return fn(*a, **k)
-            finally:
-                acc["rebuild_total"] += clock() - t
-                state["in_rebuild"] = False
-        return wrapped
-
-    def block_timer(fn, kind):
-        @functools.wraps(fn)  # keeps the signature, which the engine reads (accepts_cond)
-        def wrapped(*a, **k):
-            if not invprox.is_recomputing() or state["depth"]:
-                return fn(*a, **k)
-            key = kind
-            if kind == "forward":
-                key = "recompute" if torch.is_grad_enabled() else "forward_nograd"
-            key += "_in_rebuild" if state["in_rebuild"] else "_kept"
-            state["depth"] += 1
-            t = clock()
-            try:
-                return fn(*a, **k)
-            finally:
-                acc[key] += clock() - t
-                acc["n_" + key] += 1
-                state["depth"] -= 1
-        return wrapped
-
-    originals = [
-        (chain_mod, "_rebuild_block", chain_mod._rebuild_block),
-        (chain_mod, "_graph_leaves", chain_mod._graph_leaves),
-        (torch.autograd, "grad", torch.autograd.grad),
-        (BlockState, "capture", BlockState.__dict__["capture"]),
-        (BlockState, "replay", BlockState.__dict__["replay"]),
-        (BlockState, "restore_buffers", BlockState.__dict__["restore_buffers"]),
-    ]
-    orig_capture, orig_replay = BlockState.capture, BlockState.replay
-    orig_restore = BlockState.restore_buffers
-    patched_blocks = []
-    try:
-        chain_mod._rebuild_block = rebuild_timer(chain_mod._rebuild_block)
-        chain_mod._graph_leaves = timer(chain_mod._graph_leaves, "graph_leaves")
-        torch.autograd.grad = timer(torch.autograd.grad, "vjp")
-        BlockState.capture = classmethod(lambda cls, *a, **k: timer(orig_capture, "rng_capture")(*a, **k))
-        BlockState.replay = lambda self: _TimedCM(orig_replay(self), acc, "rng_replay", clock)
-        BlockState.restore_buffers = staticmethod(
-            lambda block: _TimedCM(orig_restore(block), acc, "restore_buffers", clock))
-        for b in {id(b): b for b in solver.chain.blocks}.values():
-            for name, kind in (("forward", "forward"), ("inverse", "inverse")):
-                b.__dict__[name] = block_timer(getattr(b, name), kind)
-            patched_blocks.append(b)
-        yield acc
-    finally:
-        for owner, name, value in originals:
-            setattr(owner, name, value)
-        for b in patched_blocks:
-            b.__dict__.pop("forward", None)
-            b.__dict__.pop("inverse", None)
-
-
 def profile(args, K: int) -> Dict[str, Any]:
-    """Split an invprox training step at ``K`` (CPU time, median of repeats) and compare with standard."""
+    """Split an invprox training step at ``K`` and compare with standard autograd.
+
+    Step totals (invprox and standard, forward / backward / Adam) are timed without a profiler (median
+    over repeats, interleaved). The split of invprox's step comes from the engine's own
+    ``torch.profiler`` spans in profiled steps (no monkeypatching); profiled times include the
+    profiler's overhead, so the report gives each part as a share of the profiled step.
+    """
     clock = cpu_clock(args.device)
     flow = build_flow(args)
     base = build_solver(flow, K, args.device)
     x, y = make_batch(args, args.batch)
     std, inv = Runner("standard", base, args.lr), Runner("invprox", base, args.lr)
-    plain = Runner("invprox", base, args.lr)  # uninstrumented, for the A/B ratios
-    norng = Runner("invprox", base, args.lr)
-    norng.solver.chain.preserve_rng_state = False
-    nofin = Runner("invprox", base, args.lr)
-    nofin.solver.chain.check_finite = False
-    both = Runner("invprox", base, args.lr)
-    both.solver.chain.preserve_rng_state = False
-    both.solver.chain.check_finite = False
     runs: Dict[str, List[float]] = defaultdict(list)
     reps = max(3, args.profile_repeats)
-    variants = [("std", std), ("inv", inv), ("inv_plain", plain), ("inv_norng", norng),
-                ("inv_nofinite", nofin), ("inv_norng_nofinite", both)]
     for rep in range(reps + 1):  # the first is a warm-up
-        for name, r in variants[rep % len(variants):] + variants[: rep % len(variants)]:
+        for name, r in ((("std", std), ("inv", inv)) if rep % 2 else (("inv", inv), ("std", std))):
             r.opt.zero_grad(set_to_none=False)
-            acc: Dict[str, float] = defaultdict(float)
-            cm = instrument(r.solver, acc, clock) if name == "inv" else contextlib.nullcontext()
-            with cm:
-                c0 = clock()
-                out = r.forward(y)
-                loss = F.mse_loss(out, x)
-                c1 = clock()
-                loss.backward()
-                c2 = clock()
-                r.opt.step()
-                c3 = clock()
-            if rep == 0:
-                continue
-            runs[f"{name}_forward"].append(c1 - c0)
-            runs[f"{name}_backward"].append(c2 - c1)
-            runs[f"{name}_adam"].append(c3 - c2)
-            runs[f"{name}_step"].append(c3 - c0)
-            if name == "inv":
-                for k, v in acc.items():
-                    runs[k].append(v)
+            c0 = clock()
+            loss = F.mse_loss(r.forward(y), x)
+            c1 = clock()
+            loss.backward()
+            c2 = clock()
+            r.opt.step()
+            c3 = clock()
+            if rep:
+                for part, v in (("forward", c1 - c0), ("backward", c2 - c1), ("adam", c3 - c2),
+                                ("step", c3 - c0)):
+                    runs[f"{name}_{part}"].append(v)
     m = {k: median(v) for k, v in runs.items()}
-    g = lambda k: m.get(k, 0.0)  # noqa: E731
-    fused = max(0.0, g("rebuild_total") - g("inverse_in_rebuild") - g("recompute_in_rebuild"))
+
+    def step() -> None:
+        inv.opt.zero_grad(set_to_none=False)
+        F.mse_loss(inv.forward(y), x).backward()
+
+    spans = [profiled_spans(step)[0] for _ in range(reps)]
+    sp = {k: median([s[k] for s in spans]) for k in SPANS}
+    inner = sp["invprox.rebuild"] + sp["invprox.vjp"] + sp["invprox.graph_leaves"]
     parts = {
-        "forward (no graph)": g("inv_forward"),
-        "  of which RNG-state capture": g("rng_capture"),
-        "backward": g("inv_backward"),
-        "  inversion, non-fused blocks (DC, ActNorm, 1x1 conv, shrink, squeeze)": g("inverse_in_rebuild"),
-        "  recompute with graph, non-fused blocks": g("recompute_in_rebuild") + g("recompute_kept"),
-        "  fused coupling rebuild (one network pass: inverse + recompute)": fused,
-        "  vector-Jacobian products (torch.autograd.grad)": g("vjp"),
-        "  RNG replay (fork_rng + set_rng_state)": g("rng_replay"),
-        "  graph-leaf walk": g("graph_leaves"),
-        "  buffer save/restore": g("restore_buffers"),
+        "forward (no graph)": sp["invprox.forward"],
+        "  of which random-state capture": sp["invprox.state_capture"],
+        "backward": sp["invprox.backward"],
+        "  rebuilds (fused: one network pass gives input and graph)": sp["invprox.rebuild"],
+        "  vector-Jacobian products (torch.autograd.grad)": sp["invprox.vjp"],
+        "  graph-leaf walks (blocks that declare nothing)": sp["invprox.graph_leaves"],
+        "  other (engine loop, recomputes of kept blocks, small ops)":
+            max(0.0, sp["invprox.backward"] - inner),
     }
-    accounted = sum(v for k, v in parts.items() if k.startswith("  ") and "capture" not in k)
-    parts["  other (Python: engine loop, BlockState, checks)"] = max(0.0, g("inv_backward") - accounted)
-    parts["Adam step"] = g("inv_adam")
-    # cProfile of one invprox backward, top functions by own time
-    r = inv
-    r.opt.zero_grad(set_to_none=False)
-    loss = F.mse_loss(r.forward(y), x)
-    pr = cProfile.Profile()
-    pr.enable()
-    loss.backward()
-    pr.disable()
-    buf = io.StringIO()
-    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(12)
-    counts = {k: g(k) for k in ("n_inverse_in_rebuild", "n_recompute_in_rebuild", "n_recompute_kept")}
     return {
         "K": K, "repeats": reps, "clock": "process CPU time" if args.device == "cpu" else "wall",
-        "parts": parts, "counts": counts, "blocks": len(base.chain),
-        "standard": {"forward": g("std_forward"), "backward": g("std_backward"), "adam": g("std_adam"),
-                     "step": g("std_step")},
-        "invprox_step": g("inv_step"),
-        "ab": {k: g(f"{k}_step")
-               for k in ("std", "inv_plain", "inv_norng", "inv_nofinite", "inv_norng_nofinite")},
-        "cprofile_backward": buf.getvalue()[-6000:],
+        "parts": parts, "blocks": len(base.chain), "plan": base.chain.plan().summary(),
+        "profiled_step": sp["invprox.forward"] + sp["invprox.backward"],
+        "standard": {k: m[f"std_{k}"] for k in ("forward", "backward", "adam", "step")},
+        "invprox": {k: m[f"inv_{k}"] for k in ("forward", "backward", "adam", "step")},
     }
 
 
@@ -1109,20 +980,18 @@ def render(args, payload: Dict[str, Any]) -> str:
                     f"{k} {v:.3f}" for k, v in pj["time_floor"].items()) + ".\n")
     pr = payload.get("profile")
     if pr:
-        st = pr["standard"]
-        tot = pr["invprox_step"]
+        st, iv = pr["standard"], pr["invprox"]
+        tot = pr["profiled_step"]
         md.append(f"\n## Where invprox's time goes (K={pr['K']}, {pr['blocks']} blocks, "
                   f"{pr['clock']}, median of {pr['repeats']})\n")
+        md.append(f"Step times without a profiler: invprox {iv['step'] * 1e3:.1f} ms (forward "
+                  f"{iv['forward'] * 1e3:.1f}, backward {iv['backward'] * 1e3:.1f}), standard "
+                  f"{st['step'] * 1e3:.1f} ms (forward {st['forward'] * 1e3:.1f}, backward "
+                  f"{st['backward'] * 1e3:.1f}): {iv['step'] / st['step']:.2f}x. The engine's plan: "
+                  f"{pr['plan']}. The split, from the engine's torch.profiler spans in a profiled "
+                  "step (profiler overhead included):\n")
         rows = [[k, f"{v * 1e3:.1f}", f"{100 * v / tot:.0f}"] for k, v in pr["parts"].items()]
-        rows.append(["invprox step total", f"{tot * 1e3:.1f}", "100"])
-        rows += [["standard forward (with graph)", f"{st['forward'] * 1e3:.1f}", "-"],
-                 ["standard backward", f"{st['backward'] * 1e3:.1f}", "-"],
-                 ["standard step total", f"{st['step'] * 1e3:.1f}", "-"]]
-        md.append(markdown_table(["part", "ms", "% of invprox step"], rows, "lrr"))
-        ab = pr["ab"]
-        md.append("\nThe timers add overhead: the split is of an instrumented step. A/B of uninstrumented "
-                  "steps (step time / standard's, same run): " + ", ".join(
-                      f"{k} {v / ab['std']:.2f}" for k, v in ab.items() if k != "std") + ".\n")
+        md.append(markdown_table(["part", "ms (profiled)", "% of profiled step"], rows, "lrr"))
     return "\n".join(md)
 
 
