@@ -99,7 +99,7 @@ def check_chain_gradients(
         ci = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in cond]
         params = list(c.parameters())
         if logdet:
-            y, ld = c(xi, *ci, return_logdet=True)
+            y, ld = c.forward_and_logdet(xi, *ci)
         else:
             y, ld = c(xi, *ci), _zero_logdet(xi)
         inputs = [xi, *[t for t in ci if t.requires_grad], *params]

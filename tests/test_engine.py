@@ -42,7 +42,7 @@ def test_gradcheck_inputs_cond_and_logdet():
     x, c = data(hw=2, b=1)
     x.requires_grad_()
     c.requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, c: chain(x, c, return_logdet=True), (x, c))
+    assert torch.autograd.gradcheck(lambda x, c: chain.forward_and_logdet(x, c), (x, c))
 
 
 def test_parameter_gradients_match_finite_differences():
@@ -51,7 +51,7 @@ def test_parameter_gradients_match_finite_differences():
     params = list(chain.parameters())
 
     def loss():
-        y, ld = chain(x, c, return_logdet=True)
+        y, ld = chain.forward_and_logdet(x, c)
         return (y.sin() * y).sum() + ld.sum()
 
     grads = torch.autograd.grad(loss(), params)

@@ -87,7 +87,7 @@ def test_layer_engine_gradients_both_directions(name):
         for eff in (False, True):
             chain = InvertibleChain(blocks, memory_efficient=eff)
             xx = x.clone().requires_grad_()
-            y, ld = chain(xx, return_logdet=True)
+            y, ld = chain.forward_and_logdet(xx)
             ((y**2).sum() + ld.sum()).backward()
             params = list(chain.parameters())
             grads.append([xx.grad] + [p.grad.clone() for p in params])

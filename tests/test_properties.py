@@ -100,7 +100,7 @@ def test_engine_chain_valid_configs(chain, B, H, W, keep_every, check, dtype):
     x = torch.randn(B, C, H, W, dtype=dtype, generator=torch.Generator().manual_seed(B * H * W))
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     with torch.no_grad():
-        y, ld = made(x, return_logdet=True)
+        y, ld = made.forward_and_logdet(x)
         assert y.shape == x.shape and ld.shape == (B,) and y.dtype == dtype and finite(y, ld)
         back = made.inverse(y)
     assert float((back - x).norm() / x.norm()) < tol

@@ -164,9 +164,9 @@ class InvertibleChain(InvertibleModule):
                 raise BlockError(f"{_name(i, b)} failed on input of shape {tuple(h.shape)}: {e}") from e
         return (h, ld) if logdet else h
 
-    def forward(self, x: Tensor, *cond: Tensor, return_logdet: bool = False):
-        """Run the chain. Returns ``y``, or ``(y, logdet)`` with ``logdet`` of shape ``(B,)``."""
-        return self._run(x, cond, return_logdet)
+    def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
+        """Run the chain; :meth:`forward_and_logdet` also returns the log-determinant, shape ``(B,)``."""
+        return self._run(x, cond, False)
 
     def forward_and_logdet(self, x: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
         return self._run(x, cond, True)

@@ -277,7 +277,7 @@ class Glow(InvertibleModule):
     def forward_and_logdet(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """``(f(x), log|det df/dx|)``, the log-determinant of shape ``(B,)``."""
         self._check_input(x)
-        return self.chain(x, return_logdet=True)
+        return self.chain.forward_and_logdet(x)
 
     def inverse(self, z: Tensor) -> Tensor:
         """``x = g(z) = f^-1(z)``: latent to flow space (memory-efficient under autograd too)."""
