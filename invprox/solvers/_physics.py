@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, List
 
 from torch import nn
 
@@ -25,6 +25,14 @@ class SwappablePhysics(nn.Module):
             self.__dict__["_physics"] = value
         else:
             super().__setattr__(name, value)
+
+    def param_groups(self, lr_net: float = 1e-5, lr_step: float = 1e-2) -> List[Dict[str, Any]]:
+        """Optimizer groups: the networks (prox networks, flows) at ``lr_net``, the learned steps and
+        shrinkages of ``step_parameters()`` at ``lr_step`` (the seed paper's 1e-5 and 1e-2)."""
+        step = self.step_parameters()
+        step_ids = {id(p) for p in step}
+        net = [p for p in self.parameters() if id(p) not in step_ids]
+        return [{"params": net, "lr": lr_net}, {"params": step, "lr": lr_step}]
 
     @property
     def physics(self) -> Any:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -227,12 +227,6 @@ class UnrolledSolver(SwappablePhysics):
     def step_parameters(self) -> List[nn.Parameter]:
         """The learned step sizes ``mu_k`` (own learning rate, as in the flow solver)."""
         return [p for dc in self.dc for p in dc.parameters()]
-
-    def param_groups(self, lr_net: float = 1e-5, lr_step: float = 1e-2) -> List[Dict[str, Any]]:
-        """Optimizer groups: prox networks at ``lr_net``, ``mu`` at ``lr_step`` (the paper's 1e-5, 1e-2)."""
-        step_ids = {id(p) for p in self.step_parameters()}
-        net = [p for p in self.parameters() if id(p) not in step_ids]
-        return [{"params": net, "lr": lr_net}, {"params": self.step_parameters(), "lr": lr_step}]
 
     def start(self, y: Tensor, physics: Any = None) -> Tensor:
         """``x_0``: ``A^T y`` or the smooth start (image space, see ``start``)."""

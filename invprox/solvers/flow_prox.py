@@ -286,12 +286,6 @@ class FlowProxSolver(SwappablePhysics):
         """The learned step sizes ``mu_k`` and shrinkages ``lambda_k`` (own learning rate in the paper)."""
         return [p for m in (*self.dc, *self.shrink) for p in m.parameters()]
 
-    def param_groups(self, lr_net: float = 1e-5, lr_step: float = 1e-2) -> List[Dict[str, Any]]:
-        """Optimizer groups: flows at ``lr_net``, ``mu``, ``lambda`` at ``lr_step`` (paper: 1e-5, 1e-2)."""
-        step_ids = {id(p) for p in self.step_parameters()}
-        net = [p for p in self.parameters() if id(p) not in step_ids]
-        return [{"params": net, "lr": lr_net}, {"params": self.step_parameters(), "lr": lr_step}]
-
     def start(self, y: Tensor, physics: Any = None) -> Tensor:
         """``x_0`` in flow space (see ``start``), shape ``(B, C, H, W)``; depends on ``y`` only."""
         op = self.physics if physics is None else physics
