@@ -15,9 +15,8 @@ class _Model(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.pre = nn.Conv2d(4, 4, 1)
-        self.chain = testing.randomize_parameters(
-            InvertibleChain([AffineCoupling(4, hidden=8), GlowStep(4, hidden=8), AffineCoupling(4, hidden=8)]),
-            0.2)
+        blocks = [AffineCoupling(4, hidden=8), GlowStep(4, hidden=8), AffineCoupling(4, hidden=8)]
+        self.chain = testing.randomize_parameters(InvertibleChain(blocks), 0.2)
         self.post = nn.Conv2d(4, 4, 1)
 
     def forward(self, x):
