@@ -82,7 +82,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
@@ -101,6 +100,7 @@ from _common import (  # noqa: E402
     timed_cpu,
     write_results,
 )
+from methods import CheckpointSequential, import_memcnn, memcnn_sequential  # noqa: E402
 
 import invprox  # noqa: E402
 from invprox.core import InvertibleModule, saved_tensor_bytes  # noqa: E402
@@ -108,16 +108,6 @@ from invprox.core.block import draws_random, is_self_contained  # noqa: E402
 from invprox.flows import AdditiveCoupling, AffineCoupling  # noqa: E402
 
 METHODS = ("standard", "checkpoint", "memcnn", "invprox", "invprox_keep")
-
-
-def _import_memcnn():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import memcnn
-    except ImportError:
-        return None
-    return memcnn
 
 
 # -- model ----------------------------------------------------------------------------------------------
@@ -173,29 +163,6 @@ def make_input(args, batch: Optional[int] = None, size: Optional[int] = None) ->
     return torch.randn(shape, generator=g, dtype=args.dtype).to(args.device)
 
 
-class CheckpointSequential(nn.Module):
-    def __init__(self, blocks: Sequence[nn.Module]):
-        super().__init__()
-        self.blocks = nn.ModuleList(blocks)
-
-    def forward(self, x: Tensor) -> Tensor:
-        for b in self.blocks:
-            x = checkpoint(b, x, use_reentrant=False)
-        return x
-
-
-class MemcnnSequential(nn.Sequential):
-    """memcnn wrappers in sequence, fed a copy of the input.
-
-    memcnn 1.5.2 sets ``.grad`` of each wrapper's input in its backward besides returning the gradient, so
-    a leaf input's ``.grad`` would come out doubled; it also frees the input's storage. A copy (which memcnn
-    frees at once) keeps the caller's input and its gradient intact.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.clone())
-
-
 def make_model(method: str, blocks: Sequence[nn.Module], keep_every: int) -> Tuple[nn.Module, list]:
     """``(model, its blocks)``; the blocks are a deep copy of ``blocks`` (same weights for every method)."""
     blocks = copy.deepcopy(list(blocks))
@@ -204,13 +171,7 @@ def make_model(method: str, blocks: Sequence[nn.Module], keep_every: int) -> Tup
     elif method == "checkpoint":
         model = CheckpointSequential(blocks)
     elif method == "memcnn":
-        memcnn = _import_memcnn()
-        if memcnn is None:
-            raise RuntimeError("memcnn is not installed (pip install --no-deps memcnn)")
-        model = MemcnnSequential(*[
-            memcnn.InvertibleModuleWrapper(fn=b, keep_input=False, keep_input_inverse=False)
-            for b in blocks
-        ])
+        model = memcnn_sequential(blocks)
     elif method == "invprox":
         model = invprox.InvertibleChain(blocks)
     elif method == "invprox_keep":
@@ -433,7 +394,7 @@ def render_drift(args, payload: Dict[str, Any]) -> str:
 # -- sweep ----------------------------------------------------------------------------------------------
 def sweep(args) -> Dict[str, Any]:
     methods = list(args.methods)
-    if "memcnn" in methods and _import_memcnn() is None:
+    if "memcnn" in methods and import_memcnn() is None:
         print("memcnn is not installed: skipping it", file=sys.stderr)
         methods.remove("memcnn")
     rows: List[Dict[str, Any]] = []
@@ -655,7 +616,7 @@ def main(argv=None) -> None:
         result = sweep(args)
         if args.profile:
             result["profile"] = profile(args, args.profile)
-    memcnn = _import_memcnn()
+    memcnn = import_memcnn()
     payload = {
         "benchmark": "engine_depth",
         "command": "python " + " ".join(

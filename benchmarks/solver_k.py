@@ -117,6 +117,7 @@ from _common import (  # noqa: E402
     sync,
     write_results,
 )
+from methods import import_memcnn, memcnn_sequential  # noqa: E402
 
 import invprox  # noqa: E402
 from invprox.core.block import Inverse, accepts_cond  # noqa: E402
@@ -147,16 +148,6 @@ def parse_bytes(s: str) -> int:
     if not m or m.group(2).upper() not in _UNITS:
         raise argparse.ArgumentTypeError(f"not a size: {s!r} (e.g. 8GiB, 80GB, 512MiB)")
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-
-
-def _import_memcnn():
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import memcnn
-    except ImportError:
-        return None
-    return memcnn
 
 
 def is_oom(e: BaseException) -> bool:
@@ -235,44 +226,6 @@ def build_solver(flow: Glow, K: int, device) -> FlowProxSolver:
     return FlowProxSolver(flow, physics, K=K).to(device)
 
 
-class BindCond(nn.Module):
-    """A block that takes the measurement, as a one-input block with ``y`` held in ``self.cond`` (memcnn)."""
-
-    def __init__(self, block: nn.Module):
-        super().__init__()
-        self.block = block
-        self.cond: Tuple[Tensor, ...] = ()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.block(x, *self.cond)
-
-    def inverse(self, y: Tensor) -> Tensor:
-        return self.block.inverse(y, *self.cond)
-
-
-class MemcnnFolds(nn.Module):
-    """Every block of ``solver.chain.blocks`` in a memcnn ``InvertibleModuleWrapper`` (keep_input=False)."""
-
-    def __init__(self, solver: FlowProxSolver, memcnn):
-        super().__init__()
-        self.bound: List[BindCond] = []
-        wrapped = []
-        for b in solver.chain.blocks:
-            if accepts_cond(b):
-                b = BindCond(b)
-                self.bound.append(b)
-            wrapped.append(memcnn.InvertibleModuleWrapper(fn=b, keep_input=False, keep_input_inverse=False))
-        self.wrappers = nn.ModuleList(wrapped)
-
-    def forward(self, x0: Tensor, y: Tensor) -> Tensor:
-        for b in self.bound:
-            b.cond = (y,)
-        h = x0.clone()  # memcnn frees the storage of each wrapper's input
-        for w in self.wrappers:
-            h = w(h)
-        return h
-
-
 class CheckpointFolds(nn.Module):
     """The solver's blocks, one ``torch.utils.checkpoint`` (non-reentrant) per fold."""
 
@@ -322,11 +275,8 @@ class Runner:
             s.chain.preserve_rng_state = method != "invprox_norng"
         elif method == "checkpoint":
             self.model = CheckpointFolds(s)
-        elif method == "memcnn":
-            memcnn = _import_memcnn()
-            if memcnn is None:
-                raise RuntimeError("memcnn is not installed (pip install --no-deps memcnn)")
-            self.model = MemcnnFolds(s, memcnn)
+        elif method == "memcnn":  # the measurement reaches the DC blocks through BindCond
+            self.model = memcnn_sequential(list(s.chain.blocks), [accepts_cond(b) for b in s.chain.blocks])
         else:
             raise ValueError(f"unknown method {method!r}")
         s.train()
@@ -505,7 +455,7 @@ def predicted_total(rows: List[Dict[str, Any]], K: int) -> Optional[float]:
 
 def sweep(args) -> Dict[str, Any]:
     methods = list(args.methods)
-    if "memcnn" in methods and _import_memcnn() is None:
+    if "memcnn" in methods and import_memcnn() is None:
         print("memcnn is not installed: skipping it", file=sys.stderr)
         methods.remove("memcnn")
     clock = cpu_clock(args.device)
@@ -1091,7 +1041,7 @@ def main(argv=None) -> None:
         "benchmark": "solver_k",
         "command": "python " + " ".join(
             [os.path.relpath(os.path.abspath(__file__))] + (sys.argv[1:] if argv is None else list(argv))),
-        "machine": machine_info(args.device, memcnn=getattr(_import_memcnn(), "__version__", None),
+        "machine": machine_info(args.device, memcnn=getattr(import_memcnn(), "__version__", None),
                                 invprox=invprox.__version__),
         "config": {k: v for k, v in vars(args).items() if k not in ("child",)},
         "git_commit": git_commit(),
