@@ -104,7 +104,7 @@ from methods import CheckpointSequential, import_memcnn, memcnn_sequential  # no
 
 import invprox  # noqa: E402
 from invprox.core import InvertibleModule, saved_tensor_bytes  # noqa: E402
-from invprox.core.block import draws_random, is_self_contained  # noqa: E402
+from invprox.core.block import accepts_cond, draws_random, is_self_contained  # noqa: E402
 from invprox.flows import AdditiveCoupling, AffineCoupling  # noqa: E402
 
 METHODS = ("standard", "checkpoint", "memcnn", "invprox", "invprox_keep")
@@ -125,6 +125,7 @@ class FlipAfter(InvertibleModule):
         # the engine's plan: what the coupling declares holds for the flip too
         self.draws_random = draws_random(coupling)
         self.self_contained = is_self_contained(coupling)
+        self.uses_cond = accepts_cond(coupling)
 
     def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
         return self.coupling(x, *cond).flip(1)

@@ -53,6 +53,8 @@ class ConditionalScaleShift(invprox.InvertibleModule):
     Shapes: ``x`` ``(B, channels, H, W)``, ``c`` ``(B, cond_channels, H, W)``; log-determinant ``(B,)``.
     """
 
+    uses_cond = True  # declared: the engine passes the chain's cond tensors only to blocks that say so
+
     def __init__(self, channels: int, cond_channels: int, hidden: int = 8):
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.Tanh(),

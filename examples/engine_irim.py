@@ -56,13 +56,14 @@ class GradientCoupling(invprox.InvertibleModule):
     """``[x, m] -> [x, m + net([x, A^T (A x - y)])]``: the memory reads the estimate and its data gradient.
 
     ``forward(h, y)`` takes the measurement ``y`` as a ``cond`` input (the engine passes the chain's cond
-    tensors to blocks whose ``forward`` has a second positional parameter). ``physics`` is fixed: a
+    tensors to blocks that declare ``uses_cond = True``). ``physics`` is fixed: a
     module holding the blur kernel as a buffer (it has no parameters, so nothing is lost by reading it).
 
     Shapes: ``h`` ``(B, C + M, H, W)``; ``y`` ``(B, C, H, W)``.
     """
 
     volume_preserving = True  # log|det| = 0: additive coupling
+    uses_cond = True  # it reads the measurement y
 
     def __init__(self, physics: nn.Module, channels: int, memory: int, hidden: int):
         super().__init__()

@@ -131,3 +131,21 @@ def test_inverse_chain_is_built_once_and_follows_changes():
     chain.blocks[1] = AffineCoupling(4, 6).double()
     x = x_data()
     torch.testing.assert_close(chain.inverse(chain(x)), x)
+
+
+def test_cond_is_declared_not_guessed():
+    """A block that reads cond without declaring uses_cond gets none, and the error says what to declare."""
+
+    class Shift(torch.nn.Module):
+        def forward(self, x, c):
+            return x + c
+
+        def inverse(self, y, c):
+            return y - c
+
+    x = torch.randn(2, 3)
+    with pytest.raises(BlockError, match="uses_cond = True"):
+        invprox.InvertibleChain([Shift()])(x.requires_grad_(), torch.ones(2, 3))
+    Shift.uses_cond = True
+    y = invprox.InvertibleChain([Shift()])(x, torch.ones(2, 3))
+    assert torch.allclose(y, x + 1)

@@ -17,9 +17,8 @@ and optionally
   parameters, and, when ``logdet`` is true, the log-determinant with its graph (else ``None``). An affine
   coupling does this with one pass of its network instead of two.
 * ``volume_preserving = True``: its log-determinant is zero (additive couplings, permutations).
-* ``uses_cond``: whether ``forward`` takes the ``cond`` tensors. Without the attribute it is read off
-  ``forward``'s signature (a second positional parameter or ``*args``), so ``forward(self, x)`` blocks are
-  called without cond.
+* ``uses_cond = True``: ``forward`` (and ``inverse``) take the ``cond`` tensors after the input. Declared,
+  never guessed: a block without the attribute is called with its input alone (memcnn's couplings, say).
 * ``invertible = False``: a block with no inverse (soft thresholding, say). The engine keeps its input in
   the forward pass, as checkpointing would, and inverts nothing through it.
 
@@ -55,6 +54,7 @@ from torch import Tensor, nn
 __all__ = [
     "InvertibleModule",
     "accepts_cond",
+    "cond_hint",
     "is_invertible",
     "Inverse",
     "check_block",
@@ -173,18 +173,25 @@ def mutable_buffers(block: nn.Module) -> list:
 
 
 def accepts_cond(block: nn.Module) -> bool:
-    """Whether the engine passes the chain's ``cond`` tensors to ``block`` (see the module docstring)."""
-    flag = getattr(block, "uses_cond", None)
-    if flag is not None:
-        return bool(flag)
+    """Whether the engine passes the chain's ``cond`` tensors to ``block``: its ``uses_cond`` declaration
+    (default ``False``; see the module docstring)."""
+    return bool(getattr(block, "uses_cond", False))
+
+
+def cond_hint(block: nn.Module, n_cond: int) -> str:
+    """A hint for an error of ``block``: it takes more than one positional argument but does not declare
+    ``uses_cond = True`` while the chain has cond tensors (``""`` otherwise)."""
+    if not n_cond or hasattr(block, "uses_cond"):
+        return ""
     try:
         params = list(inspect.signature(block.forward).parameters.values())
     except (TypeError, ValueError):
-        return True
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return True
+        return ""
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return len(positional) > 1
+    if len(positional) > 1 or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return (" (its forward takes more than the input, but the block does not declare "
+                "uses_cond = True, so the engine passed it no cond tensors)")
+    return ""
 
 
 def check_block(block: object, index: Optional[int] = None) -> None:

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .block import InvertibleModule, check_block, forward_logdet
+from .block import InvertibleModule, accepts_cond, check_block, cond_hint, forward_logdet
 from .errors import BlockError, DriftError, DriftWarning, is_recomputing
 from .function import _ChainFunction, _Config, _name
 from .plan import Plan, make_plan
@@ -104,6 +104,11 @@ class InvertibleChain(InvertibleModule):
     def __len__(self) -> int:
         return len(self.blocks)
 
+    @property
+    def uses_cond(self) -> bool:
+        """A chain placed in another chain takes the cond tensors when one of its blocks does."""
+        return any(accepts_cond(b) for b in self.blocks)
+
     def _validate(self, x: Tensor, cond: Tuple[Tensor, ...]) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a Tensor, got {type(x).__name__}")
@@ -161,7 +166,8 @@ class InvertibleChain(InvertibleModule):
                 else:
                     h = b(h, *cb)
             except Exception as e:
-                raise BlockError(f"{_name(i, b)} failed on input of shape {tuple(h.shape)}: {e}") from e
+                raise BlockError(f"{_name(i, b)} failed on input of shape {tuple(h.shape)}: {e}"
+                                 f"{cond_hint(b, len(cond))}") from e
         return (h, ld) if logdet else h
 
     def forward(self, x: Tensor, *cond: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from .block import forward_logdet, rebuild
+from .block import cond_hint, forward_logdet, rebuild
 from .errors import BlockError, DriftError, DriftWarning, _recomputing, span
 from .plan import Plan
 from .state import BlockState, autocast_state
@@ -85,7 +85,8 @@ class _ChainFunction(torch.autograd.Function):
             except BlockError:
                 raise
             except Exception as e:
-                raise BlockError(f"{_name(i, block)} failed on input of shape {tuple(st.shape)}: {e}") from e
+                raise BlockError(f"{_name(i, block)} failed on input of shape {tuple(st.shape)}: {e}"
+                                 f"{cond_hint(block, cfg.n_cond)}") from e
             if not isinstance(h, Tensor):
                 raise BlockError(f"{_name(i, block)} returned {type(h).__name__}, expected a Tensor")
             if not compiling and h_in._version != version_in:

@@ -80,6 +80,7 @@ class _Coupling(InvertibleModule):
         # no random numbers and to read only its parameters; a network passed in is not
         self.draws_random = net is not None or dropout > 0
         self.self_contained = net is None
+        self.uses_cond = cond_channels > 0  # only a network that reads cond tensors gets them
 
     def _check(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels:

@@ -48,6 +48,9 @@ class DataConsistency(InvertibleModule):
         ValueError: if ``mu_init`` is not in ``(margin, 1 - margin)`` or ``margin`` not in ``(0, 0.5)``.
     """
 
+    uses_cond = True  # the measurement y
+    draws_random = True  # it calls a user's operator, which might
+
     def __init__(self, physics: Any, mu_init: float = 0.5, learn_mu: bool = True, margin: float = 1e-3):
         super().__init__()
         if not (isinstance(margin, float) and 0 < margin < 0.5):
