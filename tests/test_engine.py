@@ -361,7 +361,7 @@ class ReadsCond(nn.Module):
 
 
 def test_non_invertible_block_and_cond_routing():
-    """Blocks get cond where they declare uses_cond, and only there; a non-invertible block's input is kept."""
+    """Blocks get cond where they declare uses_cond, only there; a non-invertible block's input is kept."""
     x, c = data()
     c4 = c.expand(-1, 4, -1, -1).contiguous()
     blocks = [ReadsCond(), mixed_blocks()[1], SoftThreshold(), AdditiveCoupling(4, 6).double(), ReadsCond()]
