@@ -1,10 +1,9 @@
 """Imports point downward only (DESIGN.md, "Layers"), including imports inside functions.
 
 Layers, bottom up: ``core`` (the engine: torch alone) and two torch-only utilities that import nothing
-of invprox (``checkpoint``: atomic files; ``metrics``: PSNR, SSIM); ``flows``, ``physics``, ``data`` and
-``testing`` on top of them; ``solvers`` on flows and physics; ``train``, ``cli``, ``__main__`` and
-``distributed``
-(the application) on everything.
+of invprox (``checkpoint``: atomic files; ``metrics``: PSNR, SSIM); ``flows``, ``physics`` and ``testing``
+on top of them; ``data`` on physics (the operators' noise); ``solvers`` on flows and physics; ``train``,
+``cli``, ``__main__`` and ``distributed`` (the application) on everything.
 """
 
 import ast
@@ -20,7 +19,7 @@ ALLOWED = {
     "metrics": set(),
     "flows": {"core", "checkpoint", "flows"},
     "physics": {"core", "physics"},
-    "data": {"data"},
+    "data": {"core", "physics", "data"},
     "testing": {"core", "testing"},
     "solvers": {"core", "checkpoint", "metrics", "flows", "physics", "solvers"},
 }

@@ -13,46 +13,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..physics.base import gaussian_noise
+
 __all__ = ["add_gaussian_noise", "NoisyPairs"]
 
 Sigma = Union[float, Tensor]
 
 
-def add_gaussian_noise(x: Tensor, sigma: Sigma, generator: torch.Generator | None = None) -> Tensor:
-    """``x + sigma * n`` with ``n ~ N(0, I)``, not clipped.
-
-    Args:
-        x: clean images ``(B, C, H, W)`` (any shape works for a scalar ``sigma``).
-        sigma: noise std, a float or a tensor ``(B,)`` (one std per image) or broadcastable to
-            ``x``.
-        generator: a ``torch.Generator`` on ``x``'s device for reproducible noise (default: global
-            RNG).
-
-    Returns:
-        Noisy tensor of ``x``'s shape and dtype.
-
-    Raises:
-        TypeError: ``x`` is not a floating-point tensor.
-        ValueError: negative ``sigma``, or a ``sigma`` tensor that does not fit ``x``.
-    """
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}")
-    if isinstance(sigma, Tensor):
-        sigma = sigma.to(device=x.device, dtype=x.dtype)
-        if bool((sigma < 0).any()):
-            raise ValueError("sigma must be non-negative")
-        if sigma.ndim == 1 and x.ndim > 1 and sigma.shape[0] == x.shape[0]:
-            sigma = sigma.view(-1, *([1] * (x.ndim - 1)))
-        try:
-            torch.broadcast_shapes(sigma.shape, x.shape)
-        except RuntimeError as err:
-            raise ValueError(
-                f"sigma of shape {tuple(sigma.shape)} does not fit x of shape {tuple(x.shape)}"
-            ) from err
-    elif float(sigma) < 0:
-        raise ValueError(f"sigma must be non-negative, got {sigma}")
-    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x + sigma * noise
+#: ``x + sigma * n``, ``n ~ N(0, I)``, not clipped; ``sigma`` a number or one per image, ``(B,)``. The one
+#: implementation is the operators' (:func:`invprox.physics.base.gaussian_noise`).
+add_gaussian_noise = gaussian_noise
 
 
 def _index_seed(seed: int, index: int) -> int:

@@ -50,8 +50,12 @@ def gaussian_noise(y: Tensor, sigma: SigmaLike, generator: torch.Generator | Non
         Noisy measurement of the shape of ``y``.
 
     Raises:
+        TypeError: ``y`` is not a floating-point tensor.
         ValueError: if ``sigma`` is negative or has a bad shape.
     """
+    if not isinstance(y, Tensor) or not y.is_floating_point():
+        raise TypeError(f"y must be a floating-point tensor, got {type(y).__name__}"
+                        + (f" of {y.dtype}" if isinstance(y, Tensor) else ""))
     if isinstance(sigma, Tensor):
         if bool((sigma < 0).any()):
             raise ValueError("sigma must be non-negative")
