@@ -17,8 +17,6 @@ from ..physics.base import gaussian_noise
 
 __all__ = ["add_gaussian_noise", "NoisyPairs"]
 
-Sigma = Union[float, Tensor]
-
 
 #: ``x + sigma * n``, ``n ~ N(0, I)``, not clipped; ``sigma`` a number or one per image, ``(B,)``. The one
 #: implementation is the operators' (:func:`invprox.physics.base.gaussian_noise`).
