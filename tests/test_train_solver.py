@@ -117,6 +117,34 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(setup, tmp_path, monkeyp
     assert json.loads((out / "metrics.json").read_text())["status"] == "non_finite"
 
 
+def test_nonfinite_steps_skipped_up_to_a_limit(setup, tmp_path, monkeypatch):
+    """skip_nonfinite=N: a non-finite step makes no update and is listed; N + 1 in a row stop the run."""
+    real = solver_train.build_solver
+
+    def poisoned_at(bad_calls):
+        def build(*args, **kw):
+            solver = real(*args, **kw)
+            forward, calls = solver.forward, [0]
+
+            def fwd(y, physics=None):
+                out = forward(y, physics)
+                calls[0] += solver.training
+                return out * float("nan") if solver.training and calls[0] in bad_calls else out
+
+            solver.forward = fwd
+            return solver
+        return build
+
+    monkeypatch.setattr(solver_train, "build_solver", poisoned_at({3}))
+    kw = _kw(setup, prox="resnet", features=4, n_blocks=1, max_steps=5, skip_nonfinite=1)
+    m = train_solver(out=str(tmp_path / "one"), **kw)
+    assert m["steps"] == 5 and [s["step"] for s in m["skipped_steps"]] == [3]
+    assert "training loss is nan" in m["skipped_steps"][0]["why"]
+    monkeypatch.setattr(solver_train, "build_solver", poisoned_at({3, 4}))
+    with pytest.raises(NonFiniteLossError, match="step 4"):
+        train_solver(out=str(tmp_path / "two"), **kw)
+
+
 @pytest.mark.parametrize("cmd", ["train", "eval"])
 def test_cli_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:

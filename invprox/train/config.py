@@ -83,6 +83,9 @@ class TrainConfig:
     lr_net: float = _opt(1e-5, "learning rate of the networks (paper: 1e-5)", float)
     lr_step: float = _opt(1e-2, "learning rate of mu_k, lambda_k (paper: 1e-2)", float)
     clip_grad: float = _opt(1.0, "clip the gradient's global norm (0: off)", float)
+    skip_nonfinite: int = _opt(0, "skip up to N steps in a row whose loss or gradient norm is not finite (no "
+                               "update; each is logged and listed in the metrics), then stop with the last "
+                               "good checkpoint; 0: stop at the first", int, metavar="N")
     batch: int = _opt(8, "global batch (split over the processes under torchrun)", int)
     epochs: int = _opt(100, "epochs", int)
     max_steps: Optional[int] = _opt(None, "stop after this many steps in total", int)
@@ -106,7 +109,7 @@ class TrainConfig:
 
 #: fields that belong to a run, not to the model: on resume they are taken from the call, not the checkpoint
 RUN_KEYS = ("epochs", "max_steps", "budget_minutes", "budget_clock", "val_every", "patience", "device",
-            "out", "resume")
+            "out", "resume", "skip_nonfinite")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:

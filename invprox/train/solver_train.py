@@ -233,6 +233,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
              "best_step": r["best_step"], "history": r["history"], "val": r["val"], "n_train": len(xt),
              "n_val": len(xv), "train_cpu_s": r["train_cpu_s"],
              "train_wall_s": r["train_wall_s"], "calibration": r.get("calibration"),
+             "skipped_steps": r.get("skipped", []),
              "device": str(dev), "world_size": world, "wall_time_s": elapsed0 + time.time() - t0,
              "config": cfg, "solver": str(out_dir / "solver.pt"), "checkpoint": str(ckpt_path)}
         if main:
@@ -291,15 +292,23 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         c0, w0 = time.process_time(), time.perf_counter()
         loss = ((model(y, op) - x) ** 2).mean()
         lv = _mean_over_ranks(float(loss.detach()))
-        if not math.isfinite(lv):
-            raise non_finite(f"training loss is {lv}")
+        bad = None if math.isfinite(lv) else f"training loss is {lv}"
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg["clip_grad"]:
-            gnorm = float(torch.nn.utils.clip_grad_norm_(solver.parameters(), cfg["clip_grad"]))
-            if not math.isfinite(gnorm):
-                raise non_finite(f"gradient norm is {gnorm}")
-        opt.step()
+        if bad is None:
+            loss.backward()
+            # the global norm, clipped when asked (an infinite bound only measures it)
+            gnorm = float(torch.nn.utils.clip_grad_norm_(solver.parameters(), cfg["clip_grad"] or math.inf))
+            bad = None if math.isfinite(gnorm) else f"gradient norm is {gnorm}"
+        if bad is None:
+            r["bad_run"] = 0
+            opt.step()
+        else:  # the one policy for non-finite steps: skip up to skip_nonfinite in a row, then stop
+            r["bad_run"] = r.get("bad_run", 0) + 1
+            if r["bad_run"] > config.skip_nonfinite:
+                raise non_finite(bad)
+            opt.zero_grad(set_to_none=True)
+            r.setdefault("skipped", []).append({"step": r["step"] + 1, "why": bad})
+            log(f"step {r['step'] + 1}: {bad}; skipped without an update ({r['bad_run']} in a row)")
         r["train_cpu_s"] += time.process_time() - c0
         r["train_wall_s"] += time.perf_counter() - w0
         r["step"], r["pos"] = r["step"] + 1, r["pos"] + 1
