@@ -12,8 +12,8 @@
 #     benchmarks/table1.sh denoise_eval     # only the evaluation of the trained denoisers
 #     benchmarks/table1.sh k_sweep          # PSNR and activation memory vs K = 1..16 (~25 min)
 #     benchmarks/table1.sh tasks            # inpainting, deblurring: flow / U-Net / ResNet prox (~25 min)
-#     benchmarks/table1.sh prior            # stronger 32x32 priors (2 x 30 min), a 64x64 one (~60 min)
-#     benchmarks/table1.sh denoise_more     # flow prox: stronger priors, lr 5e-4; U-Net seed 1 (~70 min)
+#     benchmarks/table1.sh prior            # a stronger 32x32 prior, a 64x64 one (~30 min)
+#     benchmarks/table1.sh denoise_more     # flow prox: stronger prior, lr 5e-4; U-Net seed 1 (~70 min)
 #     benchmarks/table1.sh tasks_prior      # inpainting, deblurring with the stronger prior (~10 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
@@ -204,55 +204,45 @@ stage_tasks() {
 
 stage_prior() {
     # Issue 10's "stronger prior": the committed 32x32 Glow trained PRIOR_MORE more minutes (fresh Adam,
-    # lr 1e-3 after 100 warm-up steps), then PRIOR_MORE more again; beside it, a Glow of the same shape on
-    # the 64x64 faces for PRIOR_64 minutes. One thread each. bits/dim on all 600 celeba64/val faces after
-    # every epoch.
+    # lr 1e-3 after 100 warm-up steps); beside it, a Glow of the same shape on the 64x64 faces for PRIOR_64
+    # minutes. One thread each. bits/dim on all 600 celeba64/val faces after every epoch.
     local glow=(--data celeba64 --standard-autograd --threads 1 --no-progress --epochs 100 --lr 1e-3)
-    rm -rf "$RUNS/glow32_more" "$RUNS/glow32_more2" "$RUNS/glow64"
-    (
-        timed "prior glow32_more" invprox pretrain "${glow[@]}" --init "$GLOW" --batch 32 --warmup 100 \
-            --max-minutes "$PRIOR_MORE" --seed 1 --out "$RUNS/glow32_more"
-        cp "$RUNS/glow32_more/flow.pt" "$RES/glow_celeba32_more.pt"
-        timed "prior glow32_more2" invprox pretrain "${glow[@]}" --init "$RES/glow_celeba32_more.pt" \
-            --batch 32 --warmup 100 --max-minutes "$PRIOR_MORE" --seed 2 --out "$RUNS/glow32_more2"
-        cp "$RUNS/glow32_more2/flow.pt" "$RES/glow_celeba32_more2.pt"
-    ) &
+    rm -rf "$RUNS/glow32_more" "$RUNS/glow64"
+    timed "prior glow32_more" invprox pretrain "${glow[@]}" --init "$GLOW" --batch 32 --warmup 100 \
+        --max-minutes "$PRIOR_MORE" --seed 1 --out "$RUNS/glow32_more" &
     timed "prior glow64" invprox pretrain "${glow[@]}" --size 64 --channels 3 --levels 3 --steps 8 \
         --hidden 64 --n-bits 5 --scale-min 0.5 --batch 16 --warmup 200 --max-minutes "$PRIOR_64" \
         --seed 0 --out "$RUNS/glow64" &
     wait
-    for m in glow32_more glow32_more2; do
-        cp "$RUNS/$m/metrics.json" "$RES/glow_celeba${m#glow}_metrics.json"
-        cp "$RUNS/$m/samples.png" "$RES/glow_celeba${m#glow}_samples.png"
-    done
+    cp "$RUNS/glow32_more/flow.pt" "$RES/glow_celeba32_more.pt"
+    cp "$RUNS/glow32_more/metrics.json" "$RES/glow_celeba32_more_metrics.json"
+    cp "$RUNS/glow32_more/samples.png" "$RES/glow_celeba32_more_samples.png"
     cp "$RUNS/glow64/metrics.json" "$RES/glow_celeba64_metrics.json"
     cp "$RUNS/glow64/samples.png" "$RES/glow_celeba64_samples.png"
 }
 
 stage_denoise_more() {
     # What makes the flow prox win? More runs under Table 1's protocol (25 CPU minutes, the same validation
-    # and early stopping): the flow with the stronger priors of stage_prior (network lr 2e-4: at 3e-4 the
-    # first stronger prior's run hit a NaN gradient at step 394); the flow at lr 5e-4 with the table's
-    # prior (between 3e-4 and 1e-3, which diverged); U-Net prox with another seed (how far a baseline
-    # moves by chance). Two at a time.
+    # and early stopping): the flow with the stronger prior of stage_prior at network lr 2e-4, skipping
+    # steps with a non-finite gradient (this prior's runs hit NaN gradients: at step 394 with lr 3e-4, at
+    # step 588 with 2e-4); the flow at lr 5e-4 with the table's prior (between 3e-4 and 1e-3, which
+    # diverged); U-Net prox with another seed (how far a baseline moves by chance). Two at a time.
     local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
                   --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
     local flow=(--prox flow --standard-autograd)
-    train flow_dn_prior "${common[@]}" "${flow[@]}" --flow "$RES/glow_celeba32_more.pt" --lr-net 2e-4 &
-    train flow_dn_prior2 "${common[@]}" "${flow[@]}" --flow "$RES/glow_celeba32_more2.pt" --lr-net 2e-4 &
-    wait
+    train flow_dn_prior "${common[@]}" "${flow[@]}" --flow "$RES/glow_celeba32_more.pt" --lr-net 2e-4 \
+        --skip-nonfinite 10 &
     train flow_dn_lr5e-4 "${common[@]}" "${flow[@]}" --flow "$GLOW" --lr-net 5e-4 &
-    train unet_dn_seed1 "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --seed 1 &
     wait
+    train unet_dn_seed1 "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --seed 1
     rm -rf "$RUNS/eval_more"
     timed "eval more" invprox eval --model "$RUNS/flow_dn_prior/solver.pt" --name "flow prox, stronger prior" \
-        --model "$RUNS/flow_dn_prior2/solver.pt" --name "flow prox, stronger prior (2)" \
         --model "$RUNS/unet_dn_seed1/solver.pt" --name "U-Net prox, seed 1" --data celeba64 --split val \
         --sigmas 0.10 0.15 0.20 0.25 --seed 0 --no-progress --out "$RUNS/eval_more"
     for f in results.md results.json per_image.csv; do
         cp "$RUNS/eval_more/$f" "$RES/table1_more_$f"
     done
-    for m in flow_dn_prior flow_dn_prior2 flow_dn_lr5e-4 unet_dn_seed1; do
+    for m in flow_dn_prior flow_dn_lr5e-4 unet_dn_seed1; do
         cp "$RUNS/$m/metrics.json" "$RES/table1_train_${m}.json"
     done
 }
@@ -261,7 +251,8 @@ stage_tasks_prior() {
     # Inpainting and deblurring as in stage_tasks, the flow prox with the first stronger prior.
     local common=(--sigma 0.05 --budget-minutes "$TASK_BUDGET" --val-every 50 --n-val 64
                   --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32
-                  --prox flow --flow "$RES/glow_celeba32_more.pt" --standard-autograd --lr-net "$LR_FLOW")
+                  --prox flow --flow "$RES/glow_celeba32_more.pt" --standard-autograd --lr-net "$LR_FLOW"
+                  --skip-nonfinite 10)
     train flow_inpainting_prior "${common[@]}" --task inpainting --p-missing 0.5 &
     train flow_deblurring_prior "${common[@]}" --task deblurring --kernel gaussian --blur-std 1.5 &
     wait
