@@ -145,6 +145,22 @@ def test_nonfinite_steps_skipped_up_to_a_limit(setup, tmp_path, monkeypatch):
         train_solver(out=str(tmp_path / "two"), **kw)
 
 
+def test_nonfinite_validation_stops_and_says_so(setup, tmp_path, monkeypatch):
+    real = solver_train.build_solver
+
+    def poisoned(*args, **kw):
+        solver = real(*args, **kw)
+        forward = solver.forward
+        solver.forward = lambda y, physics=None: forward(y, physics) * (1 if solver.training else float("nan"))
+        return solver
+
+    monkeypatch.setattr(solver_train, "build_solver", poisoned)
+    out = tmp_path / "val"
+    with pytest.raises(NonFiniteLossError, match="validation loss is nan"):
+        train_solver(out=str(out), **_kw(setup, prox="resnet", features=4, n_blocks=1, max_steps=2, val_every=1))
+    assert json.loads((out / "metrics.json").read_text())["status"] == "non_finite"
+
+
 @pytest.mark.parametrize("cmd", ["train", "eval"])
 def test_cli_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:

@@ -256,6 +256,8 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     def validate(scheduled: bool) -> None:
         v = _validate(solver, groups, xv, dev)
         if not math.isfinite(v["val_loss"]):
+            bar.close()
+            metrics("non_finite")  # the metrics say how the run ended, as for a non-finite training step
             raise NonFiniteLossError(f"validation loss is {v['val_loss']} at step {r['step']}; stopped. "
                                      f"{last_good()}")
         r["val"].append({"step": r["step"], "epoch": r["epoch"], "scheduled": scheduled,
