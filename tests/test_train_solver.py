@@ -151,13 +151,17 @@ def test_nonfinite_validation_stops_and_says_so(setup, tmp_path, monkeypatch):
     def poisoned(*args, **kw):
         solver = real(*args, **kw)
         forward = solver.forward
-        solver.forward = lambda y, physics=None: forward(y, physics) * (1 if solver.training else float("nan"))
+        def fwd(y, physics=None):
+            return forward(y, physics) * (1 if solver.training else float("nan"))
+
+        solver.forward = fwd
         return solver
 
     monkeypatch.setattr(solver_train, "build_solver", poisoned)
     out = tmp_path / "val"
     with pytest.raises(NonFiniteLossError, match="validation loss is nan"):
-        train_solver(out=str(out), **_kw(setup, prox="resnet", features=4, n_blocks=1, max_steps=2, val_every=1))
+        train_solver(out=str(out), **_kw(setup, prox="resnet", features=4, n_blocks=1, max_steps=2,
+                                         val_every=1))
     assert json.loads((out / "metrics.json").read_text())["status"] == "non_finite"
 
 
