@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from invprox.data import make_dataset
 from invprox.flows import Glow
 from invprox.metrics import psnr
+from invprox.train.loop_utils import NonFiniteSteps
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FLOW = REPO / "benchmarks" / "results" / "glow_celeba32.pt"
@@ -139,7 +140,8 @@ def fine_tune(solver: nn.Module, x_train: Tensor, measure: Measure, steps: int, 
     """
     opt = torch.optim.Adam(solver.param_groups(lr_net=lr_net, lr_step=lr_step))
     g = torch.Generator().manual_seed(seed + 1)
-    losses, skipped = [], 0
+    losses = []
+    nonfinite = NonFiniteSteps(10)  # the library's one policy: skip up to 10 in a row, then stop
     solver.train()
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
@@ -147,17 +149,18 @@ def fine_tune(solver: nn.Module, x_train: Tensor, measure: Measure, steps: int, 
         y, op = measure(x, g)
         loss = F.mse_loss(solver(y, physics=op), x)
         opt.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
+        bad = NonFiniteSteps.check(float(loss.detach()))
+        if bad is None:
             loss.backward()  # the engine's backward: activation memory one block deep, whatever K
-            norm = nn.utils.clip_grad_norm_(solver.parameters(), max_norm=1.0)
-        if not (torch.isfinite(loss) and torch.isfinite(norm)):  # a Glow's inverse can overflow off its data
-            skipped += 1
-            what = "gradient" if torch.isfinite(loss) else "loss"
-            print(f"  step {step:4d}: non-finite {what}, step skipped")
-            if skipped > max(2, steps // 4):
-                raise FloatingPointError(f"{skipped} non-finite steps out of {step}: lower --lr-net, "
-                                         "--mu-init or --lam-init")
+            bad = NonFiniteSteps.check(float(loss.detach()), float(nn.utils.clip_grad_norm_(solver.parameters(), 1.0)))
+        if bad is not None:  # a Glow's inverse can overflow off its data
+            opt.zero_grad(set_to_none=True)
+            print(f"  step {step:4d}: {bad}, step skipped")
+            if not nonfinite.skip(step, bad):
+                raise FloatingPointError(f"{bad}: more than {nonfinite.limit} non-finite steps in a row; "
+                                         "lower --lr-net, --mu-init or --lam-init")
             continue
+        nonfinite.good()
         opt.step()
         losses.append(loss.item())
         if step == 1 or step % log_every == 0 or step == steps:
@@ -172,9 +175,7 @@ def reconstruct(solver: nn.Module, y: Tensor, physics: Optional[nn.Module] = Non
     """``solver(y)`` in evaluation mode, in chunks of ``batch``, clamped to ``[0, 1]``."""
     was = solver.training
     solver.eval()
-    if physics is not None:
-        solver.physics = physics
-    out = torch.cat([solver(y[i : i + batch]) for i in range(0, len(y), batch)])
+    out = torch.cat([solver(y[i : i + batch], physics) for i in range(0, len(y), batch)])
     solver.train(was)
     return out.clamp(0, 1)
 

@@ -30,3 +30,16 @@ def test_command_line_is_generated_from_the_config():
 def test_unknown_option_is_an_error(tmp_path):
     with pytest.raises(TypeError, match="learning_rate"):
         train_solver("embedded", str(tmp_path / "x"), learning_rate=1e-3)
+
+
+def test_one_policy_for_non_finite_steps():
+    from invprox.train.loop_utils import NonFiniteSteps
+
+    guard = NonFiniteSteps(2)
+    assert guard.check(0.5, 3.0) is None and "loss" in guard.check(float("nan"))
+    assert "gradient" in guard.check(0.5, float("inf"))
+    assert guard.skip(1, "x") and guard.skip(2, "x") and not guard.skip(3, "x")  # the third in a row stops
+    guard.good()
+    assert guard.skip(4, "x") and [s["step"] for s in guard.skipped] == [1, 2, 4]
+    with pytest.raises(ValueError):
+        NonFiniteSteps(-1)

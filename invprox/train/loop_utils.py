@@ -24,6 +24,7 @@ __all__ = [
     "save_image_grid",
     "write_json",
     "Progress",
+    "NonFiniteSteps",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -188,3 +189,44 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class NonFiniteSteps:
+    """The one policy for training steps whose loss or gradient norm is not finite: skip the step (no
+    update), up to ``limit`` in a row; the next one is an error.
+
+    Every trainer uses it (``invprox train``'s ``--skip-nonfinite``, ``invprox pretrain``'s, the
+    examples'). :meth:`check` says whether a step is good; :meth:`skip` records a bad one and says whether
+    it may be skipped; :attr:`skipped` lists ``{"step", "why"}`` of every skipped step.
+
+    Args:
+        limit: how many non-finite steps in a row are skipped (0: none, the first stops the run).
+    """
+
+    def __init__(self, limit: int):
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"the limit of skipped non-finite steps must be an int >= 0, got {limit!r}")
+        self.limit = limit
+        self.in_a_row = 0
+        self.skipped: list = []
+
+    @staticmethod
+    def check(loss: float, grad_norm: Optional[float] = None) -> Optional[str]:
+        """``None`` for a finite step, else what was not finite."""
+        if not math.isfinite(loss):
+            return f"training loss is {loss}"
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            return f"gradient norm is {grad_norm}"
+        return None
+
+    def good(self) -> None:
+        """A finite step: the count of non-finite steps in a row starts again."""
+        self.in_a_row = 0
+
+    def skip(self, step: int, why: str) -> bool:
+        """Record non-finite step ``step``; ``True`` if it is skipped, ``False`` if the run must stop."""
+        self.in_a_row += 1
+        if self.in_a_row > self.limit:
+            return False
+        self.skipped.append({"step": step, "why": why})
+        return True

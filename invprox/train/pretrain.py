@@ -34,6 +34,7 @@ from torch import Tensor
 from ..checkpoint import load_latest, rng_state, save_checkpoint, set_rng_state
 from ..flows.glow import Glow
 from .loop_utils import (
+    NonFiniteSteps,
     Progress,
     dataset_tensor,
     epoch_order,
@@ -103,6 +104,7 @@ def pretrain(
     warmup: int = 200,
     schedule: str = "constant",
     grad_clip: float = 50.0,
+    skip_nonfinite: int = 10,
     max_steps: Optional[int] = None,
     max_minutes: Optional[float] = None,
     seed: int = 0,
@@ -129,6 +131,8 @@ def pretrain(
             :class:`~invprox.flows.Glow`).
         batch, epochs, lr, warmup, schedule, grad_clip: Adam, linear warm-up over ``warmup`` steps, then
             ``"constant"`` or ``"cosine"``; gradient-norm clipping (0 disables it).
+        skip_nonfinite: skip up to this many steps in a row whose loss or gradient norm is not finite,
+            then stop with a checkpoint (:class:`~invprox.train.loop_utils.NonFiniteSteps`).
         max_steps, max_minutes: stop early after this many optimizer steps in total / minutes of this
             call (a checkpoint is written; ``resume`` continues).
         seed: seeds model init, data order and dequantisation noise.
@@ -223,7 +227,8 @@ def pretrain(
 
     t0 = time.time()
     bar = Progress(total, step, "pretrain", progress, None if max_minutes is None else 60 * max_minutes)
-    stopped, bad = False, 0
+    stopped = False
+    nonfinite = NonFiniteSteps(skip_nonfinite)
     params = [p for p in glow.parameters() if p.requires_grad]
     while epoch < epochs and not stopped:
         order = epoch_order(len(xt), seed, epoch)
@@ -237,17 +242,21 @@ def pretrain(
             loss = glow.nll_bpd(x, generator=noise).mean()
             lv = float(loss.detach())
             opt.zero_grad(set_to_none=True)
-            if math.isfinite(lv):
+            bad = NonFiniteSteps.check(lv)
+            if bad is None:
                 loss.backward()
-                if grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                bound = grad_clip if grad_clip > 0 else math.inf  # an infinite bound only measures the norm
+                gnorm = float(torch.nn.utils.clip_grad_norm_(params, bound))
+                bad = NonFiniteSteps.check(lv, gnorm)
+            if bad is None:
+                nonfinite.good()
                 opt.step()
-                bad = 0
             else:
-                bad += 1
-                if bad >= 10:
+                opt.zero_grad(set_to_none=True)
+                if not nonfinite.skip(step + 1, bad):
                     checkpoint()
-                    raise RuntimeError(f"loss not finite for 10 steps in a row at step {step}; lower --lr")
+                    raise RuntimeError(f"{bad} at step {step + 1}, after {nonfinite.limit} non-finite steps "
+                                       "in a row (skipped); lower --lr")
             sched.step()
             pos, step = pos + 1, step + 1
             curve.append([step, lv])
@@ -273,6 +282,7 @@ def pretrain(
     metrics = {
         "final_val_bpd": final, "best_val_bpd": min([h["val_bpd"] for h in history] + [final]),
         "steps": step, "epochs_done": epoch, "stopped_early": stopped, "wall_time_s": wall,
+        "skipped_steps": nonfinite.skipped,
         "images_per_s": step * bsz / max(wall, 1e-9), "n_params": n_params, "n_train": len(xt),
         "n_val": len(xv), "device": str(dev), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "config": dict(glow.config), "options": opts,
@@ -323,6 +333,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--warmup", type=int, default=200, help="linear learning-rate warm-up steps")
     a("--schedule", default="constant", choices=("constant", "cosine"))
     a("--grad-clip", type=float, default=50.0, help="max gradient norm (0: off)")
+    a("--skip-nonfinite", type=int, default=10, metavar="N",
+      help="skip up to N steps in a row whose loss or gradient is not finite, then stop")
     a("--max-steps", type=int, default=None, help="stop after this many steps in total")
     a("--max-minutes", type=float, default=None, help="stop after this many minutes (this run)")
     a("--seed", type=int, default=0)

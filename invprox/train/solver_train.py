@@ -44,7 +44,7 @@ from ..distributed import barrier, cleanup, init_distributed, is_distributed, wr
 from ..metrics import psnr
 from ..physics import canonical_task
 from .config import RUN_KEYS, TrainConfig
-from .loop_utils import Progress, epoch_order, resolve_device, write_json
+from .loop_utils import NonFiniteSteps, Progress, epoch_order, resolve_device, write_json
 from .solver_setup import (
     PROX_KINDS,
     RANDOM_TASKS,
@@ -215,6 +215,8 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     model = wrap_ddp(solver, dev) if world > 1 else solver  # DDP broadcasts rank 0's parameters
     r.setdefault("train_cpu_s", 0.0)
     r.setdefault("train_wall_s", 0.0)
+    nonfinite = NonFiniteSteps(config.skip_nonfinite)
+    nonfinite.in_a_row, nonfinite.skipped = r.get("bad_run", 0), r.setdefault("skipped", [])
     used_key = "train_cpu_s" if budget_clock == "cpu" else "train_wall_s"
 
     t0, elapsed0, saved = time.time(), r.get("elapsed_s", 0.0), [r["step"] if state is not None else None]
@@ -294,23 +296,22 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         c0, w0 = time.process_time(), time.perf_counter()
         loss = ((model(y, op) - x) ** 2).mean()
         lv = _mean_over_ranks(float(loss.detach()))
-        bad = None if math.isfinite(lv) else f"training loss is {lv}"
+        bad = NonFiniteSteps.check(lv)
         opt.zero_grad(set_to_none=True)
         if bad is None:
             loss.backward()
             # the global norm, clipped when asked (an infinite bound only measures it)
             gnorm = float(torch.nn.utils.clip_grad_norm_(solver.parameters(), cfg["clip_grad"] or math.inf))
-            bad = None if math.isfinite(gnorm) else f"gradient norm is {gnorm}"
+            bad = NonFiniteSteps.check(lv, gnorm)
         if bad is None:
-            r["bad_run"] = 0
+            nonfinite.good()
             opt.step()
-        else:  # the one policy for non-finite steps: skip up to skip_nonfinite in a row, then stop
-            r["bad_run"] = r.get("bad_run", 0) + 1
-            if r["bad_run"] > config.skip_nonfinite:
+        else:  # skip up to skip_nonfinite in a row, then stop
+            if not nonfinite.skip(r["step"] + 1, bad):
                 raise non_finite(bad)
             opt.zero_grad(set_to_none=True)
-            r.setdefault("skipped", []).append({"step": r["step"] + 1, "why": bad})
-            log(f"step {r['step'] + 1}: {bad}; skipped without an update ({r['bad_run']} in a row)")
+            log(f"step {r['step'] + 1}: {bad}; skipped without an update ({nonfinite.in_a_row} in a row)")
+        r["bad_run"] = nonfinite.in_a_row
         r["train_cpu_s"] += time.process_time() - c0
         r["train_wall_s"] += time.perf_counter() - w0
         r["step"], r["pos"] = r["step"] + 1, r["pos"] + 1
