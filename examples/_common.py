@@ -152,7 +152,8 @@ def fine_tune(solver: nn.Module, x_train: Tensor, measure: Measure, steps: int, 
         bad = NonFiniteSteps.check(float(loss.detach()))
         if bad is None:
             loss.backward()  # the engine's backward: activation memory one block deep, whatever K
-            bad = NonFiniteSteps.check(float(loss.detach()), float(nn.utils.clip_grad_norm_(solver.parameters(), 1.0)))
+            norm = float(nn.utils.clip_grad_norm_(solver.parameters(), 1.0))
+            bad = NonFiniteSteps.check(float(loss.detach()), norm)
         if bad is not None:  # a Glow's inverse can overflow off its data
             opt.zero_grad(set_to_none=True)
             print(f"  step {step:4d}: {bad}, step skipped")
