@@ -44,7 +44,7 @@ from .layers import (
     unsqueeze2d,
 )
 from .prior import PRIORS, prior_log_prob, prior_prox, prior_sample
-from .step import GlowStep
+from .step import GlowStep, upgrade_step_layout
 
 __all__ = ["Glow", "build_glow_blocks"]
 
@@ -176,31 +176,7 @@ class Glow(InvertibleModule):
         self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
 
     def _upgrade_state_dict(self, state_dict, prefix, *args) -> None:
-        """Rename the keys of the earlier layout (ActNorm, 1x1 conv and coupling as three blocks, wrapped
-        in ``ChannelRange`` below the first level) to one :class:`GlowStep` block per step, in place."""
-        head = prefix + "chain.blocks."
-        if not any(k.startswith(head + "1.loc") or k.startswith(head + "1.block.loc") for k in state_dict):
-            return
-        rename = {}
-        old = new = 0
-        for block in self.chain.blocks:
-            if isinstance(block, GlowStep):
-                for part in ("actnorm", "invconv", "coupling"):
-                    rename[f"{old}.block."] = f"{new}.{part}."
-                    rename[f"{old}."] = f"{new}.{part}."
-                    old += 1
-            else:
-                rename[f"{old}."] = f"{new}."
-                old += 1
-            new += 1
-        moved = {}
-        for key in [k for k in state_dict if k.startswith(head)]:
-            rest = key[len(head):]
-            for src in (rest.split(".", 2)[0] + ".block.", rest.split(".", 1)[0] + "."):
-                if rest.startswith(src) and src in rename:
-                    moved[head + rename[src] + rest[len(src):]] = state_dict.pop(key)
-                    break
-        state_dict.update(moved)
+        upgrade_step_layout(self.chain.blocks, state_dict, prefix + "chain.blocks.")
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> Glow:

@@ -18,16 +18,16 @@ recorded (:meth:`~invprox.flows.layers.InvConv1x1.matrix`).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..core.block import InvertibleModule
 from .coupling import AdditiveCoupling, AffineCoupling, _Coupling
 from .layers import ActNorm, InvConv1x1
 
-__all__ = ["GlowStep"]
+__all__ = ["GlowStep", "upgrade_step_layout"]
 
 _COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
 
@@ -209,3 +209,31 @@ class _StepVJP(torch.autograd.Function):
         ctx.held.clear()
         return (None, None, None, g_x, *out_lin, *out_net)
 
+
+def upgrade_step_layout(blocks: Sequence[nn.Module], state_dict: dict, head: str) -> None:
+    """Rename, in place, the keys of a flow saved before a Glow step was one block (ActNorm, 1x1 conv and
+    coupling as three blocks, wrapped in ``ChannelRange`` below the first level) to the layout of
+    ``blocks`` (one :class:`GlowStep` per step); ``head`` is the prefix of the blocks' keys. Keys of the
+    current layout are left alone."""
+    if not any(k.startswith(head + "1.loc") or k.startswith(head + "1.block.loc") for k in state_dict):
+        return
+    rename = {}
+    old = new = 0
+    for block in blocks:
+        if isinstance(block, GlowStep):
+            for part in ("actnorm", "invconv", "coupling"):
+                rename[f"{old}.block."] = f"{new}.{part}."
+                rename[f"{old}."] = f"{new}.{part}."
+                old += 1
+        else:
+            rename[f"{old}."] = f"{new}."
+            old += 1
+        new += 1
+    moved = {}
+    for key in [k for k in state_dict if k.startswith(head)]:
+        rest = key[len(head):]
+        for src in (rest.split(".", 2)[0] + ".block.", rest.split(".", 1)[0] + "."):
+            if rest.startswith(src) and src in rename:
+                moved[head + rename[src] + rest[len(src):]] = state_dict.pop(key)
+                break
+    state_dict.update(moved)
