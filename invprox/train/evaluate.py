@@ -213,7 +213,8 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(sigmas) * len(methods), disable=not progress, unit="run", desc="eval")
+    # None: tqdm turns itself off where the output is not a terminal (a log file)
+    bar = tqdm(total=len(sigmas) * len(methods), disable=None if progress else True, unit="run", desc="eval")
     rows: List[Dict[str, Any]] = []
     grid: Dict[str, Tensor] = {}
     for sigma in sigmas:
