@@ -223,7 +223,7 @@ stage_prior() {
 
 stage_denoise_more() {
     # What makes the flow prox win? More runs under Table 1's protocol (25 CPU minutes, the same validation
-    # and early stopping): the flow with the stronger prior of stage_prior at network lr 2e-4, skipping
+    # and early stopping): the flow with the stronger prior of stage_prior at network lr 2e-4 and 1e-4, skipping
     # steps with a non-finite gradient (this prior's runs hit NaN gradients: at step 394 with lr 3e-4, at
     # step 588 with 2e-4); the flow at lr 5e-4 with the table's prior (between 3e-4 and 1e-3, which
     # diverged); U-Net prox with another seed (how far a baseline moves by chance). Two at a time.
@@ -234,7 +234,17 @@ stage_denoise_more() {
         --skip-nonfinite 10 &
     train flow_dn_lr5e-4 "${common[@]}" "${flow[@]}" --flow "$GLOW" --lr-net 5e-4 &
     wait
-    train unet_dn_seed1 "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --seed 1
+    train unet_dn_seed1 "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --seed 1 &
+    train flow_dn_prior_lr1e-4 "${common[@]}" "${flow[@]}" --flow "$RES/glow_celeba32_more.pt" \
+        --lr-net 1e-4 --skip-nonfinite 10 &
+    wait
+    rm -rf "$RUNS/eval_lr1e-4"
+    timed "eval lr1e-4" invprox eval --model "$RUNS/flow_dn_prior_lr1e-4/solver.pt" \
+        --name "flow prox, stronger prior, lr 1e-4" --data celeba64 --split val \
+        --sigmas 0.10 0.15 0.20 0.25 --seed 0 --no-progress --out "$RUNS/eval_lr1e-4"
+    for f in results.md results.json per_image.csv; do
+        cp "$RUNS/eval_lr1e-4/$f" "$RES/table1_prior_lr1e-4_$f"
+    done
     rm -rf "$RUNS/eval_more"
     timed "eval more" invprox eval --model "$RUNS/flow_dn_prior/solver.pt" --name "flow prox, stronger prior" \
         --model "$RUNS/unet_dn_seed1/solver.pt" --name "U-Net prox, seed 1" --data celeba64 --split val \
@@ -242,7 +252,7 @@ stage_denoise_more() {
     for f in results.md results.json per_image.csv; do
         cp "$RUNS/eval_more/$f" "$RES/table1_more_$f"
     done
-    for m in flow_dn_prior flow_dn_lr5e-4 unet_dn_seed1; do
+    for m in flow_dn_prior flow_dn_lr5e-4 unet_dn_seed1 flow_dn_prior_lr1e-4; do
         cp "$RUNS/$m/metrics.json" "$RES/table1_train_${m}.json"
     done
 }
