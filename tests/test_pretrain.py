@@ -101,3 +101,22 @@ def test_init_continues_a_saved_flow(folder, tmp_path):
     with pytest.raises(ValueError, match="not both"):
         pretrain(str(folder), str(tmp_path / "a"), init=str(tmp_path / "a" / "flow.pt"), resume=True,
                  **TINY)
+
+
+def test_nonfinite_steps_skipped_then_stop(folder, tmp_path, monkeypatch):
+    """The trainers' one policy: up to skip_nonfinite bad steps in a row are skipped, the next one stops."""
+    real, calls = Glow.nll_bpd, [0]
+
+    def flaky(self, x, **kw):
+        out = real(self, x, **kw)
+        step = self.training and torch.is_grad_enabled()  # a training step, not the data init or validation
+        calls[0] += step
+        return out * float("nan") if step and calls[0] in bad else out
+
+    monkeypatch.setattr(Glow, "nll_bpd", flaky)
+    bad = {2}
+    m = pretrain(str(folder), str(tmp_path / "a"), batch=4, epochs=2, skip_nonfinite=1, **TINY)
+    assert m["steps"] == 4 and [s["step"] for s in m["skipped_steps"]] == [2]
+    calls[0], bad = 0, {2, 3}
+    with pytest.raises(RuntimeError, match="non-finite steps in a row"):
+        pretrain(str(folder), str(tmp_path / "b"), batch=4, epochs=2, skip_nonfinite=1, **TINY)
