@@ -48,7 +48,10 @@ from .step import GlowStep, upgrade_step_layout
 
 __all__ = ["Glow", "build_glow_blocks"]
 
-_FORMAT = "invprox.flows.Glow"
+#: the tag of a saved flow, in the scheme of every invprox file ("invprox.<kind>/<version>": solver,
+#: train_solver, pretrain); files written before carry the old tag and still load
+_FORMAT = "invprox.glow/1"
+_OLD_FORMATS = ("invprox.flows.Glow",)
 _COUPLINGS = ("affine", "additive")
 
 
@@ -370,7 +373,7 @@ class Glow(InvertibleModule):
         from ..checkpoint import load_checkpoint
 
         state = load_checkpoint(path, map_location=map_location)
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in (_FORMAT, *_OLD_FORMATS):
             raise ValueError(f"{path} is not a Glow saved by Glow.save (format {_FORMAT!r} missing)")
         sd = state["state_dict"]
         dtype = next(v.dtype for v in sd.values() if v.is_floating_point())
