@@ -116,6 +116,16 @@ def load_glow(path: str) -> Glow:
     return glow
 
 
+def face_task(doc: str, name: str, real: Dict[str, Any], tiny: Dict[str, Any], argv=None):
+    """What every face example starts with: ``(args, out folder, Glow prior, training faces, val faces)``."""
+    args = face_parser(doc, name, real, tiny).parse_args(argv)
+    out = setup(args)
+    glow = load_glow(args.flow)
+    x_train = load_faces(args.data, "train", args.n_train, args.seed)
+    x_val = load_faces(args.data, "val", args.n_val, args.seed)
+    return args, out, glow, x_train, x_val
+
+
 def calibrate(solver: nn.Module, x_train: Tensor, measure: Measure, n: int = 16, seed: int = 0) -> dict:
     """Set the solver's start, ``mu_k`` and ``lambda_k`` from ``n`` training pairs, without backprop.
 

@@ -30,12 +30,9 @@ import torch
 from _common import (
     calibrate,
     compare_with_classical,
-    face_parser,
+    face_task,
     fine_tune,
-    load_faces,
-    load_glow,
     reconstruct,
-    setup,
 )
 
 from invprox.physics import make_physics
@@ -47,11 +44,7 @@ TINY = dict(steps=1, batch=2, K=1, n_val=2, n_train=4, ratio=0.1)
 
 
 def main(argv=None) -> dict:
-    args = face_parser(__doc__, "compressed_sensing", REAL, TINY).parse_args(argv)
-    out = setup(args)
-    glow = load_glow(args.flow)
-    x_train = load_faces(args.data, "train", args.n_train, args.seed)
-    x_val = load_faces(args.data, "val", args.n_val, args.seed)
+    args, out, glow, x_train, x_val = face_task(__doc__, "compressed_sensing", REAL, TINY, argv)
 
     op = make_physics("compressed_sensing", (3, 32, 32), ratio=args.ratio, seed=args.seed)  # fixed matrix
     print(f"{op.m} measurements of {op.n} pixels, ||A||^2 = {op.norm_sq():.2f}")

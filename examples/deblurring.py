@@ -27,12 +27,9 @@ import torch
 from _common import (
     calibrate,
     compare_with_classical,
-    face_parser,
+    face_task,
     fine_tune,
-    load_faces,
-    load_glow,
     reconstruct,
-    setup,
 )
 
 from invprox.physics import make_physics
@@ -44,11 +41,7 @@ TINY = dict(steps=1, batch=2, K=1, n_val=2, n_train=4)
 
 
 def main(argv=None) -> dict:
-    args = face_parser(__doc__, "deblurring", REAL, TINY).parse_args(argv)
-    out = setup(args)
-    glow = load_glow(args.flow)
-    x_train = load_faces(args.data, "train", args.n_train, args.seed)
-    x_val = load_faces(args.data, "val", args.n_val, args.seed)
+    args, out, glow, x_train, x_val = face_task(__doc__, "deblurring", REAL, TINY, argv)
 
     op = make_physics("deblurring", (3, 32, 32), blur="gaussian", std=args.blur_std)  # 9x9 kernel
 

@@ -30,12 +30,9 @@ import torch
 from _common import (
     calibrate,
     compare_with_classical,
-    face_parser,
+    face_task,
     fine_tune,
-    load_faces,
-    load_glow,
     reconstruct,
-    setup,
 )
 
 from invprox.physics import Inpainting, random_mask
@@ -47,11 +44,7 @@ TINY = dict(steps=1, batch=2, K=1, n_val=2, n_train=4)
 
 
 def main(argv=None) -> dict:
-    args = face_parser(__doc__, "inpainting", REAL, TINY).parse_args(argv)
-    out = setup(args)
-    glow = load_glow(args.flow)
-    x_train = load_faces(args.data, "train", args.n_train, args.seed)
-    x_val = load_faces(args.data, "val", args.n_val, args.seed)
+    args, out, glow, x_train, x_val = face_task(__doc__, "inpainting", REAL, TINY, argv)
 
     def measure(x, g):  # every image its own mask: 1 = observed, 0 = missing
         op = Inpainting(random_mask((len(x), 1, 32, 32), args.p_missing, generator=g))
