@@ -238,6 +238,19 @@ stage_denoise_more() {
     train flow_dn_prior_lr1e-4 "${common[@]}" "${flow[@]}" --flow "$RES/glow_celeba32_more.pt" \
         --lr-net 1e-4 --skip-nonfinite 10 &
     wait
+    # second seeds: the flow prox at lr 1e-4 and ResNet prox
+    train flow_dn_prior_lr1e-4_seed1 "${common[@]}" "${flow[@]}" --flow "$RES/glow_celeba32_more.pt" \
+        --lr-net 1e-4 --skip-nonfinite 10 --seed 1 &
+    train resnet_dn_seed1 "${common[@]}" "${RESNET[@]}" --lr-net "$LR_CNN" --seed 1 &
+    wait
+    for m in flow_dn_prior_lr1e-4_seed1 resnet_dn_seed1; do
+        rm -rf "$RUNS/eval_$m"
+        timed "eval $m" invprox eval --model "$RUNS/$m/solver.pt" --name "$m" --data celeba64 --split val \
+            --sigmas 0.10 0.15 0.20 0.25 --seed 0 --no-progress --out "$RUNS/eval_$m"
+        cp "$RUNS/eval_$m/results.md" "$RES/table1_${m}_results.md"
+        cp "$RUNS/eval_$m/results.json" "$RES/table1_${m}_results.json"
+        cp "$RUNS/$m/metrics.json" "$RES/table1_train_${m}.json"
+    done
     rm -rf "$RUNS/eval_lr1e-4"
     timed "eval lr1e-4" invprox eval --model "$RUNS/flow_dn_prior_lr1e-4/solver.pt" \
         --name "flow prox, stronger prior, lr 1e-4" --data celeba64 --split val \
