@@ -10,6 +10,7 @@ vector-Jacobian product.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -244,7 +245,7 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
 
 
 def _rebuild_block(cfg, j, block, st, h, cond_leaves, want_ld):
-    replay = (lambda: st.replay(cfg.replay_autocast)) if st.needs_replay(cfg.replay_autocast) else None
+    replay = functools.partial(_replay, cfg, st)
     try:
         with span("invprox.rebuild"):
             return rebuild(block, h, *cond_leaves, logdet=want_ld, replay=replay)

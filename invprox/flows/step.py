@@ -103,6 +103,11 @@ class GlowStep(InvertibleModule):
         b, rest = self._split(y)
         return self._join(self.actnorm.inverse(self.invconv.inverse(self.coupling.inverse(b))), rest)
 
+    def _linear_params(self):
+        """The parameters of the two linear layers (ActNorm, 1x1 conv), in the order _StepVJP takes them."""
+        return [self.actnorm.loc, self.actnorm.log_scale, self.invconv.lower, self.invconv.upper,
+                self.invconv.log_s]
+
     # -- fused rebuilds for the engine ---------------------------------------------------------------
     def rebuild(self, y: Tensor, logdet: bool = False):
         """``(x, forward(x) with graph, logdet with graph or None)`` from the output ``y``, in one
@@ -113,9 +118,7 @@ class GlowStep(InvertibleModule):
         with torch.no_grad():
             a = self.actnorm.inverse(self.invconv.inverse(u_leaf.detach()))
         x_leaf = self._join(a, None if rest is None else rest.detach()).requires_grad_()
-        lin = [self.actnorm.loc, self.actnorm.log_scale, self.invconv.lower, self.invconv.upper,
-               self.invconv.log_s]
-        net = list(self.coupling.net.parameters())
+        lin, net = self._linear_params(), list(self.coupling.net.parameters())
         # the coupling's graph travels in a list: autograd must not see it as an input of the Function
         y_graph, ld = _StepVJP.apply(self, [u_leaf, yc, ldc], logdet, x_leaf, *lin, *net)
         return x_leaf, y_graph, (ld if logdet else None)
@@ -178,8 +181,7 @@ class _StepVJP(torch.autograd.Function):
         step, n = ctx.step, ctx.step.channels
         u_leaf, yc, ldc = ctx.held
         params = list(ctx.needs_input_grad[4:])
-        lin_p = [step.actnorm.loc, step.actnorm.log_scale, step.invconv.lower, step.invconv.upper,
-                 step.invconv.log_s]
+        lin_p = step._linear_params()
         n_lin = len(lin_p)
         net_p = list(step.coupling.net.parameters())
         use_ld = ctx.logdet and g_ld is not None
