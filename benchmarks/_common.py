@@ -341,3 +341,20 @@ def profiled_spans(step: Callable[[], Any]) -> Tuple[Dict[str, float], Any]:
         if e.key in out:
             out[e.key] = e.cpu_time_total / 1e6
     return out, prof
+
+
+def span_parts(sp: Dict[str, float]) -> Tuple[List[Tuple[str, float]], float]:
+    """The split of a profiled engine step from :func:`profiled_spans`' seconds: ``([(part, seconds)], the
+    profiled step's seconds)``, in the order every report prints it."""
+    inner = sp["invprox.rebuild"] + sp["invprox.vjp"] + sp["invprox.graph_leaves"]
+    parts = [
+        ("forward (no graph)", sp["invprox.forward"]),
+        ("  of which state capture (RNG, autocast, buffers)", sp["invprox.state_capture"]),
+        ("backward", sp["invprox.backward"]),
+        ("  rebuilds (inverse and recompute with graph; fused: one network pass)", sp["invprox.rebuild"]),
+        ("  vector-Jacobian products (torch.autograd.grad)", sp["invprox.vjp"]),
+        ("  graph-leaf walks (blocks that declare nothing)", sp["invprox.graph_leaves"]),
+        ("  other (engine loop, replay of kept blocks, buffers, small ops)",
+         max(0.0, sp["invprox.backward"] - inner)),
+    ]
+    return parts, sp["invprox.forward"] + sp["invprox.backward"]

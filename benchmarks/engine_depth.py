@@ -70,190 +70,52 @@ Run ``python benchmarks/engine_depth.py --help`` for every option.
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import os
 import sys
 import time
 import warnings
-from collections import defaultdict
 from functools import partial
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List
 
 import torch
-from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import invprox  # noqa: E402
+
 from _common import (  # noqa: E402
-    SPANS,
     child_report,
-    ctx_held,
     describe_machine,
     fmt_bytes,
     machine_info,
     markdown_table,
     median,
-    profiled_spans,
     run_children,
     step_peak_rss,
-    storage_key,
-    timed_cpu,
     write_results,
 )
-from methods import CheckpointSequential, import_memcnn, memcnn_sequential  # noqa: E402
-
-import invprox  # noqa: E402
-from invprox.core import InvertibleModule, saved_tensor_bytes  # noqa: E402
-from invprox.core.block import accepts_cond, draws_random, is_self_contained  # noqa: E402
-from invprox.flows import AdditiveCoupling, AffineCoupling  # noqa: E402
-
-METHODS = ("standard", "checkpoint", "memcnn", "invprox", "invprox_keep")
-
-
-# -- model ----------------------------------------------------------------------------------------------
-class FlipAfter(InvertibleModule):
-    """A coupling followed by a reversal of the channel order (so the next coupling reads the other half).
-
-    Keeps the coupling's fused rebuild: the engine still runs the coupling network once per block in the
-    backward pass.
-    """
-
-    def __init__(self, coupling: nn.Module):
-        super().__init__()
-        self.coupling = coupling
-        self.volume_preserving = bool(getattr(coupling, "volume_preserving", False))
-        # the engine's plan: what the coupling declares holds for the flip too
-        self.draws_random = draws_random(coupling)
-        self.self_contained = is_self_contained(coupling)
-        self.uses_cond = accepts_cond(coupling)
-
-    def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
-        return self.coupling(x, *cond).flip(1)
-
-    def inverse(self, y: Tensor, *cond: Tensor) -> Tensor:
-        return self.coupling.inverse(y.flip(1), *cond)
-
-    def forward_and_logdet(self, x: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
-        y, ld = self.coupling.forward_and_logdet(x, *cond)
-        return y.flip(1), ld
-
-    def inverse_and_logdet(self, y: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
-        return self.coupling.inverse_and_logdet(y.flip(1), *cond)
-
-    def rebuild(self, y: Tensor, *cond: Tensor, logdet: bool = False):
-        x, y_graph, ld = self.coupling.rebuild(y.flip(1), *cond, logdet=logdet)
-        return x, y_graph.flip(1), ld
+from _harness import fmt_err, fmt_ratio, interleaved_times, rel_err  # noqa: E402
+from engine_blocks import (  # noqa: E402
+    METHODS,
+    build_blocks,
+    cuda_step_peak,
+    f64_reference,
+    fresh_step,
+    make_input,
+    make_model,
+    measure_step,
+    method_label,
+    params_of,
+    roundtrip_error,
+    train_step,
+    zero_grads,
+)
+from engine_drift import drift_study, render_drift  # noqa: E402
+from engine_profile import profile, render_profile  # noqa: E402
+from methods import import_memcnn  # noqa: E402
 
 
-def build_blocks(args, depth: int) -> List[nn.Module]:
-    """``depth`` couplings (affine, additive, ...), seeded by ``args.seed``, on ``args.device``."""
-    torch.manual_seed(args.seed)
-    blocks: List[nn.Module] = []
-    for i in range(depth):
-        cls = AffineCoupling if i % 2 == 0 else AdditiveCoupling
-        c = cls(args.channels, hidden=args.hidden)
-        if args.init == "random":
-            c.net[-1].reset_parameters()
-        blocks.append(FlipAfter(c) if args.flip else c)
-    return [b.to(device=args.device, dtype=args.dtype) for b in blocks]
-
-
-def make_input(args, batch: Optional[int] = None, size: Optional[int] = None) -> Tensor:
-    g = torch.Generator().manual_seed(args.seed + 1)
-    shape = (batch or args.batch, args.channels, size or args.size, size or args.size)
-    return torch.randn(shape, generator=g, dtype=args.dtype).to(args.device)
-
-
-def make_model(method: str, blocks: Sequence[nn.Module], keep_every: int) -> Tuple[nn.Module, list]:
-    """``(model, its blocks)``; the blocks are a deep copy of ``blocks`` (same weights for every method)."""
-    blocks = copy.deepcopy(list(blocks))
-    if method == "standard":
-        model: nn.Module = nn.Sequential(*blocks)
-    elif method == "checkpoint":
-        model = CheckpointSequential(blocks)
-    elif method == "memcnn":
-        model = memcnn_sequential(blocks)
-    elif method == "invprox":
-        model = invprox.InvertibleChain(blocks)
-    elif method == "invprox_keep":
-        model = invprox.InvertibleChain(blocks, keep_every=keep_every)
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    return model, blocks
-
-
-def method_label(method: str, keep_every: int) -> str:
-    return f"invprox_keep{keep_every}" if method == "invprox_keep" else method
-
-
-def params_of(blocks: Sequence[nn.Module]) -> List[Tensor]:
-    return [p for b in blocks for p in b.parameters()]
-
-
-def loss_of(out: Tensor) -> Tensor:
-    return out.square().mean()
-
-
-def train_step(model: nn.Module, x: Tensor) -> None:
-    loss_of(model(x)).backward()
-
-
-# -- measurements ---------------------------------------------------------------------------------------
-def ctx_held_bytes(root: Tensor, exclude: Sequence[Tensor]) -> int:
-    """Bytes of tensors held in custom-Function contexts of ``root``'s graph, except ``exclude``'s."""
-    return sum(ctx_held(root, {storage_key(t) for t in exclude}).values())
-
-
-def gradient_vector(blocks: Sequence[nn.Module], x: Tensor) -> Tensor:
-    gs = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params_of(blocks)]
-    gs.append(x.grad if x.grad is not None else torch.zeros_like(x))
-    return torch.cat([g.detach().reshape(-1).double().cpu() for g in gs])
-
-
-def rel_err(g: Tensor, ref: Tensor) -> float:
-    return float((g - ref).norm() / ref.norm().clamp_min(1e-300))
-
-
-def zero_grads(params: Sequence[Tensor], to_none: bool = True) -> None:
-    for p in params:
-        if to_none:
-            p.grad = None
-        elif p.grad is not None:
-            p.grad.zero_()
-
-
-def measure_step(model: nn.Module, blocks: Sequence[nn.Module], x0: Tensor) -> Dict[str, Any]:
-    """One step with saved-tensor accounting; returns saved/ctx bytes and the gradient vector."""
-    params = params_of(blocks)
-    zero_grads(params)
-    x = x0.clone().requires_grad_()
-    out, rec = saved_tensor_bytes(model, x, exclude=params)
-    loss = loss_of(out)
-    # the loss saves `out`; the chain's input is the benchmark's own tensor
-    ctx = ctx_held_bytes(loss, exclude=[*params, out])
-    loss.backward()
-    return {"saved": rec.bytes, "ctx": ctx, "grad": gradient_vector(blocks, x)}
-
-
-def roundtrip_error(blocks: Sequence[nn.Module], x0: Tensor) -> float:
-    with torch.no_grad():
-        h = x0
-        for b in blocks:
-            h = b(h)
-        for b in reversed(blocks):
-            h = b.inverse(h)
-    return rel_err(h.double().cpu(), x0.double().cpu())
-
-
-def cuda_step_peak(model, blocks, x0) -> int:
-    params = params_of(blocks)
-    zero_grads(params, to_none=False)  # .grad stays allocated: parameters' gradients are not counted
-    x = x0.clone().requires_grad_()
-    gc.collect()
-    _, peak = invprox.cuda_peak_bytes(lambda: train_step(model, x), torch.device(x0.device))
-    return peak
-
-
+# -- peak-memory child ----------------------------------------------------------------------------------
 def child_args(args, method: str, depth: int) -> List[str]:
     a = [
         "--child", method, "--depths", str(depth), "--batch", str(args.batch),
@@ -290,108 +152,6 @@ def child_main(args) -> None:
     child_report(out)
 
 
-# -- profile --------------------------------------------------------------------------------------------
-def profile(args, depth: int) -> Dict[str, Any]:
-    """Split an invprox step at ``depth`` into its parts and list the top operators.
-
-    Step totals (invprox and standard) are timed without a profiler (median over repeats; CPU seconds of
-    the process on CPU, wall seconds on CUDA). The split comes from the engine's own
-    ``torch.profiler.record_function`` spans in a profiled step (no monkeypatching); its times include
-    the profiler's overhead, so the report gives each part as a share of the profiled step.
-    """
-    blocks = build_blocks(args, depth)
-    x0 = make_input(args)
-    inv, inv_blocks = make_model("invprox", blocks, args.keep_every)
-    std, std_blocks = make_model("standard", blocks, args.keep_every)
-    runs: Dict[str, List[float]] = defaultdict(list)
-    reps = max(3, args.repeats)
-    for r in range(reps + 1):  # the first is a warm-up
-        for name, model, bl in (("std", std, std_blocks), ("inv", inv, inv_blocks)):
-            zero_grads(params_of(bl))
-            x = x0.clone().requires_grad_()
-            out, w_f, c_f = timed_cpu(lambda: loss_of(model(x)), args.device)  # noqa: B023
-            _, w_b, c_b = timed_cpu(out.backward, args.device)
-            if r > 0:
-                runs[f"{name}_forward"].append(c_f if args.device == "cpu" else w_f)
-                runs[f"{name}_backward"].append(c_b if args.device == "cpu" else w_b)
-    m = {k: median(v) for k, v in runs.items()}
-    ops, spans = {}, []
-    for name, model, bl in (("standard", std, std_blocks), ("invprox", inv, inv_blocks)):
-        for _ in range(reps if name == "invprox" else 1):
-            zero_grads(params_of(bl))
-            x = x0.clone().requires_grad_()
-            sp, prof = profiled_spans(lambda: train_step(model, x))  # noqa: B023
-            if name == "invprox":
-                spans.append(sp)
-        rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
-        ops[name] = [
-            {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in rows
-        ]
-    profiled = {k: median([sp[k] for sp in spans]) for k in SPANS}
-    seconds = {"forward": m["inv_forward"], "backward": m["inv_backward"],
-               "standard_forward": m["std_forward"], "standard_backward": m["std_backward"]}
-    clock = "process CPU time" if args.device == "cpu" else "wall time"
-    return {"depth": depth, "seconds": seconds, "profiled_spans": profiled, "clock": clock,
-            "top_ops": ops, "repeats": reps}
-
-
-# -- drift ----------------------------------------------------------------------------------------------
-def drift_study(args, depths: Sequence[int]) -> Dict[str, Any]:
-    """Gradient error of pure inversion and of ``keep_every`` against standard autograd at deep chains."""
-    rows = []
-    for depth in depths:
-        t0 = time.perf_counter()
-        blocks = build_blocks(args, depth)
-        x0 = make_input(args)
-        g: Dict[str, Tensor] = {}
-        for m in ("standard", "invprox", "invprox_keep"):
-            model, bl = make_model(m, blocks, args.keep_every)
-            x = x0.clone().requires_grad_()
-            train_step(model, x)
-            g[m] = gradient_vector(bl, x)
-            del model, bl, x
-            gc.collect()
-        row: Dict[str, Any] = {"depth": depth, "roundtrip_err": roundtrip_error(blocks, x0)}
-        ref = None
-        if args.dtype == torch.float32 and not args.no_f64_ref:
-            b64 = [copy.deepcopy(b).double() for b in blocks]
-            x64 = x0.double().clone().requires_grad_()
-            train_step(nn.Sequential(*b64), x64)
-            ref = gradient_vector(b64, x64)
-            del b64, x64
-        for m in ("standard", "invprox", "invprox_keep"):
-            label = method_label(m, args.keep_every)
-            row[f"{label}_vs_standard"] = rel_err(g[m], g["standard"])
-            row[f"{label}_vs_f64"] = rel_err(g[m], ref) if ref is not None else None
-        row["seconds"] = time.perf_counter() - t0
-        rows.append(row)
-        print(f"drift depth {depth}: " + ", ".join(
-            f"{k} {v:.2e}" for k, v in row.items() if k != "depth" and v is not None
-        ), file=sys.stderr, flush=True)
-    return {"drift": rows}
-
-
-def render_drift(args, payload: Dict[str, Any]) -> str:
-    cfg, keep = payload["config"], f"invprox_keep{args.keep_every}"
-    md = [
-        f"# Drift of pure inversion vs depth ({args.device}, {cfg['dtype']})\n",
-        f"Input {cfg['batch']} x {cfg['channels']} x {cfg['size']} x {cfg['size']}, hidden {cfg['hidden']}. "
-        f"Machine: {describe_machine(payload['machine'])}.\n",
-        f"Command: `{payload['command']}`\n",
-        "Relative error of the whole gradient vector (parameters and input); `f64` is standard autograd "
-        "in float64, the exact reference; `standard vs f64` is the float32 rounding floor.\n",
-    ]
-    body = [[
-        r["depth"], _fmt_err(r["roundtrip_err"]), _fmt_err(r["standard_vs_f64"]),
-        _fmt_err(r["invprox_vs_standard"]), _fmt_err(r["invprox_vs_f64"]),
-        _fmt_err(r[f"{keep}_vs_standard"]), _fmt_err(r[f"{keep}_vs_f64"]),
-    ] for r in payload["drift"]]
-    md.append(markdown_table(
-        ["depth", "round trip", "standard vs f64", "invprox vs standard", "invprox vs f64",
-         f"{keep} vs standard", f"{keep} vs f64"], body, "r" * 7))
-    return "\n".join(md)
-
-
 # -- sweep ----------------------------------------------------------------------------------------------
 def sweep(args) -> Dict[str, Any]:
     methods = list(args.methods)
@@ -410,31 +170,19 @@ def sweep(args) -> Dict[str, Any]:
             res[m].update(measure_step(*models[m], x0))
         ref64 = None
         if args.dtype == torch.float32 and not args.no_f64_ref:
-            b64 = [copy.deepcopy(b).double() for b in blocks]
-            x64 = x0.double().clone().requires_grad_()
-            train_step(nn.Sequential(*b64), x64)
-            ref64 = gradient_vector(b64, x64)
+            ref64 = f64_reference(blocks, x0)
         std_g = res["standard"]["grad"] if "standard" in res else None
         for m in methods:
             g = res[m].pop("grad")
             res[m]["grad_err"] = rel_err(g, std_g) if std_g is not None else None
             res[m]["grad_err_f64"] = rel_err(g, ref64) if ref64 is not None else None
-        times: Dict[str, List[float]] = {m: [] for m in methods}
-        cpu_times: Dict[str, List[float]] = {m: [] for m in methods}
-        for r in range(args.repeats):
-            order = methods[r % len(methods):] + methods[: r % len(methods)]
-            for m in order:
-                model, bl = models[m]
-                zero_grads(params_of(bl))
-                x = x0.clone().requires_grad_()
-                _, t, c = timed_cpu(lambda: train_step(model, x), args.device)  # noqa: B023
-                times[m].append(t)
-                cpu_times[m].append(c)
+        times = interleaved_times({m: partial(fresh_step, *models[m], x0) for m in methods}, args.repeats,
+                                  args.device)
         for m in methods:
-            res[m]["times"] = times[m]
-            res[m]["time"] = median(times[m])
-            res[m]["cpu_times"] = cpu_times[m]
-            res[m]["cpu_time"] = median(cpu_times[m])
+            res[m]["times"] = times[m]["wall"]
+            res[m]["time"] = median(times[m]["wall"])
+            res[m]["cpu_times"] = times[m]["cpu"]
+            res[m]["cpu_time"] = median(times[m]["cpu"])
         if args.device.startswith("cuda"):
             for m in methods:
                 res[m]["peak"] = cuda_step_peak(*models[m], x0)
@@ -469,14 +217,6 @@ def sweep(args) -> Dict[str, Any]:
     return {"rows": rows, "depths": depth_info, "methods": labels}
 
 
-def _fmt_err(e: Optional[float]) -> str:
-    return "-" if e is None else f"{e:.1e}"
-
-
-def _fmt_ratio(r: Optional[float]) -> str:
-    return "-" if r is None else f"{r:.2f}"
-
-
 def render(args, payload: Dict[str, Any]) -> str:
     info = payload["machine"]
     cfg = payload["config"]
@@ -497,11 +237,11 @@ def render(args, payload: Dict[str, Any]) -> str:
     for r in rows:
         row = [
             r["depth"], r["method"], fmt_bytes(r["saved"]), fmt_bytes(r["ctx"], "KiB", 1),
-            fmt_bytes(r.get("peak")), f"{r['time'] * 1e3:.1f}", _fmt_ratio(r["time_ratio"]),
+            fmt_bytes(r.get("peak")), f"{r['time'] * 1e3:.1f}", fmt_ratio(r["time_ratio"]),
         ]
         if cpu:
-            row += [f"{r['cpu_time'] * 1e3:.1f}", _fmt_ratio(r["cpu_time_ratio"])]
-        row += [_fmt_err(r["grad_err"]), _fmt_err(r["grad_err_f64"])]
+            row += [f"{r['cpu_time'] * 1e3:.1f}", fmt_ratio(r["cpu_time_ratio"])]
+        row += [fmt_err(r["grad_err"]), fmt_err(r["grad_err_f64"])]
         body.append(row)
     md.append(markdown_table(headers, body, "rl" + "r" * (len(headers) - 2)))
     # scaling summary
@@ -522,7 +262,7 @@ def render(args, payload: Dict[str, Any]) -> str:
 
         sc = "-" if not saved_ctx(lo) else f"{saved_ctx(hi) / saved_ctx(lo):.2f}"
         key = "cpu_time_ratio" if cpu else "time_ratio"
-        summ.append([m, ratio("saved"), sc, ratio("peak"), _fmt_ratio(hi[key]), _fmt_err(hi["grad_err"])])
+        summ.append([m, ratio("saved"), sc, ratio("peak"), fmt_ratio(hi[key]), fmt_err(hi["grad_err"])])
     md.append(f"\nScaling from depth {dmin} to depth {dmax}:\n")
     md.append(markdown_table(
         ["method", f"saved {dmax}/{dmin}", f"saved+ctx {dmax}/{dmin}", f"peak {dmax}/{dmin}",
@@ -530,28 +270,8 @@ def render(args, payload: Dict[str, Any]) -> str:
     rt = ", ".join(f"{d['depth']}: {d['roundtrip_err']:.1e}" for d in payload["depths"])
     md.append("\nRound-trip error of the chain by inversion, ||f^-1(f(x)) - x|| / ||x|| "
               f"(depth: error): {rt}.\n")
-    prof = payload.get("profile")
-    if prof:
-        s, sp = prof["seconds"], prof["profiled_spans"]
-        md.append(f"\nAn invprox step at depth {prof['depth']} ({prof['clock']}, median of "
-                  f"{prof['repeats']}): "
-                  f"forward {s['forward'] * 1e3:.1f} ms, backward {s['backward'] * 1e3:.1f} ms; standard "
-                  f"{s['standard_forward'] * 1e3:.1f} + {s['standard_backward'] * 1e3:.1f} ms. Split by the "
-                  "engine's torch.profiler spans (a profiled step, profiler overhead included):\n")
-        step = sp["invprox.forward"] + sp["invprox.backward"]
-        other = sp["invprox.backward"] - sum(sp[k] for k in ("invprox.rebuild", "invprox.vjp",
-                                                               "invprox.graph_leaves"))
-        parts = [
-            ("forward (no graph)", sp["invprox.forward"]),
-            ("  of which state capture (RNG, autocast, buffers)", sp["invprox.state_capture"]),
-            ("backward", sp["invprox.backward"]),
-            ("  rebuild: inverse and recompute with graph (fused: one network pass)", sp["invprox.rebuild"]),
-            ("  vector-Jacobian products (torch.autograd.grad)", sp["invprox.vjp"]),
-            ("  graph-leaf walk", sp["invprox.graph_leaves"]),
-            ("  other (replay, buffers, Python, dispatch)", max(0.0, other)),
-        ]
-        md.append(markdown_table(["part", "ms (profiled)", "% of the profiled step"],
-                                 [[p, f"{v * 1e3:.1f}", f"{100 * v / step:.0f}"] for p, v in parts]))
+    if payload.get("profile"):
+        md += render_profile(payload["profile"])
     return "\n".join(md)
 
 

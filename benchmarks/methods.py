@@ -9,12 +9,18 @@ solver) build their models from these.
 from __future__ import annotations
 
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["import_memcnn", "BindCond", "MemcnnSequential", "CheckpointSequential", "memcnn_sequential"]
+from invprox.core.block import accepts_cond
+
+from _common import storage_key
+
+__all__ = ["import_memcnn", "BindCond", "MemcnnSequential", "CheckpointSequential", "memcnn_sequential",
+           "CheckpointFolds"]
 
 
 def import_memcnn():
@@ -93,3 +99,37 @@ class CheckpointSequential(nn.Module):
         for b in self.blocks:
             x = checkpoint(b, x, use_reentrant=False)
         return x
+
+
+class CheckpointFolds(nn.Module):
+    """The solver's blocks, one ``torch.utils.checkpoint`` (non-reentrant) per fold."""
+
+    def __init__(self, solver: nn.Module):  # a FlowProxSolver
+        super().__init__()
+        self.blocks = list(solver.chain.blocks)  # not registered: the solver owns them
+        self.uses = [accepts_cond(b) for b in self.blocks]
+        self.K, self.n = solver.K, solver.fold_blocks()
+        #: storages (key -> bytes) of the inputs each checkpoint keeps, in the last forward; torch saves
+        #: them with ``ctx.save_for_backward`` of a no-op Function, so the hooks see most of them already
+        self.inputs: Dict[Any, int] = {}
+        #: bytes of the CPU RNG states the checkpoints keep in their frames (preserve_rng_state=True)
+        self.rng_bytes = 0
+
+    def _fold(self, h: Tensor, y: Tensor, k: int) -> Tensor:
+        for j in range(k * self.n, (k + 1) * self.n):
+            h = self.blocks[j](h, y) if self.uses[j] else self.blocks[j](h)
+        return h
+
+    def forward(self, x0: Tensor, y: Tensor) -> Tensor:
+        h, inputs = x0, {storage_key(y): y.untyped_storage().nbytes()}
+        for k in range(self.K):
+            inputs[storage_key(h)] = h.untyped_storage().nbytes()
+            h = checkpoint(self._fold, h, y, k, use_reentrant=False)
+        self.inputs = inputs
+        self.rng_bytes = torch.get_rng_state().numel() * self.K
+        return h
+
+    def held_bytes(self, skip: set, rng: bool = True) -> int:
+        """Bytes the checkpoints keep that are not in ``skip`` (what the hooks saw, parameters)."""
+        return sum(v for k, v in self.inputs.items() if k not in skip) + (self.rng_bytes if rng else 0)
+

@@ -41,8 +41,6 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import describe_machine, machine_info, markdown_table, write_results  # noqa: E402
-from solver_k import fix_channel_range, git_commit  # noqa: E402
 
 import invprox  # noqa: E402
 from invprox.data import make_dataset  # noqa: E402
@@ -50,6 +48,10 @@ from invprox.flows import Glow  # noqa: E402
 from invprox.metrics import psnr  # noqa: E402
 from invprox.physics import make_physics  # noqa: E402
 from invprox.solvers.flow_prox import FlowProxSolver  # noqa: E402
+
+from _common import describe_machine, machine_info, markdown_table, write_results  # noqa: E402
+from _harness import git_commit  # noqa: E402
+from solver_runner import fix_channel_range  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -16,18 +16,18 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import sys
-import time
+from functools import partial
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import describe_machine, machine_info, markdown_table, write_results  # noqa: E402
-
 from invprox.flows import Glow  # noqa: E402
 from invprox.physics import make_physics  # noqa: E402
 from invprox.solvers import FlowProxSolver  # noqa: E402
+
+from _common import describe_machine, machine_info, markdown_table, median, write_results  # noqa: E402
+from _harness import interleaved_times  # noqa: E402
 
 
 def measure(hidden: int, batch: int, K: int, size: int, repeats: int, keep_every, levels: int = 2,
@@ -47,14 +47,9 @@ def measure(hidden: int, batch: int, K: int, size: int, repeats: int, keep_every
         m.zero_grad()
         (m(y) - x).square().mean().backward()
 
-    times = {"invprox": [], "standard": []}
-    for r in range(repeats + 1):  # the first round warms up
-        for name, m in (("invprox", eng), ("standard", std)):
-            t = time.process_time()
-            step(m)
-            if r:
-                times[name].append(time.process_time() - t)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    times = interleaved_times({"invprox": partial(step, eng), "standard": partial(step, std)}, repeats,
+                              warmup=1)
+    med = {k: median(v["cpu"]) for k, v in times.items()}
     return {"hidden": hidden, "batch": batch, "K": K, "blocks": len(eng.chain), "invprox_s": med["invprox"],
             "standard_s": med["standard"], "ratio": med["invprox"] / med["standard"]}
 

@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import os
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import median  # noqa: E402
+from _harness import interleaved_times  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,17 +76,17 @@ def step_times(runs_dir: Path, names: List[str], repeats: int = 7) -> List[Dict[
         g = torch.Generator().manual_seed(0)
         x = torch.rand(cfg["batch"], cfg["channels"], cfg["size"], cfg["size"], generator=g)
         y = solver.physics.measure(x, cfg["sigma"], g)
-        modes = [("engine", True), ("standard autograd", False)] if cfg["prox"] == "flow" else [("", None)]
-        for label, eff in modes:
+        modes = {"engine": True, "standard autograd": False} if cfg["prox"] == "flow" else {"": None}
+
+        def step(eff, solver=solver, x=x, y=y) -> None:
             if eff is not None:
                 solver.memory_efficient = eff
-            ts = []
-            for _ in range(repeats):
-                solver.zero_grad(set_to_none=True)
-                t0 = time.process_time()
-                ((solver(y) - x) ** 2).mean().backward()
-                ts.append(time.process_time() - t0)
-            rows.append({"run": name, "mode": label, "seconds": statistics.median(ts[1:])})
+            solver.zero_grad(set_to_none=True)
+            ((solver(y) - x) ** 2).mean().backward()
+
+        times = interleaved_times({label: partial(step, eff) for label, eff in modes.items()}, repeats - 1,
+                                  warmup=1)
+        rows += [{"run": name, "mode": label, "seconds": median(t["cpu"])} for label, t in times.items()]
     return rows
 
 

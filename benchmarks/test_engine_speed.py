@@ -23,6 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import engine_depth as ed  # noqa: E402
 
+import engine_blocks as eb  # noqa: E402
+from _harness import rel_err  # noqa: E402
+
 DEPTH = 16
 SIZES = ["--batch", "4", "--channels", "8", "--size", "16", "--hidden", "32"]
 METHODS = ["standard", "checkpoint", "invprox", "invprox_keep"]
@@ -39,22 +42,22 @@ def one_thread():
 @pytest.fixture(scope="module")
 def setup():
     args = ed.parse_args(SIZES)
-    return args, ed.build_blocks(args, DEPTH), ed.make_input(args)
+    return args, eb.build_blocks(args, DEPTH), eb.make_input(args)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_forward_backward_depth16(benchmark, setup, method):
     args, blocks, x0 = setup
-    model, bl = ed.make_model(method, blocks, keep_every=8)
-    params = ed.params_of(bl)
+    model, bl = eb.make_model(method, blocks, keep_every=8)
+    params = eb.params_of(bl)
 
     def fresh():
-        ed.zero_grads(params)
+        eb.zero_grads(params)
         return (model, x0.clone().requires_grad_()), {}
 
     benchmark.group = f"engine depth {DEPTH}"
     benchmark.extra_info.update(depth=DEPTH, input=list(x0.shape), hidden=args.hidden)
-    benchmark.pedantic(ed.train_step, setup=fresh, rounds=10, warmup_rounds=1, iterations=1)
+    benchmark.pedantic(eb.train_step, setup=fresh, rounds=10, warmup_rounds=1, iterations=1)
 
 
 def test_invprox_gradients_match_standard(setup):
@@ -62,8 +65,8 @@ def test_invprox_gradients_match_standard(setup):
     _, blocks, x0 = setup
     grads = {}
     for method in ("standard", "invprox"):
-        model, bl = ed.make_model(method, blocks, keep_every=8)
+        model, bl = eb.make_model(method, blocks, keep_every=8)
         x = x0.clone().requires_grad_()
-        ed.train_step(model, x)
-        grads[method] = ed.gradient_vector(bl, x)
-    assert ed.rel_err(grads["invprox"], grads["standard"]) < 1e-5
+        eb.train_step(model, x)
+        grads[method] = eb.gradient_vector(bl, x)
+    assert rel_err(grads["invprox"], grads["standard"]) < 1e-5

@@ -21,6 +21,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import solver_k  # noqa: E402
 
+import solver_runner as sr  # noqa: E402
+from methods import import_memcnn  # noqa: E402
+
 METHODS = ["standard", "checkpoint", "memcnn", "invprox", "invprox_keepfold"]
 ARGS = ["--batch", "2", "--size", "16", "--levels", "2", "--steps", "2", "--hidden", "16", "--threads", "1"]
 
@@ -29,8 +32,8 @@ ARGS = ["--batch", "2", "--size", "16", "--levels", "2", "--steps", "2", "--hidd
 def setup():
     torch.set_num_threads(1)
     args = solver_k.parse_args(ARGS)
-    flow = solver_k.build_flow(args)
-    x, y = solver_k.make_batch(args, args.batch)
+    flow = sr.build_flow(args)
+    x, y = sr.make_batch(args, args.batch)
     return args, flow, x, y
 
 
@@ -38,13 +41,13 @@ def setup():
 @pytest.mark.parametrize("method", METHODS)
 def test_training_step(benchmark, setup, method, K):
     args, flow, x, y = setup
-    if method == "memcnn" and solver_k._import_memcnn() is None:
+    if method == "memcnn" and import_memcnn() is None:
         pytest.skip("memcnn is not installed")
-    base = solver_k.build_solver(flow, K, "cpu")
-    ref = solver_k.Runner("standard", base, args.lr)
-    _, g_ref = solver_k.first_step(ref, x, y)
-    r = solver_k.Runner(method, base, args.lr)
-    _, g = solver_k.first_step(r, x, y)
+    base = sr.build_solver(flow, K, "cpu")
+    ref = sr.Runner("standard", base, args.lr)
+    _, g_ref = sr.first_step(ref, x, y)
+    r = sr.Runner(method, base, args.lr)
+    _, g = sr.first_step(r, x, y)
     err = float((g - g_ref).norm() / g_ref.norm())
     tol = 1e-2 if method in ("memcnn", "invprox") else 1e-4  # pure inversion drifts (see SOLVER_K.md)
     assert err < tol, f"{method}: gradient error {err:.2e} against standard autograd"

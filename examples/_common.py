@@ -7,13 +7,16 @@
 * :func:`load_glow`: the pre-trained Glow (``benchmarks/results/glow_celeba32.pt``), loaded once per
   process and copied for every caller.
 * :func:`fine_tune`: the end-to-end training loop of an unrolled solver (MSE to the clean image).
+* :func:`solve_face_task`: a task example's whole run once it has its operator: the flow prox calibrated,
+  fine-tuned and compared with the classical reference.
 * :func:`reconstruct`, :func:`report`, :func:`compare_with_classical`, :func:`learned_steps`: evaluation,
   PSNR per method, a labelled image grid and ``metrics.json``.
 
 A caveat the loop handles: the inverse ``g`` of the pre-trained Glow overflows (NaN, in float64 too) on
 some latents far from its training data, e.g. ``g(z / (1 + lambda))`` of noisy faces at sigma >= 0.1, or
 ``glow.sample(n, temperature=1.0)``. :func:`fine_tune` skips a step whose loss or gradient is not finite
-(and gives up when more than a quarter are), :func:`report` counts NaN images and scores them as black.
+(the library's one policy, ``NonFiniteSteps``: it gives up after 10 in a row); :func:`report` counts NaN
+images and scores them as black.
 
 The scripts import it as ``from _common import ...``: Python puts the script's folder on ``sys.path``
 when it runs ``python examples/<name>.py``.
@@ -243,3 +246,19 @@ def compare_with_classical(
             "flow prox, fine-tuned": after}
     return report(out, x_val, rows, title=f"{task}, sigma={sigma}, K={solver.K}",
                   extra={"task": task, "sigma": sigma, "classical": method, **steps, **extra})
+
+
+def solve_face_task(args: argparse.Namespace, out: Path, glow: Glow, x_train: Tensor, x_val: Tensor,
+                    task: str, measure: Measure, extra: Dict[str, Any]) -> Dict[str, float]:
+    """The flow prox on one task: built on the validation measurement's operator, calibrated on training
+    pairs from ``measure(x, generator) -> (y, physics)``, fine-tuned, and compared with the classical
+    reference (:func:`compare_with_classical`)."""
+    from invprox.solvers import FlowProxSolver
+
+    y_val, op_val = measure(x_val, torch.Generator().manual_seed(args.seed + 100))
+    solver = FlowProxSolver(glow, op_val, K=args.K, mu_init=args.mu_init, lam_init=args.lam_init)
+    calibrate(solver, x_train, measure, seed=args.seed)
+    before = reconstruct(solver, y_val, op_val)
+    fine_tune(solver, x_train, measure, args.steps, args.batch, args.lr_net, args.lr_step, args.seed)
+    return compare_with_classical(out, task, solver, x_val, y_val, op_val, args.sigma, before,
+                                  extra={"K": args.K, "steps": args.steps, **extra})

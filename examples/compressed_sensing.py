@@ -26,17 +26,9 @@ many epochs.
 
 from __future__ import annotations
 
-import torch
-from _common import (
-    calibrate,
-    compare_with_classical,
-    face_task,
-    fine_tune,
-    reconstruct,
-)
-
 from invprox.physics import make_physics
-from invprox.solvers import FlowProxSolver
+
+from _common import face_task, solve_face_task
 
 REAL = dict(steps=30, batch=8, K=4, n_val=8, n_train=512, sigma=0.01, ratio=0.25, lr_net=1e-4,
             lr_step=5e-2, mu_init=0.5, lam_init=0.1)
@@ -52,13 +44,8 @@ def main(argv=None) -> dict:
     def measure(x, g):
         return op.measure(x, args.sigma, g), op
 
-    y_val = op.measure(x_val, args.sigma, torch.Generator().manual_seed(args.seed + 100))
-    solver = FlowProxSolver(glow, op, K=args.K, mu_init=args.mu_init, lam_init=args.lam_init)
-    calibrate(solver, x_train, measure, seed=args.seed)
-    before = reconstruct(solver, y_val)
-    fine_tune(solver, x_train, measure, args.steps, args.batch, args.lr_net, args.lr_step, args.seed)
-    return compare_with_classical(out, "compressed_sensing", solver, x_val, y_val, op, args.sigma, before,
-                                  extra={"K": args.K, "steps": args.steps, "ratio": args.ratio, "m": op.m})
+    return solve_face_task(args, out, glow, x_train, x_val, "compressed_sensing", measure,
+                           {"ratio": args.ratio, "m": op.m})
 
 
 if __name__ == "__main__":

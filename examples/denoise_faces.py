@@ -28,6 +28,10 @@ shows what 25 CPU minutes of training do.
 from __future__ import annotations
 
 import torch
+
+from invprox.physics import make_physics
+from invprox.solvers import FlowProxSolver
+
 from _common import (
     calibrate,
     face_parser,
@@ -39,9 +43,6 @@ from _common import (
     report,
     setup,
 )
-
-from invprox.physics import make_physics
-from invprox.solvers import FlowProxSolver
 
 # mu_init, lam_init: the values before calibration (which sets mu_k and lambda_k from training pairs);
 # with FlowProxSolver's defaults (0.5, 0.1) and the mode as start this Glow's inverse overflowed (NaN)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +49,8 @@ from invprox.flows import CouplingNet
 from invprox.metrics import psnr
 from invprox.physics import make_physics
 from invprox.testing import relative_error
+
+from _common import setup
 
 
 class GradientCoupling(invprox.InvertibleModule):
@@ -161,15 +162,9 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.set_defaults(_real=real, _tiny=tiny)
     args = p.parse_args(argv)
-    for key, value in (tiny if args.tiny else real).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = setup(args)  # defaults (real or tiny), threads, seed, the output folder
 
     shape = (1, args.size, args.size)
     kw = {"n": max(args.steps * args.batch, 64), "seed": args.seed} if args.data == "embedded" else {}

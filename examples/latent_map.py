@@ -26,11 +26,12 @@ from __future__ import annotations
 import time
 
 import torch
-from _common import face_parser, load_faces, load_glow, report, setup
 
 import invprox
 from invprox.physics import make_physics
 from invprox.solvers import LatentMAP
+
+from _common import face_parser, load_faces, load_glow, report, setup
 
 REAL = dict(steps=100, n_val=8, sigma=0.2)
 TINY = dict(steps=3, n_val=2)

@@ -1,0 +1,65 @@
+"""The benchmark scripts run end to end at toy sizes and report what they measured.
+
+The scripts are thin experiments on one harness (``benchmarks/_harness.py``, ``_common.py``,
+``methods.py``); this catches a script that no longer fits its harness. The numbers themselves are checked
+where they can be: every method's gradient against standard autograd.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+
+def run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_engine_depth_sweep_profile_and_drift(tmp_path):
+    tiny = ["--batch", "2", "--size", "8", "--hidden", "8", "--out", str(tmp_path)]
+    run("engine_depth.py", "--depths", "1", "3", "--repeats", "2", "--no-peak", "--profile", "2",
+        "--methods", "standard", "checkpoint", "invprox", "invprox_keep", *tiny)
+    res = json.loads((tmp_path / "engine_depth_cpu.json").read_text())
+    assert {(r["method"], r["depth"]) for r in res["rows"]} == {
+        (m, d) for m in ("standard", "checkpoint", "invprox", "invprox_keep8") for d in (1, 3)}
+    for r in res["rows"]:
+        assert len(r["cpu_times"]) == 2 and r["cpu_time"] > 0
+        assert r["grad_err"] < 1e-5, r
+    assert res["profile"]["profiled_spans"]["invprox.backward"] > 0
+    assert "Split by the engine's torch.profiler spans" in (tmp_path / "engine_depth_cpu.md").read_text()
+    run("engine_depth.py", "--drift", "2", "4", *tiny)
+    drift = json.loads((tmp_path / "engine_depth_cpu_drift.json").read_text())["drift"]
+    assert [r["depth"] for r in drift] == [2, 4]
+    assert all(r["invprox_vs_f64"] < 1e-4 for r in drift)
+
+
+@pytest.mark.slow
+def test_solver_k_sweep_projection_and_profile(tmp_path):
+    run("solver_k.py", "--ks", "1", "2", "--size", "8", "--levels", "2", "--steps", "1", "--hidden", "8",
+        "--batch", "2", "--repeats", "2", "--no-peak", "--no-plots", "--methods", "standard", "checkpoint",
+        "invprox_keepfold", "--parts", "sweep", "projection", "profile", "--proj-sizes", "8", "16",
+        "--proj-levels", "2", "--proj-steps", "1", "--proj-hidden", "8", "--profile-k", "2",
+        "--profile-repeats", "1", "--out", str(tmp_path))
+    res = json.loads((tmp_path / "solver_k_cpu.json").read_text())
+    rows = res["sweep"]["rows"]
+    assert {(r["method"], r["K"]) for r in rows} == {
+        (m, k) for m in ("standard", "checkpoint", "invprox_keepfold") for k in (1, 2)}
+    for r in rows:
+        assert r["status"] == "ok" and r["repeats"] == 2
+        assert r["grad_err"] < 1e-4, r
+    assert res["sweep"]["fits"]["invprox_keepfold"]["largest_k_act"] is not None
+    assert len(res["projection"]["rows"]) == 10
+    assert res["profile"]["invprox"]["step"] > 0
+    md = (tmp_path / "solver_k_cpu.md").read_text()
+    assert "PROJECTION" in md and "Where invprox's time goes" in md
