@@ -85,10 +85,16 @@ def render(args, payload: Dict[str, Any]) -> str:
         tot = pr["profiled_step"]
         md.append(f"\n## Where invprox's time goes (K={pr['K']}, {pr['blocks']} blocks, "
                   f"{pr['clock']}, median of {pr['repeats']})\n")
+        floor = ""
+        if "floor" in pr:
+            floor = (" Floor of a pure-inversion engine with one-pass rebuilds (its forward without a graph, "
+                     "then standard's forward with a graph and standard's backward, over standard's "
+                     f"forward + backward): {pr['floor']:.2f}x; the engine's forward + backward: "
+                     f"{(iv['forward'] + iv['backward']) / (st['forward'] + st['backward']):.2f}x.")
         md.append(f"Step times without a profiler: invprox {iv['step'] * 1e3:.1f} ms (forward "
                   f"{iv['forward'] * 1e3:.1f}, backward {iv['backward'] * 1e3:.1f}), standard "
                   f"{st['step'] * 1e3:.1f} ms (forward {st['forward'] * 1e3:.1f}, backward "
-                  f"{st['backward'] * 1e3:.1f}): {iv['step'] / st['step']:.2f}x. The engine's plan: "
+                  f"{st['backward'] * 1e3:.1f}): {iv['step'] / st['step']:.2f}x.{floor} The engine's plan: "
                   f"{pr['plan']}. The split, from the engine's torch.profiler spans in a profiled "
                   "step (profiler overhead included):\n")
         rows = [[k, f"{v * 1e3:.1f}", f"{100 * v / tot:.0f}"] for k, v in pr["parts"].items()]

@@ -286,6 +286,10 @@ def profile(args, K: int) -> Dict[str, Any]:
         "profiled_step": step_total,
         "standard": {k: m[f"std_{k}"] for k in ("forward", "backward", "adam", "step")},
         "invprox": {k: m[f"inv_{k}"] for k in ("forward", "backward", "adam", "step")},
+        # the least a pure-inversion engine can cost: its forward without a graph, then per block at
+        # least one forward pass with a graph (a fused rebuild) and the backward standard autograd runs
+        "floor": (m["inv_forward"] + m["std_forward"] + m["std_backward"])
+        / (m["std_forward"] + m["std_backward"]),
     }
 
 

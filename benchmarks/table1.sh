@@ -15,6 +15,9 @@
 #     benchmarks/table1.sh prior            # a stronger 32x32 prior, a 64x64 one (~30 min)
 #     benchmarks/table1.sh denoise_more     # flow prox: stronger prior, lr 5e-4; U-Net seed 1 (~70 min)
 #     benchmarks/table1.sh tasks_prior      # inpainting, deblurring with the stronger prior (~10 min)
+#     benchmarks/table1.sh refs_prior       # BM3D, latent MAP (stronger prior) and every solver, 32 faces
+#     benchmarks/table1.sh prior2           # the stronger prior trained further, cosine schedule (~45 min)
+#     benchmarks/table1.sh denoise_prior2   # flow prox on it (two seeds), U-Net prox seed 2 (~60 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -50,6 +53,7 @@ REF_LIMIT=32         # BM3D and latent MAP: the first 32 faces of celeba64/val (
 TASK_LIMIT=64        # inpainting, deblurring: first 64 val faces
 PRIOR_MORE=30        # minutes of wall time: further training of the 32x32 prior (stage prior)
 PRIOR_64=20          # minutes of wall time: a 64x64 prior of the same shape (stage prior)
+PRIOR2_STEPS=5200    # steps of the second further training of the 32x32 prior (cosine to 0; ~45 min)
 # baselines sized to the flow solver (4 untied Glows of 0.74 M = 2.95 M parameters)
 UNET=(--prox unet --features 40 --depth 2)        # 2.92 M
 RESNET=(--prox resnet --features 128 --n-blocks 2) # 2.51 M (the paper's 128 feature maps)
@@ -289,13 +293,64 @@ stage_tasks_prior() {
     done
 }
 
+stage_refs_prior() {
+    # Issue 10's "above BM3D and latent MAP": the references on the first REF_LIMIT test faces, latent MAP
+    # with the stronger prior, beside both seeds of every solver of stage denoise_more (the same faces).
+    rm -rf "$RUNS/eval_ref_prior"
+    timed "eval references, stronger prior" invprox eval \
+        --model "$RUNS/flow_dn_prior_lr1e-4/solver.pt" --name "flow prox (stronger prior), seed 0" \
+        --model "$RUNS/flow_dn_prior_lr1e-4_seed1/solver.pt" --name "flow prox (stronger prior), seed 1" \
+        --model "$RUNS/unet_dn/solver.pt" --name "U-Net prox, seed 0" \
+        --model "$RUNS/unet_dn_seed1/solver.pt" --name "U-Net prox, seed 1" \
+        --model "$RUNS/resnet_dn/solver.pt" --name "ResNet prox, seed 0" \
+        --model "$RUNS/resnet_dn_seed1/solver.pt" --name "ResNet prox, seed 1" \
+        --latent-map --flow "$RES/glow_celeba32_more.pt" --classical --data celeba64 --split val \
+        --limit "$REF_LIMIT" --sigmas 0.10 0.15 0.20 0.25 --grid-sigma 0.2 --seed 0 --no-progress \
+        --out "$RUNS/eval_ref_prior"
+    for f in results.md results.json; do cp "$RUNS/eval_ref_prior/$f" "$RES/table1_references_prior_$f"; done
+}
+
+stage_prior2() {
+    # The stronger prior (glow_celeba32_more.pt) trained PRIOR2_STEPS more steps, a cosine schedule from
+    # lr 1e-3 down to 0 after 100 warm-up steps (fresh Adam), one thread.
+    rm -rf "$RUNS/glow32_cos"
+    timed "prior glow32_cos" invprox pretrain --data celeba64 --standard-autograd --threads 1 --no-progress \
+        --epochs 100 --lr 1e-3 --init "$RES/glow_celeba32_more.pt" --batch 32 --warmup 100 \
+        --schedule cosine --max-steps "$PRIOR2_STEPS" --max-minutes 50 --seed 2 --out "$RUNS/glow32_cos"
+    cp "$RUNS/glow32_cos/flow.pt" "$RES/glow_celeba32_cos.pt"
+    cp "$RUNS/glow32_cos/metrics.json" "$RES/glow_celeba32_cos_metrics.json"
+    cp "$RUNS/glow32_cos/samples.png" "$RES/glow_celeba32_cos_samples.png"
+}
+
+stage_denoise_prior2() {
+    # Table 1's protocol with the prior of stage prior2: the flow prox at lr 1e-4 (seeds 0 and 1), and
+    # U-Net prox with a third seed (how far the baseline moves by chance); evaluated on all 600 test faces.
+    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
+                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    local flow=(--prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" --lr-net 1e-4
+                --skip-nonfinite 10)
+    train unet_dn_seed2 "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --seed 2
+    train flow_dn_prior2 "${common[@]}" "${flow[@]}" &
+    train flow_dn_prior2_seed1 "${common[@]}" "${flow[@]}" --seed 1 &
+    wait
+    for m in unet_dn_seed2 flow_dn_prior2 flow_dn_prior2_seed1; do
+        rm -rf "$RUNS/eval_$m"
+        timed "eval $m" invprox eval --model "$RUNS/$m/solver.pt" --name "$m" --data celeba64 --split val \
+            --sigmas 0.10 0.15 0.20 0.25 --seed 0 --no-progress --out "$RUNS/eval_$m"
+        cp "$RUNS/eval_$m/results.md" "$RES/table1_${m}_results.md"
+        cp "$RUNS/eval_$m/results.json" "$RES/table1_${m}_results.json"
+        cp "$RUNS/$m/metrics.json" "$RES/table1_train_${m}.json"
+    done
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
     case $s in
-        pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior) "stage_$s" ;;
+        pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
+        denoise_prior2) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2)" >&2
            exit 2 ;;
     esac
 done
