@@ -25,14 +25,16 @@ import os
 import re
 import subprocess
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from torch import Tensor
 
 from _common import sync
 
-__all__ = ["interleaved_times", "cpu_clock", "rel_err", "linear_fit", "largest_k", "parse_bytes",
-           "fmt_budget", "is_oom", "failure_status", "git_commit", "fmt_err", "fmt_ratio", "fmt_k"]
+__all__ = ["interleaved_times", "cpu_clock", "start", "check_device", "rel_err", "linear_fit", "largest_k",
+           "parse_bytes", "fmt_budget", "is_oom", "failure_status", "git_commit", "fmt_err", "fmt_ratio",
+           "fmt_k"]
 
 
 def interleaved_times(
@@ -78,6 +80,25 @@ def interleaved_times(
 def cpu_clock(device: Any) -> Callable[[], float]:
     """The primary clock: the process's CPU time on the CPU (robust to other processes), wall time on CUDA."""
     return time.process_time if str(device) == "cpu" else time.perf_counter
+
+
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """A parser error for ``--device cuda`` on a machine without CUDA."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda but CUDA is not available")
+
+
+def start(threads: int, quiet: Sequence[type] = (FutureWarning,)) -> None:
+    """A benchmark process's set-up: ``threads`` torch threads (0: torch's default), the warning categories
+    ``quiet`` silenced (memcnn's deprecation warnings on every call)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    for category in quiet:
+        warnings.filterwarnings("ignore", category=category)
 
 
 def rel_err(g: Tensor, ref: Tensor) -> float:

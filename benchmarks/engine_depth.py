@@ -74,7 +74,6 @@ import gc
 import os
 import sys
 import time
-import warnings
 from functools import partial
 from typing import Any, Dict, List
 
@@ -94,7 +93,7 @@ from _common import (  # noqa: E402
     step_peak_rss,
     write_results,
 )
-from _harness import fmt_err, fmt_ratio, interleaved_times, rel_err  # noqa: E402
+from _harness import check_device, fmt_err, fmt_ratio, interleaved_times, rel_err, start  # noqa: E402
 from engine_blocks import (  # noqa: E402
     METHODS,
     build_blocks,
@@ -315,8 +314,7 @@ def parse_args(argv=None):
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.dtype = torch.float64 if args.float64 else torch.float32
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda but CUDA is not available")
+    check_device(p, args.device)
     if "standard" not in args.methods:
         print("without 'standard' there are no time ratios or gradient errors", file=sys.stderr)
     return args
@@ -324,9 +322,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    start(args.threads)
     if args.child:
         child_main(args)
         return

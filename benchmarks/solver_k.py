@@ -74,7 +74,6 @@ import gc
 import os
 import sys
 import time
-import warnings
 from functools import partial
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -92,6 +91,7 @@ from _common import (  # noqa: E402
     write_results,
 )
 from _harness import (  # noqa: E402
+    check_device,
     failure_status,
     fmt_budget,
     git_commit,
@@ -100,6 +100,7 @@ from _harness import (  # noqa: E402
     linear_fit,
     parse_bytes,
     rel_err,
+    start,
 )
 from methods import import_memcnn  # noqa: E402
 from solver_k_projection import projection  # noqa: E402
@@ -331,18 +332,14 @@ def parse_args(argv=None):
                    help="without 'sweep' in --parts, do not merge into the existing <out>/<stem>.json")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda but CUDA is not available")
+    check_device(p, args.device)
     args.budget_str = fmt_budget(args.budget)
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    start(args.threads, quiet=(FutureWarning, UserWarning))
     if args.child:
         child_main(args)
         return

@@ -1,7 +1,7 @@
 """The engine: invertible blocks, chains with memory-efficient backprop, and memory accounting."""
 
 from .block import Inverse, InvertibleModule, check_block, forward_logdet, inverse_logdet, rebuild
-from .chain import BlockError, DriftError, DriftWarning, InvertibleChain, is_recomputing
+from .chain import BlockError, ChainOwner, DriftError, DriftWarning, InvertibleChain, is_recomputing
 from .memory import SavedTensors, cuda_peak_bytes, peak_rss_bytes, saved_tensor_bytes, tensor_bytes
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "DriftWarning",
     "Inverse",
     "InvertibleChain",
+    "ChainOwner",
     "InvertibleModule",
     "SavedTensors",
     "check_block",

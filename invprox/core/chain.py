@@ -22,7 +22,7 @@ from .errors import BlockError, DriftError, DriftWarning, is_recomputing
 from .function import _ChainFunction, _Config, _name
 from .plan import Plan, make_plan
 
-__all__ = ["InvertibleChain", "DriftError", "DriftWarning", "BlockError", "is_recomputing"]
+__all__ = ["InvertibleChain", "ChainOwner", "DriftError", "DriftWarning", "BlockError", "is_recomputing"]
 
 _CHECK_ACTIONS = (None, "warn", "raise", "fallback")
 
@@ -221,3 +221,26 @@ def _unique_params(module: nn.Module) -> List[Tensor]:
             seen.add(id(p))
             out.append(p)
     return out
+
+
+class ChainOwner:
+    """Mixin of a module whose computation is one :class:`InvertibleChain` held as ``self.chain``.
+
+    ``memory_efficient`` reads and sets the chain's: ``True`` trains through the engine, ``False`` runs the
+    same blocks under standard autograd. A subclass that records the setting elsewhere (a config) overrides
+    :meth:`_set_memory_efficient`.
+    """
+
+    chain: InvertibleChain
+
+    @property
+    def memory_efficient(self) -> bool:
+        """Whether gradients go through the engine (``True``) or standard autograd; settable."""
+        return self.chain.memory_efficient
+
+    @memory_efficient.setter
+    def memory_efficient(self, value: bool) -> None:
+        self._set_memory_efficient(bool(value))
+
+    def _set_memory_efficient(self, value: bool) -> None:
+        self.chain.memory_efficient = value

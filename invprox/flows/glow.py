@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.block import Inverse, InvertibleModule
-from ..core.chain import InvertibleChain
+from ..core.chain import ChainOwner, InvertibleChain
 from .layers import (
     ChannelRange,
     SplitPrior,
@@ -96,7 +96,7 @@ def build_glow_blocks(
     return blocks
 
 
-class Glow(InvertibleModule):
+class Glow(ChainOwner, InvertibleModule):
     """Glow flow ``f`` from flow space ``x`` (``x01 - 0.5``) to a latent ``z`` of the same shape.
 
     Args:
@@ -217,15 +217,9 @@ class Glow(InvertibleModule):
         lab[lab < 0] = level
         return lab[0].long()
 
-    @property
-    def memory_efficient(self) -> bool:
-        """Whether gradients go through the engine (``True``) or standard autograd; settable."""
-        return self.chain.memory_efficient
-
-    @memory_efficient.setter
-    def memory_efficient(self, value: bool) -> None:
-        self.chain.memory_efficient = bool(value)
-        self.config["memory_efficient"] = bool(value)
+    def _set_memory_efficient(self, value: bool) -> None:  # ChainOwner's setter; the config follows
+        self.chain.memory_efficient = value
+        self.config["memory_efficient"] = value
 
     # -- spaces ----------------------------------------------------------------------------------------
     @staticmethod

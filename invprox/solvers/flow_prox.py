@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..core.block import Inverse, InvertibleModule
-from ..core.chain import InvertibleChain
+from ..core.chain import ChainOwner, InvertibleChain
 from ..physics import DataConsistency
 from ._physics import SwappablePhysics
 from .start import SmoothStart
@@ -161,7 +161,7 @@ def _flow_blocks(flow: nn.Module) -> List[nn.Module]:
     )
 
 
-class FlowProxSolver(SwappablePhysics):
+class FlowProxSolver(ChainOwner, SwappablePhysics):
     """K folds of (DC, Glow, latent shrinkage, inverse Glow) trained end to end through the engine.
 
     Args:
@@ -269,14 +269,6 @@ class FlowProxSolver(SwappablePhysics):
     def _forget_chain_aliases(module: FlowProxSolver, incompatible) -> None:
         heads, module._alias_prefixes = tuple(module._alias_prefixes), []
         incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(heads)]
-
-    @property
-    def memory_efficient(self) -> bool:
-        return self.chain.memory_efficient
-
-    @memory_efficient.setter
-    def memory_efficient(self, value: bool) -> None:
-        self.chain.memory_efficient = bool(value)
 
     def fold_blocks(self) -> int:
         """Number of engine blocks per fold."""
