@@ -77,6 +77,17 @@ train() {  # train NAME ARGS...: fresh run in runs/table1/NAME
     timed "train $name" invprox train "${DATA[@]}" --K 4 --batch 8 --seed 0 --patience 0 \
         --no-progress --out "$RUNS/$name" "$@"
 }
+eval_test() {  # eval_test NAME...: each run on all 600 test faces at the four sigmas; results to RES
+    local m
+    for m in "$@"; do
+        rm -rf "$RUNS/eval_$m"
+        timed "eval $m" invprox eval --model "$RUNS/$m/solver.pt" --name "$m" --data celeba64 --split val \
+            --sigmas 0.10 0.15 0.20 0.25 --seed 0 --no-progress --out "$RUNS/eval_$m"
+        cp "$RUNS/eval_$m/results.md" "$RES/table1_${m}_results.md"
+        cp "$RUNS/eval_$m/results.json" "$RES/table1_${m}_results.json"
+        cp "$RUNS/$m/metrics.json" "$RES/table1_train_${m}.json"
+    done
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -247,14 +258,7 @@ stage_denoise_more() {
         --lr-net 1e-4 --skip-nonfinite 10 --seed 1 &
     train resnet_dn_seed1 "${common[@]}" "${RESNET[@]}" --lr-net "$LR_CNN" --seed 1 &
     wait
-    for m in flow_dn_prior_lr1e-4_seed1 resnet_dn_seed1; do
-        rm -rf "$RUNS/eval_$m"
-        timed "eval $m" invprox eval --model "$RUNS/$m/solver.pt" --name "$m" --data celeba64 --split val \
-            --sigmas 0.10 0.15 0.20 0.25 --seed 0 --no-progress --out "$RUNS/eval_$m"
-        cp "$RUNS/eval_$m/results.md" "$RES/table1_${m}_results.md"
-        cp "$RUNS/eval_$m/results.json" "$RES/table1_${m}_results.json"
-        cp "$RUNS/$m/metrics.json" "$RES/table1_train_${m}.json"
-    done
+    eval_test flow_dn_prior_lr1e-4_seed1 resnet_dn_seed1
     rm -rf "$RUNS/eval_lr1e-4"
     timed "eval lr1e-4" invprox eval --model "$RUNS/flow_dn_prior_lr1e-4/solver.pt" \
         --name "flow prox, stronger prior, lr 1e-4" --data celeba64 --split val \
@@ -333,14 +337,7 @@ stage_denoise_prior2() {
     train flow_dn_prior2 "${common[@]}" "${flow[@]}" &
     train flow_dn_prior2_seed1 "${common[@]}" "${flow[@]}" --seed 1 &
     wait
-    for m in unet_dn_seed2 flow_dn_prior2 flow_dn_prior2_seed1; do
-        rm -rf "$RUNS/eval_$m"
-        timed "eval $m" invprox eval --model "$RUNS/$m/solver.pt" --name "$m" --data celeba64 --split val \
-            --sigmas 0.10 0.15 0.20 0.25 --seed 0 --no-progress --out "$RUNS/eval_$m"
-        cp "$RUNS/eval_$m/results.md" "$RES/table1_${m}_results.md"
-        cp "$RUNS/eval_$m/results.json" "$RES/table1_${m}_results.json"
-        cp "$RUNS/$m/metrics.json" "$RES/table1_train_${m}.json"
-    done
+    eval_test unet_dn_seed2 flow_dn_prior2 flow_dn_prior2_seed1
 }
 
 stages=("$@")
