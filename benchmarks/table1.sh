@@ -77,6 +77,7 @@ train() {  # train NAME ARGS...: fresh run in runs/table1/NAME
     timed "train $name" invprox train "${DATA[@]}" --K 4 --batch 8 --seed 0 --patience 0 \
         --no-progress --out "$RUNS/$name" "$@"
 }
+
 eval_test() {  # eval_test NAME...: each run on all 600 test faces at the four sigmas; results to RES
     local m
     for m in "$@"; do
