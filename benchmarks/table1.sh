@@ -18,6 +18,7 @@
 #     benchmarks/table1.sh refs_prior       # BM3D, latent MAP (stronger prior) and every solver, 32 faces
 #     benchmarks/table1.sh prior2           # the stronger prior trained further, cosine schedule (~45 min)
 #     benchmarks/table1.sh denoise_prior2   # flow prox on it (two seeds), U-Net prox seed 2 (~60 min)
+#     benchmarks/table1.sh tasks_prior2     # inpainting, deblurring with that prior (~10 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -279,23 +280,31 @@ stage_denoise_more() {
     done
 }
 
-stage_tasks_prior() {
-    # Inpainting and deblurring as in stage_tasks, the flow prox with the first stronger prior.
+flow_tasks() {  # flow_tasks PRIOR SUFFIX LABEL: inpainting and deblurring as in stage_tasks, flow prox alone
+    local prior=$1 sfx=$2 label=$3 task
     local common=(--sigma 0.05 --budget-minutes "$TASK_BUDGET" --val-every 50 --n-val 64
                   --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32
-                  --prox flow --flow "$RES/glow_celeba32_more.pt" --standard-autograd --lr-net "$LR_FLOW"
-                  --skip-nonfinite 10)
-    train flow_inpainting_prior "${common[@]}" --task inpainting --p-missing 0.5 &
-    train flow_deblurring_prior "${common[@]}" --task deblurring --kernel gaussian --blur-std 1.5 &
+                  --prox flow --flow "$prior" --standard-autograd --lr-net "$LR_FLOW" --skip-nonfinite 10)
+    train "flow_inpainting_$sfx" "${common[@]}" --task inpainting --p-missing 0.5 &
+    train "flow_deblurring_$sfx" "${common[@]}" --task deblurring --kernel gaussian --blur-std 1.5 &
     wait
     for task in inpainting deblurring; do
-        rm -rf "$RUNS/eval_${task}_prior"
-        timed "eval $task prior" invprox eval --model "$RUNS/flow_${task}_prior/solver.pt" \
-            --name "flow prox, stronger prior" --data celeba64 --split val --limit "$TASK_LIMIT" \
-            --sigmas 0.05 --seed 0 --no-progress --out "$RUNS/eval_${task}_prior"
-        cp "$RUNS/eval_${task}_prior/results.json" "$RES/tasks_${task}_prior_results.json"
-        cp "$RUNS/eval_${task}_prior/results.md" "$RES/tasks_${task}_prior_results.md"
+        rm -rf "$RUNS/eval_${task}_$sfx"
+        timed "eval $task $sfx" invprox eval --model "$RUNS/flow_${task}_$sfx/solver.pt" \
+            --name "$label" --data celeba64 --split val --limit "$TASK_LIMIT" \
+            --sigmas 0.05 --seed 0 --no-progress --out "$RUNS/eval_${task}_$sfx"
+        cp "$RUNS/eval_${task}_$sfx/results.json" "$RES/tasks_${task}_${sfx}_results.json"
+        cp "$RUNS/eval_${task}_$sfx/results.md" "$RES/tasks_${task}_${sfx}_results.md"
+        cp "$RUNS/flow_${task}_$sfx/metrics.json" "$RES/tasks_${task}_${sfx}_train_flow.json"
     done
+}
+
+stage_tasks_prior() {  # the first stronger prior (stage prior)
+    flow_tasks "$RES/glow_celeba32_more.pt" prior "flow prox, stronger prior"
+}
+
+stage_tasks_prior2() {  # the prior of stage prior2
+    flow_tasks "$RES/glow_celeba32_cos.pt" prior2 "flow prox, prior 1.791 bits/dim"
 }
 
 stage_refs_prior() {
@@ -346,9 +355,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2) "stage_$s" ;;
+        denoise_prior2|tasks_prior2) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, tasks_prior2)" >&2
            exit 2 ;;
     esac
 done
