@@ -56,6 +56,24 @@ def test_plan_follows_a_replaced_parameter():
     assert torch.allclose(engine, last.weight.grad, atol=1e-12, rtol=1e-10)
 
 
+def test_plan_is_kept_across_calls_and_unrelated_registrations(monkeypatch):
+    """A step does not list the chain's parameters again: the plan is reused until something is registered,
+    and a registration elsewhere (a new operator per batch) leaves this chain's plan as it was."""
+    from invprox.core import chain as chain_mod
+
+    chain = InvertibleChain([AffineCoupling(4, hidden=4) for _ in range(2)])
+    x = torch.randn(2, 4, 4, 4, requires_grad=True)
+    first = chain.plan()
+    listed = []
+    real = chain_mod._unique_params
+    monkeypatch.setattr(chain_mod, "_unique_params", lambda m: listed.append(1) or real(m))
+    for _ in range(3):
+        chain(x).square().sum().backward()
+    assert chain.plan() is first and not listed
+    nn.Linear(2, 2)  # registers two parameters on another module
+    assert chain.plan() is first and len(listed) == 1
+
+
 def test_batch_norm_inside_a_coupling_counts_one_batch_per_step():
     """Buffers of undeclared modules are still restored after each recompute."""
     torch.manual_seed(0)
