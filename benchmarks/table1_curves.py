@@ -121,15 +121,16 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "table1"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--step-time", action="store_true", help="also measure one training step per run")
+    p.add_argument("--stem", default="table1", help="output names: <stem>_curves.png, <stem>_training.md")
     args = p.parse_args(argv)
     runs_dir, out = Path(args.runs_dir), Path(args.out)
     runs = load_runs(runs_dir, args.runs)
     out.mkdir(parents=True, exist_ok=True)
-    plot_curves(runs, out / "table1_curves.png")
+    plot_curves(runs, out / f"{args.stem}_curves.png")
     done = [n for n in args.runs if (runs_dir / n / "solver.pt").is_file()]
     times = step_times(runs_dir, done) if args.step_time else []
-    write_md(runs, times, out / "table1_training.md")
-    print((out / "table1_training.md").read_text())
+    write_md(runs, times, out / f"{args.stem}_training.md")
+    print((out / f"{args.stem}_training.md").read_text())
     return 0
 
 
