@@ -19,6 +19,7 @@
 #     benchmarks/table1.sh prior2           # the stronger prior trained further, cosine schedule (~45 min)
 #     benchmarks/table1.sh denoise_prior2   # flow prox on it (two seeds), U-Net prox seed 2 (~60 min)
 #     benchmarks/table1.sh tasks_prior2     # inpainting, deblurring with that prior (~10 min)
+#     benchmarks/table1.sh batch4           # flow prox (that prior) and U-Net prox at batch 4 (~30 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -350,14 +351,26 @@ stage_denoise_prior2() {
     eval_test unet_dn_seed2 flow_dn_prior2 flow_dn_prior2_seed1
 }
 
+stage_batch4() {
+    # Twice the steps in the same budget: the flow prox (prior of stage prior2, lr 1e-4) and U-Net prox at
+    # batch 4 instead of 8, side by side; evaluated on all 600 test faces.
+    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
+                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32 --batch 4)
+    train flow_dn_batch4 "${common[@]}" --prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" \
+        --lr-net 1e-4 --skip-nonfinite 10 &
+    train unet_dn_batch4 "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
+    wait
+    eval_test flow_dn_batch4 unet_dn_batch4
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|tasks_prior2) "stage_$s" ;;
+        denoise_prior2|tasks_prior2|batch4) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, tasks_prior2)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, tasks_prior2, batch4)" >&2
            exit 2 ;;
     esac
 done
