@@ -39,6 +39,22 @@ def test_train_flow_writes_checkpoint_solver_metrics(setup, tmp_path):
         assert solver(groups[0][2]).shape == (2, 1, 8, 8)
 
 
+@pytest.mark.parametrize("prox", ["flow", "unet"])
+def test_channels_last_trains_like_contiguous(setup, tmp_path, prox):
+    """--channels-last changes the memory layout only: the same steps give the same validation losses (up to
+    float32 rounding of other convolution kernels), and the weights are kept channels-last."""
+    kw = _kw(setup, prox=prox, max_steps=3, val_every=1, patience=0, standard_autograd=True)
+    if prox == "unet":
+        kw.update(features=4, depth=1)
+    ref = train_solver(out=str(tmp_path / "contiguous"), **kw)
+    m = train_solver(out=str(tmp_path / "channels_last"), channels_last=True, **kw)
+    a, b = [v["val_loss"] for v in ref["val"]], [v["val_loss"] for v in m["val"]]
+    assert len(a) == len(b) == 3 and np.allclose(a, b, rtol=1e-3), (a, b)
+    state = load_checkpoint(tmp_path / "channels_last" / "checkpoint.pt")["model"]
+    convs = [t for t in state.values() if t.dim() == 4 and t.shape[1] > 1 and t.shape[-1] > 1]
+    assert convs and all(t.is_contiguous(memory_format=torch.channels_last) for t in convs)
+
+
 def test_train_baseline_inpainting(setup, tmp_path):
     out = tmp_path / "res"
     m = train_solver(out=str(out), **_kw(setup, prox="resnet", task="inpainting", p_missing=0.3,

