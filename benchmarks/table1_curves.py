@@ -65,7 +65,11 @@ def plot_curves(runs: Dict[str, Dict[str, Any]], path: Path) -> None:
 
 
 def step_times(runs_dir: Path, names: List[str], repeats: int = 7) -> List[Dict[str, Any]]:
-    """Median CPU seconds of one training step (forward + backward, batch and shape of the run)."""
+    """Median CPU seconds of one training step (forward + backward, batch and shape of the run), in the
+    contiguous and the channels-last memory format (``invprox train --channels-last``); the flow prox also
+    through the engine and with standard autograd. The modes of a run are timed interleaved."""
+    import copy
+
     from invprox.train.solver_setup import load_solver
 
     torch.set_num_threads(1)
@@ -76,15 +80,21 @@ def step_times(runs_dir: Path, names: List[str], repeats: int = 7) -> List[Dict[
         g = torch.Generator().manual_seed(0)
         x = torch.rand(cfg["batch"], cfg["channels"], cfg["size"], cfg["size"], generator=g)
         y = solver.physics.measure(x, cfg["sigma"], g)
-        modes = {"engine": True, "standard autograd": False} if cfg["prox"] == "flow" else {"": None}
+        last = copy.deepcopy(solver).to(memory_format=torch.channels_last)
+        cl = (last, x.contiguous(memory_format=torch.channels_last),
+              y.contiguous(memory_format=torch.channels_last))
+        modes = {"": (solver, x, y, None), "channels-last": (*cl, None)}
+        if cfg["prox"] == "flow":
+            modes = {"engine": (solver, x, y, True), "standard autograd": (solver, x, y, False),
+                     "standard autograd, channels-last": (*cl, False)}
 
-        def step(eff, solver=solver, x=x, y=y) -> None:
+        def step(model, xb, yb, eff) -> None:
             if eff is not None:
-                solver.memory_efficient = eff
-            solver.zero_grad(set_to_none=True)
-            ((solver(y) - x) ** 2).mean().backward()
+                model.memory_efficient = eff
+            model.zero_grad(set_to_none=True)
+            ((model(yb) - xb) ** 2).mean().backward()
 
-        times = interleaved_times({label: partial(step, eff) for label, eff in modes.items()}, repeats - 1,
+        times = interleaved_times({label: partial(step, *m) for label, m in modes.items()}, repeats - 1,
                                   warmup=1)
         rows += [{"run": name, "mode": label, "seconds": median(t["cpu"])} for label, t in times.items()]
     return rows
