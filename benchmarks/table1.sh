@@ -18,7 +18,8 @@
 #     benchmarks/table1.sh refs_prior       # BM3D, latent MAP (stronger prior) and every solver, 32 faces
 #     benchmarks/table1.sh prior2           # the stronger prior trained further, cosine schedule (~45 min)
 #     benchmarks/table1.sh denoise_prior2   # flow prox on it (two seeds), U-Net prox seed 2 (~60 min)
-#     benchmarks/table1.sh channels_last    # flow prox (that prior) and U-Net prox, channels-last (~60 min)
+#     benchmarks/table1.sh channels_last    # flow prox (that prior) and U-Net prox, channels-last (~30 min)
+#     benchmarks/table1.sh batch4           # the same two at batch 4 (~30 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -348,19 +349,26 @@ stage_denoise_prior2() {
 
 stage_channels_last() {
     # The same protocol with the solvers' weights and batches in channels-last memory format
-    # (`--channels-last`: a flow-prox step 1.34x faster on this CPU, a U-Net step 1.07x): the flow prox
-    # (prior of stage prior2, lr 1e-4) and U-Net prox, seeds 0 and 1, two at a time.
+    # (`--channels-last`): the flow prox (prior of stage prior2, lr 1e-4) and U-Net prox, side by side.
     local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
                   --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32 --channels-last)
-    local flow=(--prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" --lr-net 1e-4
-                --skip-nonfinite 10)
-    local seed
-    for seed in 0 1; do
-        train "flow_dn_cl_seed$seed" "${common[@]}" "${flow[@]}" --seed "$seed" &
-        train "unet_dn_cl_seed$seed" "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --seed "$seed" &
-        wait
-    done
-    eval_test flow_dn_cl_seed0 unet_dn_cl_seed0 flow_dn_cl_seed1 unet_dn_cl_seed1
+    train flow_dn_cl_seed0 "${common[@]}" --prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" \
+        --lr-net 1e-4 --skip-nonfinite 10 &
+    train unet_dn_cl_seed0 "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
+    wait
+    eval_test flow_dn_cl_seed0 unet_dn_cl_seed0
+}
+
+stage_batch4() {
+    # Twice the steps in the same budget: the flow prox (prior of stage prior2, lr 1e-4) and U-Net prox at
+    # batch 4 instead of 8, side by side.
+    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
+                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32 --batch 4)
+    train flow_dn_batch4 "${common[@]}" --prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" \
+        --lr-net 1e-4 --skip-nonfinite 10 &
+    train unet_dn_batch4 "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
+    wait
+    eval_test flow_dn_batch4 unet_dn_batch4
 }
 
 stages=("$@")
@@ -368,9 +376,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4)" >&2
            exit 2 ;;
     esac
 done
