@@ -98,8 +98,8 @@ class TrainConfig:
     seed: int = _opt(0, "seed of the model, the data order and the measurements", int)
     device: str = _opt("cpu", "cpu, cuda, cuda:1 or auto")
     channels_last: bool = _opt(False, "keep the solver's weights and the batches in channels-last memory "
-                               "format (on the 2-core CPU: a flow-prox step 1.34x faster, U-Net and ResNet "
-                               "prox 1.07x)")
+                               "format (what it saves depends on the model and the machine: "
+                               "benchmarks/TABLE1.md)")
     resume: bool = _opt(False, "continue from OUT/checkpoint.pt")
 
     def replace(self, **changes: Any) -> TrainConfig:
