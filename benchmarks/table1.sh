@@ -80,6 +80,12 @@ train() {  # train NAME ARGS...: fresh run in runs/table1/NAME
         --no-progress --out "$RUNS/$name" "$@"
 }
 
+keep_prior() {  # keep_prior RUN STEM: a pre-training run's flow, metrics and samples to RES/STEM*
+    cp "$RUNS/$1/flow.pt" "$RES/$2.pt"
+    cp "$RUNS/$1/metrics.json" "$RES/$2_metrics.json"
+    cp "$RUNS/$1/samples.png" "$RES/$2_samples.png"
+}
+
 eval_test() {  # eval_test NAME...: each run on all 600 test faces at the four sigmas; results to RES
     local m
     for m in "$@"; do
@@ -232,9 +238,7 @@ stage_prior() {
         --hidden 64 --n-bits 5 --scale-min 0.5 --batch 16 --warmup 200 --max-minutes "$PRIOR_64" \
         --seed 0 --out "$RUNS/glow64" &
     wait
-    cp "$RUNS/glow32_more/flow.pt" "$RES/glow_celeba32_more.pt"
-    cp "$RUNS/glow32_more/metrics.json" "$RES/glow_celeba32_more_metrics.json"
-    cp "$RUNS/glow32_more/samples.png" "$RES/glow_celeba32_more_samples.png"
+    keep_prior glow32_more glow_celeba32_more
     cp "$RUNS/glow64/metrics.json" "$RES/glow_celeba64_metrics.json"
     cp "$RUNS/glow64/samples.png" "$RES/glow_celeba64_samples.png"
 }
@@ -328,9 +332,7 @@ stage_prior2() {
     timed "prior glow32_cos" invprox pretrain --data celeba64 --standard-autograd --threads 1 --no-progress \
         --epochs 100 --lr 1e-3 --init "$RES/glow_celeba32_more.pt" --batch 32 --warmup 100 \
         --schedule cosine --max-steps "$PRIOR2_STEPS" --max-minutes 50 --seed 2 --out "$RUNS/glow32_cos"
-    cp "$RUNS/glow32_cos/flow.pt" "$RES/glow_celeba32_cos.pt"
-    cp "$RUNS/glow32_cos/metrics.json" "$RES/glow_celeba32_cos_metrics.json"
-    cp "$RUNS/glow32_cos/samples.png" "$RES/glow_celeba32_cos_samples.png"
+    keep_prior glow32_cos glow_celeba32_cos
 }
 
 stage_denoise_prior2() {
