@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 import invprox
 from invprox.core import InvertibleModule, saved_tensor_bytes
-from invprox.core.block import accepts_cond, draws_random, is_self_contained
+from invprox.core.block import declare_like
 from invprox.flows import AdditiveCoupling, AffineCoupling
 
 from _common import ctx_held, storage_key
@@ -31,38 +31,27 @@ METHODS = ("standard", "checkpoint", "memcnn", "invprox", "invprox_keep")
 class FlipAfter(InvertibleModule):
     """A coupling followed by a reversal of the channel order (so the next coupling reads the other half).
 
-
     Keeps the coupling's fused rebuild: the engine still runs the coupling network once per block in the
     backward pass.
     """
 
-
     def __init__(self, coupling: nn.Module):
         super().__init__()
         self.coupling = coupling
-        self.volume_preserving = bool(getattr(coupling, "volume_preserving", False))
-        # the engine's plan: what the coupling declares holds for the flip too
-        self.draws_random = draws_random(coupling)
-        self.self_contained = is_self_contained(coupling)
-        self.uses_cond = accepts_cond(coupling)
-
+        declare_like(self, coupling)  # the engine's plan: what the coupling declares holds for the flip too
 
     def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
         return self.coupling(x, *cond).flip(1)
 
-
     def inverse(self, y: Tensor, *cond: Tensor) -> Tensor:
         return self.coupling.inverse(y.flip(1), *cond)
-
 
     def forward_and_logdet(self, x: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
         y, ld = self.coupling.forward_and_logdet(x, *cond)
         return y.flip(1), ld
 
-
     def inverse_and_logdet(self, y: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
         return self.coupling.inverse_and_logdet(y.flip(1), *cond)
-
 
     def rebuild(self, y: Tensor, *cond: Tensor, logdet: bool = False):
         x, y_graph, ld = self.coupling.rebuild(y.flip(1), *cond, logdet=logdet)
@@ -171,7 +160,6 @@ def cuda_step_peak(model, blocks, x0) -> int:
     gc.collect()
     _, peak = invprox.cuda_peak_bytes(lambda: train_step(model, x), torch.device(x0.device))
     return peak
-
 
 
 def fresh_step(model: nn.Module, blocks: Sequence[nn.Module], x0: Tensor) -> None:

@@ -64,6 +64,7 @@ __all__ = [
     "draws_random",
     "is_self_contained",
     "mutable_buffers",
+    "declare_like",
 ]
 
 
@@ -116,10 +117,7 @@ class Inverse(InvertibleModule):
         if not is_invertible(block):
             raise TypeError(f"Inverse({type(block).__name__}): the block is marked invertible = False")
         self.block = block
-        self.volume_preserving = bool(getattr(block, "volume_preserving", False))
-        self.uses_cond = accepts_cond(block)
-        self.draws_random = draws_random(block)
-        self.self_contained = is_self_contained(block)
+        declare_like(self, block)
 
     def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
         return self.block.inverse(x, *cond)
@@ -176,6 +174,16 @@ def accepts_cond(block: nn.Module) -> bool:
     """Whether the engine passes the chain's ``cond`` tensors to ``block``: its ``uses_cond`` declaration
     (default ``False``; see the module docstring)."""
     return bool(getattr(block, "uses_cond", False))
+
+
+def declare_like(wrapper: nn.Module, block: nn.Module) -> None:
+    """Give a block that wraps ``block`` (and adds nothing that reads cond, draws random numbers or changes
+    the volume) ``block``'s declarations: ``volume_preserving``, ``uses_cond``, ``draws_random``,
+    ``self_contained``, so that the engine's plan treats the wrapper as it would treat ``block``."""
+    wrapper.volume_preserving = bool(getattr(block, "volume_preserving", False))
+    wrapper.uses_cond = accepts_cond(block)
+    wrapper.draws_random = draws_random(block)
+    wrapper.self_contained = is_self_contained(block)
 
 
 def cond_hint(block: nn.Module, n_cond: int) -> str:

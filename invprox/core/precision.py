@@ -48,9 +48,8 @@ from .block import (
     InvertibleModule,
     accepts_cond,
     check_block,
-    draws_random,
+    declare_like,
     is_invertible,
-    is_self_contained,
 )
 
 __all__ = ["BlockAudit", "FullPrecision", "audit_autocast", "autocast_gradient_errors", "relative_error"]
@@ -97,11 +96,8 @@ class FullPrecision(InvertibleModule):
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
         self.block = block
         self.dtype = dtype
-        self.volume_preserving = bool(getattr(block, "volume_preserving", False))
-        self.uses_cond = accepts_cond(block)
+        declare_like(self, block)
         self.invertible = is_invertible(block)
-        self.draws_random = draws_random(block)
-        self.self_contained = is_self_contained(block)
 
     def _up(self, t: Any) -> Any:
         if isinstance(t, Tensor) and t.dtype in _LOW and _narrower(t.dtype, self.dtype):

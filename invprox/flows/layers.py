@@ -17,11 +17,9 @@ from torch.nn import functional as F
 
 from ..core.block import (
     InvertibleModule,
-    accepts_cond,
-    draws_random,
+    declare_like,
     forward_logdet,
     inverse_logdet,
-    is_self_contained,
 )
 from ..core.chain import is_recomputing
 from .coupling import AffineCoupling, _Coupling
@@ -317,10 +315,7 @@ class ChannelRange(InvertibleModule):
         super().__init__()
         self.block = block
         self.channels = channels
-        self.volume_preserving = bool(getattr(block, "volume_preserving", False))
-        self.uses_cond = accepts_cond(block)  # the engine passes cond only where the inner block reads it
-        self.draws_random = draws_random(block)
-        self.self_contained = is_self_contained(block)
+        declare_like(self, block)  # the engine passes cond only where the inner block reads it
 
     def _split(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         if x.dim() < 2 or x.shape[1] < self.channels:
