@@ -28,6 +28,7 @@ import time
 import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from _common import sync
@@ -84,8 +85,6 @@ def cpu_clock(device: Any) -> Callable[[], float]:
 
 def check_device(parser: argparse.ArgumentParser, device: str) -> None:
     """A parser error for ``--device cuda`` on a machine without CUDA."""
-    import torch
-
     if device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
 
@@ -93,8 +92,6 @@ def check_device(parser: argparse.ArgumentParser, device: str) -> None:
 def start(threads: int, quiet: Sequence[type] = (FutureWarning,)) -> None:
     """A benchmark process's set-up: ``threads`` torch threads (0: torch's default), the warning categories
     ``quiet`` silenced (memcnn's deprecation warnings on every call)."""
-    import torch
-
     if threads:
         torch.set_num_threads(threads)
     for category in quiet:

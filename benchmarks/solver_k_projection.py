@@ -47,14 +47,12 @@ def count_params_meta(cfg: Dict[str, Any]) -> Tuple[int, str]:
     return sum(p.numel() for p in g.parameters()), how
 
 
-
 def _has_fused_rebuild(b: nn.Module) -> bool:
     """Whether the engine rebuilds ``b`` with a coupling's one-pass fused rebuild."""
     inner = b.block if isinstance(b, Inverse) else b
     if isinstance(inner, ChannelRange):
         inner = inner.block
     return isinstance(inner, _Coupling)
-
 
 
 def _fold_saved(flow: Glow, args, size: int, batch: int, K: int, method: str) -> Dict[str, int]:
@@ -87,7 +85,6 @@ def _fold_saved(flow: Glow, args, size: int, batch: int, K: int, method: str) ->
     del r
     gc.collect()
     return res
-
 
 
 def projection(args) -> Dict[str, Any]:
@@ -190,7 +187,6 @@ def projection(args) -> Dict[str, Any]:
         "per_method": q, "max_block": max_block, "transient_block": transient_block,
         "fold_activation": fold_act, "rows": rows, "seconds": time.perf_counter() - t0,
     }
-
 
 
 def render_projection(pj: Dict[str, Any]) -> List[str]:

@@ -55,7 +55,6 @@ def fix_channel_range(glow: Glow) -> int:
     return n
 
 
-
 def build_flow(args, levels=None, steps=None, hidden=None, size=None, channels=None,
                init_batch: int = 16, device=None) -> Glow:
     """A Glow with every layer non-trivial and ActNorm initialised on a fixed batch (deterministic in seed).
@@ -90,7 +89,6 @@ def build_flow(args, levels=None, steps=None, hidden=None, size=None, channels=N
     return glow
 
 
-
 def make_batch(args, batch: int, size=None, channels=None, device=None, seed_offset: int = 1):
     """``(x, y)``: smooth random images in [0, 1] (upsampled noise) and ``y = x + sigma * noise``."""
     size = size or args.size
@@ -104,11 +102,9 @@ def make_batch(args, batch: int, size=None, channels=None, device=None, seed_off
     return x.to(dev), y.to(dev)
 
 
-
 def build_solver(flow: Glow, K: int, device) -> FlowProxSolver:
     physics = make_physics("denoising", (flow.in_channels, *flow.image_size))
     return FlowProxSolver(flow, physics, K=K).to(device)
-
 
 
 class Runner:
@@ -168,7 +164,6 @@ class Runner:
         }
 
 
-
 def accounted_forward(r: Runner, x: Tensor, y: Tensor, rng: bool = True):
     """Forward + MSE loss under saved-tensor hooks; returns ``(out, loss, saved record, held bytes)``.
 
@@ -183,7 +178,6 @@ def accounted_forward(r: Runner, x: Tensor, y: Tensor, rng: bool = True):
     if isinstance(r.model, CheckpointFolds):
         held += r.model.held_bytes(skip, rng=rng)
     return out, loss, rec, held
-
 
 
 def first_step(r: Runner, x: Tensor, y: Tensor) -> Dict[str, Any]:
@@ -208,7 +202,6 @@ def first_step(r: Runner, x: Tensor, y: Tensor) -> Dict[str, Any]:
     return res, g
 
 
-
 def tensor_peak(fn: Callable[[], Any]) -> Dict[str, int]:
     """Peak bytes of live CPU tensors during ``fn()`` above those live before it (allocator level, like
     ``torch.cuda.max_memory_allocated``): every allocation and free recorded by ``torch.profiler``
@@ -226,7 +219,6 @@ def tensor_peak(fn: Callable[[], Any]) -> Dict[str, int]:
     return {"peak": peak, "net": cur, "events": len(ev)}
 
 
-
 def cuda_peak(r: Runner, x: Tensor, y: Tensor) -> Dict[str, int]:
     xw, yw = x[:1], y[:1]
     r.step(xw, yw)
@@ -239,7 +231,6 @@ def cuda_peak(r: Runner, x: Tensor, y: Tensor) -> Dict[str, int]:
     torch.cuda.synchronize(dev)
     peak = torch.cuda.max_memory_allocated(dev)
     return {"delta": peak - base, "absolute": peak, "base": base}
-
 
 
 def profile(args, K: int) -> Dict[str, Any]:

@@ -190,7 +190,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     torch.manual_seed(seed)
     solver = build_solver(cfg, first_op, flow_net).to(dev).train()
     layout = torch.channels_last if cfg.get("channels_last") else torch.contiguous_format
-    if cfg.get("channels_last"):
+    if layout is torch.channels_last:
         solver = solver.to(memory_format=layout)
     flow_config = None if flow_net is None else dict(flow_net.config)
     opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"]))
