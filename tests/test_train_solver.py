@@ -8,6 +8,7 @@ import torch
 
 from invprox.cli import main
 from invprox.train import CheckpointError, load_checkpoint, solver_train
+from invprox.train.loop_utils import lr_factor
 from invprox.train.solver_setup import fixed_measurements, load_solver, physics_options
 from invprox.train.solver_train import NonFiniteLossError, train_solver
 
@@ -89,6 +90,72 @@ def test_resume_is_exact(setup, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for (i, sa), sb in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]), i
+
+
+def test_cosine_schedule_with_warmup_follows_the_steps(setup, tmp_path):
+    """Validation after every step records the networks' learning rate of that step: a linear warm-up over
+    two steps, then the cosine over the run's 6 steps; the step parameters' group is scaled alike."""
+    m = train_solver(out=str(tmp_path / "cos"), **_kw(setup, prox="resnet", features=4, n_blocks=1,
+                                                       max_steps=6, val_every=1, patience=0,
+                                                       lr_schedule="cosine", warmup=2))
+    lrs = [v["lr_net"] for v in m["val"]]
+    want = [1e-3 * lr_factor("cosine", 2, s, s / 6) for s in range(6)]
+    assert np.allclose(lrs, want, rtol=1e-12), (lrs, want)
+    assert lrs[0] == pytest.approx(0.5e-3) and lrs[-1] < 0.1e-3
+    state = load_checkpoint(tmp_path / "cos" / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert state[1]["lr"] == pytest.approx(10 * want[-1]) and state[1]["initial_lr"] == 1e-2  # lr_step 1e-2
+
+
+def test_resume_after_a_crash_continues_the_schedule(setup, tmp_path, monkeypatch):
+    """A run killed at step 5 (after a checkpoint at a validation or an epoch's end) and resumed with the same options ends where the
+    uninterrupted run ends: the warm-up and cosine are functions of the step and the budget used."""
+    kw = _kw(setup, prox="resnet", features=4, n_blocks=1, val_every=3, max_steps=6, lr_net=1e-2,
+             lr_schedule="cosine", warmup=2)
+    train_solver(out=str(tmp_path / "full"), **kw)
+    real = solver_train.build_solver
+
+    def crashing(*args, **kwargs):
+        solver, forward, calls = real(*args, **kwargs), None, [0]
+        forward = solver.forward
+
+        def fwd(y, physics=None):
+            calls[0] += solver.training
+            if calls[0] == 5:
+                raise KeyboardInterrupt
+            return forward(y, physics)
+
+        solver.forward = fwd
+        return solver
+
+    monkeypatch.setattr(solver_train, "build_solver", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train_solver(out=str(tmp_path / "part"), **kw)
+    monkeypatch.setattr(solver_train, "build_solver", real)
+    assert 0 < load_checkpoint(tmp_path / "part" / "checkpoint.pt")["run"]["step"] < 5
+    train_solver(out=str(tmp_path / "part"), resume=True, **kw)
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt") for d in ("full", "part"))
+    assert a["run"]["step"] == b["run"]["step"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [g["lr"] for g in a["optimizer"]["param_groups"]] == [g["lr"] for g in b["optimizer"]["param_groups"]]
+
+
+def test_cosine_schedule_follows_the_budget(setup, tmp_path):
+    """Ended by a CPU budget, the cosine follows the budget used: the rate falls at every validation and is
+    near 0 at the last step."""
+    m = train_solver(out=str(tmp_path / "budget"), **_kw(setup, prox="resnet", features=4, n_blocks=1,
+                                                          epochs=10_000, budget_minutes=0.01, val_every=1,
+                                                          patience=0, lr_schedule="cosine"))
+    lrs = [v["lr_net"] for v in m["val"]]
+    assert m["status"] == "budget" and len(lrs) > 3
+    assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.25e-3, lrs
+
+
+@pytest.mark.parametrize("bad, match", [({"lr_schedule": "step"}, "lr_schedule"),
+                                        ({"warmup": -1}, "warmup")])
+def test_bad_schedule_is_refused(setup, tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        train_solver(out=str(tmp_path / "bad"), **_kw(setup, max_steps=1, **bad))
 
 
 def test_corrupt_checkpoint_is_refused(setup, tmp_path, capsys):

@@ -82,6 +82,10 @@ class TrainConfig:
     # optimisation
     lr_net: float = _opt(1e-5, "learning rate of the networks (paper: 1e-5)", float)
     lr_step: float = _opt(1e-2, "learning rate of mu_k, lambda_k (paper: 1e-2)", float)
+    lr_schedule: str = _opt("constant", "learning-rate schedule: constant, or a cosine decay to 0 over the run "
+                            "(its budget, max steps or epochs, whichever ends it first)",
+                            choices=("constant", "cosine"))
+    warmup: int = _opt(0, "linear learning-rate warm-up over the first N steps (0: none)", int, metavar="N")
     clip_grad: float = _opt(1.0, "clip the gradient's global norm (0: off)", float)
     skip_nonfinite: int = _opt(0, "skip up to N steps in a row whose loss or gradient norm is not finite (no "
                                "update; each is logged and listed in the metrics), then stop with the last "

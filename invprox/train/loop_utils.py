@@ -20,6 +20,8 @@ __all__ = [
     "resolve_device",
     "dataset_tensor",
     "epoch_order",
+    "lr_factor",
+    "SCHEDULES",
     "warmup_schedule",
     "save_image_grid",
     "write_json",
@@ -28,6 +30,10 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
+
+
+#: the learning-rate schedules (:func:`lr_factor`)
+SCHEDULES = ("constant", "cosine")
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -65,25 +71,35 @@ def epoch_order(n: int, seed: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=g)
 
 
+def lr_factor(kind: str, warmup: int, step: int, t: float) -> float:
+    """The learning-rate multiplier of every schedule in the library, at 0-based ``step``.
+
+    A linear warm-up from ``1 / warmup`` to 1 over the first ``warmup`` steps, times 1 (``"constant"``) or
+    ``(1 + cos(pi t)) / 2`` (``"cosine"``), where ``t`` in [0, 1] is how far the run has got: the caller's
+    measure (steps after the warm-up in pre-training, the budget used by a solver's training).
+    """
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
+    f = (step + 1) / warmup if warmup and step < warmup else 1.0
+    if kind == "cosine":
+        f *= 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+    return f
+
+
 def warmup_schedule(warmup: int, total: Optional[int] = None, kind: str = "constant") -> Callable:
-    """LR multiplier for :class:`torch.optim.lr_scheduler.LambdaLR`.
+    """LR multiplier for :class:`torch.optim.lr_scheduler.LambdaLR`: :func:`lr_factor` by steps.
 
     Linear warm-up from ``1 / warmup`` to 1 over ``warmup`` steps, then constant (``"constant"``) or a
     cosine decay to 0 at step ``total`` (``"cosine"``).
     """
-    if kind not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be 'constant' or 'cosine', got {kind!r}")
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
     if kind == "cosine" and not total:
         raise ValueError("the cosine schedule needs the total number of steps")
     warmup = max(int(warmup), 0)
 
     def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
-        return 0.5 * (1.0 + math.cos(math.pi * t))
+        return lr_factor(kind, warmup, step, max(step - warmup, 0) / max((total or 1) - warmup, 1))
 
     return factor
 

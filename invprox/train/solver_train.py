@@ -44,7 +44,7 @@ from ..distributed import barrier, cleanup, init_distributed, is_distributed, wr
 from ..metrics import psnr
 from ..physics import canonical_task
 from .config import RUN_KEYS, TrainConfig
-from .loop_utils import NonFiniteSteps, Progress, epoch_order, resolve_device, write_json
+from .loop_utils import SCHEDULES, NonFiniteSteps, Progress, epoch_order, lr_factor, resolve_device, write_json
 from .solver_setup import (
     PROX_KINDS,
     RANDOM_TASKS,
@@ -157,6 +157,10 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     for name in ("K", "batch", "epochs", "size"):
         if not isinstance(cfg[name], int) or cfg[name] < 1:
             raise ValueError(f"{name} must be a positive int, got {cfg[name]!r}")
+    if cfg["lr_schedule"] not in SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {cfg['lr_schedule']!r}")
+    if not isinstance(cfg["warmup"], int) or cfg["warmup"] < 0:
+        raise ValueError(f"warmup must be a non-negative int (steps), got {cfg['warmup']!r}")
     if budget_clock not in ("cpu", "wall"):
         raise ValueError(f"budget_clock must be 'cpu' or 'wall', got {budget_clock!r}")
     if not cfg["sigma"] >= 0:
@@ -194,6 +198,8 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         solver = solver.to(memory_format=layout)
     flow_config = None if flow_net is None else dict(flow_net.config)
     opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"]))
+    for group in opt.param_groups:  # the schedule scales these (as torch's schedulers do)
+        group["initial_lr"] = group["lr"]
     groups = fixed_measurements(xv, range(len(xv)), task, popts, sig, seed, "val", cfg["batch"], fixed_op)
     bsz = min(cfg["batch"], len(xt))
     if bsz % world:
@@ -206,6 +212,8 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     if state is not None:
         load_model_state(solver, state["model"])
         opt.load_state_dict(state["optimizer"])
+        for group in opt.param_groups:  # a checkpoint from before schedules: its lr is the base
+            group.setdefault("initial_lr", group["lr"])
         r.update(state["run"])
         set_rng_state(state["rng"])
         log(f"resumed from {ckpt_path} at epoch {r['epoch']}, step {r['step']}")
@@ -221,6 +229,19 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     nonfinite = NonFiniteSteps(config.skip_nonfinite)
     nonfinite.in_a_row, nonfinite.skipped = r.get("bad_run", 0), r.setdefault("skipped", [])
     used_key = "train_cpu_s" if budget_clock == "cpu" else "train_wall_s"
+    budget_s = None if budget_minutes is None else 60 * budget_minutes
+    scheduled_lr = cfg["lr_schedule"] != "constant" or cfg["warmup"] > 0
+
+    def set_lr() -> float:
+        """The schedule's multiplier for this step, applied to every group. How far the run has got is
+        the larger of its steps and its budget used (the same on every rank)."""
+        t = r["step"] / total
+        if budget_s is not None:
+            t = max(t, _max_over_ranks(r[used_key] / budget_s))
+        f = lr_factor(cfg["lr_schedule"], cfg["warmup"], r["step"], t)
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * f
+        return f
 
     t0, elapsed0, saved = time.time(), r.get("elapsed_s", 0.0), [r["step"] if state is not None else None]
 
@@ -266,7 +287,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
             raise NonFiniteLossError(f"validation loss is {v['val_loss']} at step {r['step']}; stopped. "
                                      f"{last_good()}")
         r["val"].append({"step": r["step"], "epoch": r["epoch"], "scheduled": scheduled,
-                         "train_cpu_s": r["train_cpu_s"], **v})
+                         "train_cpu_s": r["train_cpu_s"], "lr_net": opt.param_groups[0]["lr"], **v})
         if r["best_val"] is None or v["val_loss"] < r["best_val"]:
             r["best_val"], r["best_step"] = v["val_loss"], r["step"]
             if main:
@@ -278,7 +299,6 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
 
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    budget_s = None if budget_minutes is None else 60 * budget_minutes
     bar = Progress(total, r["step"], "train", progress, budget_s, used=lambda: r[used_key])
     status = "finished"
     while r["step"] < total:
@@ -297,6 +317,8 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         if world > 1:  # this rank's share of the global batch (the noise was drawn for all of it)
             part = slice(rank * (bsz // world), (rank + 1) * (bsz // world))
             x, y = x[part], y[part]
+        if scheduled_lr:
+            set_lr()
         c0, w0 = time.process_time(), time.perf_counter()
         loss = ((model(y, op) - x) ** 2).mean()
         lv = _mean_over_ranks(float(loss.detach()))
@@ -351,11 +373,16 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
 
 def _any_rank(flag: bool) -> bool:
     """``flag`` on any rank (every rank must stop at the same step); ``flag`` itself in one process."""
+    return _max_over_ranks(float(flag)) > 0
+
+
+def _max_over_ranks(value: float) -> float:
+    """The largest ``value`` over the ranks, the same on every rank; ``value`` itself in one process."""
     if not is_distributed():
-        return flag
-    t = torch.tensor([float(flag)])
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return float(t.item())
 
 
 def _mean_over_ranks(value: float) -> float:
