@@ -10,6 +10,8 @@ or fit in two ways.
   shared with other jobs it is the compute time itself (with one torch thread), where the wall time also
   counts the waits. ``torch.utils.benchmark.Timer`` measures wall time only and repeats one statement at a
   time, which is why the benchmarks interleave with their own loop.
+* :func:`phase_times`: the same rotation for steps split into phases (forward, backward, optimizer), each
+  phase's median.
 * :func:`rel_err`: ``||g - ref|| / ||ref||``, the gradient error every table reports.
 * :func:`linear_fit`, :func:`largest_k`: least-squares fits of memory in K and the largest K within a
   budget (a fit, never a measurement: the tables say so).
@@ -26,16 +28,17 @@ import re
 import subprocess
 import time
 import warnings
+from collections import defaultdict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from _common import sync
+from _common import median, sync
 
-__all__ = ["interleaved_times", "cpu_clock", "start", "check_device", "rel_err", "linear_fit", "largest_k",
-           "parse_bytes", "fmt_budget", "is_oom", "failure_status", "git_commit", "fmt_err", "fmt_ratio",
-           "fmt_k"]
+__all__ = ["interleaved_times", "phase_times", "cpu_clock", "start", "check_device", "rel_err", "linear_fit",
+           "largest_k", "parse_bytes", "fmt_budget", "is_oom", "failure_status", "git_commit", "fmt_err",
+           "fmt_ratio", "fmt_k"]
 
 
 def interleaved_times(
@@ -76,6 +79,45 @@ def interleaved_times(
                 on_error(m, e)
                 alive.remove(m)
     return out
+
+
+def phase_times(
+    steps: Mapping[str, Callable[[Callable[[str], None]], Any]], repeats: int, device: Any = "cpu"
+) -> Dict[str, Dict[str, float]]:
+    """Median seconds of each phase of several methods' steps: ``{name: {phase: s, ..., "step": s}}``.
+
+    ``steps[name](mark)`` runs one step and calls ``mark(phase)`` as each phase ends (the time since the
+    previous mark, or the step's start, is that phase's); ``"step"`` is the sum of a step's phases. One
+    warm-up round, then ``repeats`` rounds in a rotating order; the clock of :func:`cpu_clock`, CUDA
+    synchronised at every mark.
+    """
+    clock = cpu_clock(device)
+    names = list(steps)
+    runs: Dict[str, Dict[str, List[float]]] = {m: defaultdict(list) for m in names}
+    for rep in range(-1, repeats):
+        k = rep % len(names)
+        for m in names[k:] + names[:k]:
+            parts: Dict[str, float] = {}
+            sync(device)
+            steps[m](_marker(parts, clock, device))
+            if rep >= 0:
+                for phase, v in parts.items():
+                    runs[m][phase].append(v)
+                runs[m]["step"].append(sum(parts.values()))
+    return {m: {phase: median(v) for phase, v in ph.items()} for m, ph in runs.items()}
+
+
+def _marker(parts: Dict[str, float], clock: Callable[[], float], device: Any) -> Callable[[str], None]:
+    """``mark(phase)``: add the time since the previous mark (or now) to ``parts[phase]``."""
+    last = [clock()]
+
+    def mark(phase: str) -> None:
+        sync(device)
+        now = clock()
+        parts[phase] = parts.get(phase, 0.0) + now - last[0]
+        last[0] = now
+
+    return mark
 
 
 def cpu_clock(device: Any) -> Callable[[], float]:

@@ -7,10 +7,10 @@ Step totals (invprox and standard) are timed without a profiler; the split comes
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, Dict, List
 
-from _common import SPANS, markdown_table, median, profiled_spans, span_parts, timed_cpu
+from _common import SPANS, markdown_table, median, profiled_spans, span_parts
+from _harness import phase_times
 from engine_blocks import build_blocks, loss_of, make_input, make_model, params_of, train_step, zero_grads
 
 
@@ -26,18 +26,19 @@ def profile(args, depth: int) -> Dict[str, Any]:
     x0 = make_input(args)
     inv, inv_blocks = make_model("invprox", blocks, args.keep_every)
     std, std_blocks = make_model("standard", blocks, args.keep_every)
-    runs: Dict[str, List[float]] = defaultdict(list)
     reps = max(3, args.repeats)
-    for r in range(reps + 1):  # the first is a warm-up
-        for name, model, bl in (("std", std, std_blocks), ("inv", inv, inv_blocks)):
+
+    def timed_step(model, bl):
+        def run(mark):
             zero_grads(params_of(bl))
-            x = x0.clone().requires_grad_()
-            out, w_f, c_f = timed_cpu(lambda: loss_of(model(x)), args.device)  # noqa: B023
-            _, w_b, c_b = timed_cpu(out.backward, args.device)
-            if r > 0:
-                runs[f"{name}_forward"].append(c_f if args.device == "cpu" else w_f)
-                runs[f"{name}_backward"].append(c_b if args.device == "cpu" else w_b)
-    m = {k: median(v) for k, v in runs.items()}
+            out = loss_of(model(x0.clone().requires_grad_()))
+            mark("forward")
+            out.backward()
+            mark("backward")
+        return run
+
+    m = phase_times({"std": timed_step(std, std_blocks), "inv": timed_step(inv, inv_blocks)}, reps,
+                    args.device)
     ops, spans = {}, []
     for name, model, bl in (("standard", std, std_blocks), ("invprox", inv, inv_blocks)):
         for _ in range(reps if name == "invprox" else 1):
@@ -51,8 +52,8 @@ def profile(args, depth: int) -> Dict[str, Any]:
             {"op": e.key, "self_cpu_ms": e.self_cpu_time_total / 1e3, "calls": e.count} for e in rows
         ]
     profiled = {k: median([sp[k] for sp in spans]) for k in SPANS}
-    seconds = {"forward": m["inv_forward"], "backward": m["inv_backward"],
-               "standard_forward": m["std_forward"], "standard_backward": m["std_backward"]}
+    seconds = {"forward": m["inv"]["forward"], "backward": m["inv"]["backward"],
+               "standard_forward": m["std"]["forward"], "standard_backward": m["std"]["backward"]}
     clock = "process CPU time" if args.device == "cpu" else "wall time"
     return {"depth": depth, "seconds": seconds, "profiled_spans": profiled, "clock": clock,
             "top_ops": ops, "repeats": reps}

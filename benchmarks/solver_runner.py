@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 import gc
-from collections import defaultdict
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +33,7 @@ from _common import (
     step_peak_rss,
     storage_key,
 )
-from _harness import cpu_clock
+from _harness import phase_times
 from methods import CheckpointFolds, memcnn_sequential
 
 
@@ -241,28 +240,24 @@ def profile(args, K: int) -> Dict[str, Any]:
     ``torch.profiler`` spans in profiled steps (no monkeypatching); profiled times include the
     profiler's overhead, so the report gives each part as a share of the profiled step.
     """
-    clock = cpu_clock(args.device)
     flow = build_flow(args)
     base = build_solver(flow, K, args.device)
     x, y = make_batch(args, args.batch)
     std, inv = Runner("standard", base, args.lr), Runner("invprox", base, args.lr)
-    runs: Dict[str, List[float]] = defaultdict(list)
     reps = max(3, args.profile_repeats)
-    for rep in range(reps + 1):  # the first is a warm-up
-        for name, r in ((("std", std), ("inv", inv)) if rep % 2 else (("inv", inv), ("std", std))):
+
+    def timed_step(r):
+        def run(mark):
             r.opt.zero_grad(set_to_none=False)
-            c0 = clock()
             loss = F.mse_loss(r.forward(y), x)
-            c1 = clock()
+            mark("forward")
             loss.backward()
-            c2 = clock()
+            mark("backward")
             r.opt.step()
-            c3 = clock()
-            if rep:
-                for part, v in (("forward", c1 - c0), ("backward", c2 - c1), ("adam", c3 - c2),
-                                ("step", c3 - c0)):
-                    runs[f"{name}_{part}"].append(v)
-    m = {k: median(v) for k, v in runs.items()}
+            mark("adam")
+        return run
+
+    m = phase_times({"inv": timed_step(inv), "std": timed_step(std)}, reps, args.device)
 
     def step() -> None:
         inv.opt.zero_grad(set_to_none=False)
@@ -275,12 +270,12 @@ def profile(args, K: int) -> Dict[str, Any]:
         "K": K, "repeats": reps, "clock": "process CPU time" if args.device == "cpu" else "wall",
         "parts": dict(parts), "blocks": len(base.chain), "plan": base.chain.plan().summary(),
         "profiled_step": step_total,
-        "standard": {k: m[f"std_{k}"] for k in ("forward", "backward", "adam", "step")},
-        "invprox": {k: m[f"inv_{k}"] for k in ("forward", "backward", "adam", "step")},
+        "standard": m["std"],
+        "invprox": m["inv"],
         # the least a pure-inversion engine can cost: its forward without a graph, then per block at
         # least one forward pass with a graph (a fused rebuild) and the backward standard autograd runs
-        "floor": (m["inv_forward"] + m["std_forward"] + m["std_backward"])
-        / (m["std_forward"] + m["std_backward"]),
+        "floor": (m["inv"]["forward"] + m["std"]["forward"] + m["std"]["backward"])
+        / (m["std"]["forward"] + m["std"]["backward"]),
     }
 
 

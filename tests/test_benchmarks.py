@@ -63,3 +63,25 @@ def test_solver_k_sweep_projection_and_profile(tmp_path):
     assert res["profile"]["invprox"]["step"] > 0
     md = (tmp_path / "solver_k_cpu.md").read_text()
     assert "PROJECTION" in md and "Where invprox's time goes" in md
+
+
+def test_phase_times_rotates_the_methods_and_splits_their_steps(monkeypatch):
+    """One warm-up round, then the methods in a rotating order; a phase marked twice in a step adds up."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    from _harness import phase_times
+
+    calls = []
+
+    def step(name):
+        def run(mark):
+            calls.append(name)
+            mark("forward")
+            sum(range(20_000))
+            mark("backward")
+            mark("forward")
+        return run
+
+    m = phase_times({"a": step("a"), "b": step("b")}, repeats=3)
+    assert calls == ["b", "a", "a", "b", "b", "a", "a", "b"]
+    assert set(m) == {"a", "b"} and set(m["a"]) == {"forward", "backward", "step"}
+    assert m["a"]["step"] >= m["a"]["backward"] > 0 and m["a"]["forward"] >= 0
