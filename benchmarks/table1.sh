@@ -20,7 +20,8 @@
 #     benchmarks/table1.sh denoise_prior2   # flow prox on it (two seeds), U-Net prox seed 2 (~60 min)
 #     benchmarks/table1.sh channels_last    # flow prox (that prior) and U-Net prox, channels-last (~30 min)
 #     benchmarks/table1.sh batch4           # the same two at batch 4 (~30 min)
-#     benchmarks/table1.sh cosine           # warm-up + cosine learning rate: 2 flow, U-Net, ResNet (~70 min)
+#     benchmarks/table1.sh cosine           # flow prox, warm-up + cosine learning rate, peaks 1e-4, 2e-4 (~35 min)
+#     benchmarks/table1.sh tied             # flow prox with one Glow for all folds; U-Net prox, cosine (~35 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -374,23 +375,38 @@ stage_batch4() {
     eval_test flow_dn_batch4 unet_dn_batch4
 }
 
+COSINE=(--lr-schedule cosine --warmup 100)
+
 stage_cosine() {
     # A learning-rate schedule: linear warm-up over 100 steps, then a cosine decay to 0 over the 25-minute
-    # budget (`--lr-schedule cosine --warmup 100`; the decay follows the CPU time used). First the flow prox
-    # (prior of stage prior2) at peaks 1e-4 (its constant rate so far) and 2e-4 (diverged when constant),
-    # then U-Net and ResNet prox at their rate 1e-3 with the same schedule; all on the 600 test faces.
+    # budget (`--lr-schedule cosine --warmup 100`; the decay follows the CPU time used): the flow prox
+    # (prior of stage prior2) at peaks 1e-4 (its constant rate so far) and 2e-4 (diverged when constant).
     local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
-                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32
-                  --lr-schedule cosine --warmup 100)
+                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32 "${COSINE[@]}")
     local flow=(--prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" --skip-nonfinite 10)
     train flow_dn_cos1e-4 "${common[@]}" "${flow[@]}" --lr-net 1e-4 &
     train flow_dn_cos2e-4 "${common[@]}" "${flow[@]}" --lr-net 2e-4 &
     wait
-    train unet_dn_cos "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
-    train resnet_dn_cos "${common[@]}" "${RESNET[@]}" --lr-net "$LR_CNN" &
+    stage_cosine_eval
+}
+
+stage_cosine_eval() {
+    eval_test flow_dn_cos1e-4 &
+    eval_test flow_dn_cos2e-4 &
     wait
-    eval_test flow_dn_cos1e-4 unet_dn_cos &
-    eval_test flow_dn_cos2e-4 resnet_dn_cos &
+}
+
+stage_tied() {
+    # One Glow shared by the four folds (`--tied`: a quarter of the parameters, the same compute), at the
+    # flow prox's constant rate 1e-4; beside it U-Net prox with the schedule of stage cosine.
+    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
+                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    train flow_dn_tied "${common[@]}" --prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" \
+        --skip-nonfinite 10 --tied --lr-net 1e-4 &
+    train unet_dn_cos "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" "${COSINE[@]}" &
+    wait
+    eval_test flow_dn_tied &
+    eval_test unet_dn_cos &
     wait
 }
 
@@ -399,9 +415,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied)" >&2
            exit 2 ;;
     esac
 done
