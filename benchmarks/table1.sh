@@ -22,6 +22,7 @@
 #     benchmarks/table1.sh batch4           # the same two at batch 4 (~30 min)
 #     benchmarks/table1.sh cosine           # flow prox, warm-up + cosine learning rate, peaks 1e-4, 2e-4 (~35 min)
 #     benchmarks/table1.sh tied             # flow prox with one Glow for all folds; U-Net prox, cosine (~35 min)
+#     benchmarks/table1.sh split            # flow prox at lr 2e-4, 3e-4 with its split priors frozen (~35 min)
 #     benchmarks/table1.sh longer           # flow prox, U-Net prox of denoise_prior2 resumed to 50 minutes (~35 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
@@ -434,14 +435,29 @@ stage_longer() {
     wait
 }
 
+stage_split() {
+    # The flow prox at the rates that diverged (2e-4, 3e-4; the first value to explode was a learned split
+    # prior's scale), with the split priors kept as pre-trained (`--lr-split 0`), side by side.
+    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
+                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    local flow=(--prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" --skip-nonfinite 10
+                --lr-split 0)
+    train flow_dn_split2e-4 "${common[@]}" "${flow[@]}" --lr-net 2e-4 &
+    train flow_dn_split3e-4 "${common[@]}" "${flow[@]}" --lr-net 3e-4 &
+    wait
+    eval_test flow_dn_split2e-4 &
+    eval_test flow_dn_split3e-4 &
+    wait
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|split) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, split)" >&2
            exit 2 ;;
     esac
 done

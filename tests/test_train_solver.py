@@ -151,8 +151,39 @@ def test_cosine_schedule_follows_the_budget(setup, tmp_path):
     assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.25e-3, lrs
 
 
+@pytest.mark.parametrize("lr_split", [0.0, 1e-2])
+def test_split_priors_get_their_own_rate(setup, tmp_path, lr_split):
+    """--lr-split: the flows' split priors train at their own rate; at 0 they stay as pre-trained while
+    the rest of every flow trains."""
+    from invprox.flows.glow import Glow
+
+    torch.manual_seed(0)
+    glow = Glow(in_channels=1, image_size=8, levels=2, steps=1, hidden=4)  # one split prior
+    with torch.no_grad():
+        glow.train()(glow.preprocess(torch.rand(8, 1, 8, 8)))
+    glow.save(tmp_path / "flow2.pt")
+    out = tmp_path / "split"
+    train_solver(out=str(out), **_kw(setup, K=2, max_steps=2, flow=str(tmp_path / "flow2.pt"),
+                                     lr_split=lr_split, standard_autograd=True))
+    groups = load_checkpoint(out / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2, lr_split]
+    solver, _ = load_solver(out / "solver.pt")
+    pre = Glow.load(tmp_path / "flow2.pt")
+    pre_split = [p for m in pre.modules() if type(m).__name__ == "SplitPrior" for p in m.parameters()]
+    split = solver.split_prior_parameters()
+    assert pre_split and len(split) == 2 * len(pre_split)  # one set per fold (untied)
+    same = [torch.equal(a, b) for a, b in zip(split, pre_split * 2)]
+    assert all(same) if lr_split == 0 else not any(same)
+    split_ids = {id(p) for p in split}
+    rest = [p for p in solver.flows[0].parameters() if id(p) not in split_ids]
+    pre_rest = [p for p in pre.parameters() if all(p is not q for q in pre_split)]
+    assert any(not torch.equal(a, b) for a, b in zip(rest, pre_rest))  # the rest of the flow trained
+
+
 @pytest.mark.parametrize("bad, match", [({"lr_schedule": "step"}, "lr_schedule"),
-                                        ({"warmup": -1}, "warmup")])
+                                        ({"warmup": -1}, "warmup"),
+                                        ({"lr_split": 1e-4, "prox": "resnet", "features": 4, "n_blocks": 1},
+                                         "lr_split")])
 def test_bad_schedule_is_refused(setup, tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         train_solver(out=str(tmp_path / "bad"), **_kw(setup, max_steps=1, **bad))

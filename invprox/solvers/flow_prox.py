@@ -278,6 +278,35 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         """The learned step sizes ``mu_k`` and shrinkages ``lambda_k`` (own learning rate in the paper)."""
         return [p for m in (*self.dc, *self.shrink) for p in m.parameters()]
 
+    def split_prior_parameters(self) -> List[nn.Parameter]:
+        """The parameters of the flows' learned split priors (:class:`~invprox.flows.layers.SplitPrior`):
+        the conditional mean and scale by which each factored-out latent is normalised."""
+        from ..flows.layers import SplitPrior
+
+        seen, out = set(), []
+        for m in self.modules():
+            if isinstance(m, SplitPrior):
+                for p in m.parameters():
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        out.append(p)
+        return out
+
+    def param_groups(self, lr_net: float = 1e-5, lr_step: float = 1e-2,
+                     lr_split: Optional[float] = None) -> List[Dict[str, Any]]:
+        """Optimizer groups as for every solver (networks at ``lr_net``, ``mu_k`` and ``lambda_k`` at
+        ``lr_step``); with ``lr_split``, the split priors' parameters form a third group at that rate (0:
+        they stay as pre-trained)."""
+        groups = super().param_groups(lr_net, lr_step)
+        if lr_split is None:
+            return groups
+        if not lr_split >= 0:
+            raise ValueError(f"lr_split must be a non-negative learning rate, got {lr_split!r}")
+        split = self.split_prior_parameters()
+        ids = {id(p) for p in split}
+        groups[0]["params"] = [p for p in groups[0]["params"] if id(p) not in ids]
+        return groups + [{"params": split, "lr": lr_split}]
+
     def start(self, y: Tensor, physics: Any = None) -> Tensor:
         """``x_0`` in flow space (see ``start``), shape ``(B, C, H, W)``; depends on ``y`` only."""
         op = self.physics if physics is None else physics

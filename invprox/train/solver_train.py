@@ -197,7 +197,15 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     if layout is torch.channels_last:
         solver = solver.to(memory_format=layout)
     flow_config = None if flow_net is None else dict(flow_net.config)
-    opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"]))
+    if cfg.get("lr_split") is None:
+        opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"]))
+    elif cfg["prox"] == "flow":
+        opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"], lr_split=cfg["lr_split"]))
+        if cfg["lr_split"] == 0:  # kept as pre-trained: no gradients (nor their share of the clipped norm)
+            for p in solver.split_prior_parameters():
+                p.requires_grad_(False)
+    else:
+        raise ValueError(f"lr_split sets the flow's split priors' rate; prox {cfg['prox']!r} has none")
     for group in opt.param_groups:  # the schedule scales these (as torch's schedulers do)
         group["initial_lr"] = group["lr"]
     groups = fixed_measurements(xv, range(len(xv)), task, popts, sig, seed, "val", cfg["batch"], fixed_op)
