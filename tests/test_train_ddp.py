@@ -36,7 +36,8 @@ def _train(args, out, nproc):
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not in this build")
 def test_torchrun_two_processes_equal_one(tiny_data, tmp_path):
-    """Flow prox (no batch norm), 3 Adam steps of a global batch of 4: two processes of 2 images each.
+    """Flow prox (no batch norm), 3 Adam steps of a global batch of 4 under a warm-up and cosine schedule:
+    two processes of 2 images each.
 
     The same function: the validation losses agree to float32 rounding. The parameters agree to 1e-3 of
     their norm, not to rounding: a few weights get gradients below 1e-9, pure float32 noise that differs
@@ -45,7 +46,9 @@ def test_torchrun_two_processes_equal_one(tiny_data, tmp_path):
     """
     args = ["--data", tiny_data["data"], "--size", "8", "--channels", "1", "--K", "2", "--batch", "4",
             "--max-steps", "3", "--val-every", "3", "--calibrate", "4", "--lr-net", "1e-3",
-            "--no-progress", "--prox", "flow", "--flow", tiny_data["flow"]]
+            "--no-progress", "--prox", "flow", "--flow", tiny_data["flow"],
+            # a schedule that reads the budget used, agreed between the ranks (never reached here)
+            "--lr-schedule", "cosine", "--warmup", "1", "--budget-minutes", "100"]
     _train(args, tmp_path / "one", 1)
     res = _train(args, tmp_path / "two", 2)
     assert res.stdout.count("calibrated on") == 1  # rank 0 speaks, rank 1 does not
