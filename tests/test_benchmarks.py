@@ -85,3 +85,19 @@ def test_phase_times_rotates_the_methods_and_splits_their_steps(monkeypatch):
     assert calls == ["b", "a", "a", "b", "b", "a", "a", "b"]
     assert set(m) == {"a", "b"} and set(m["a"]) == {"forward", "backward", "step"}
     assert m["a"]["step"] >= m["a"]["backward"] > 0 and m["a"]["forward"] >= 0
+
+
+@pytest.mark.slow
+def test_compile_step_runs_and_compiles_the_same_function(tmp_path):
+    """compile_step.py at toy size, tracing only (backend 'eager'): the script's plumbing, and the compiled
+    solvers compute what the eager ones do."""
+    from invprox.flows.glow import Glow
+
+    glow = Glow(in_channels=3, image_size=8, levels=2, steps=1, hidden=4)
+    glow.save(tmp_path / "flow.pt")
+    run("compile_step.py", "--backend", "eager", "--size", "8", "--batch", "2", "--K", "1", "--features",
+        "4", "--repeats", "1", "--flow", str(tmp_path / "flow.pt"), "--out", str(tmp_path))
+    res = json.loads((tmp_path / "compile_step_cpu.json").read_text())
+    assert [r["prox"] for r in res["rows"]] == ["flow", "unet", "resnet"]
+    for r in res["rows"]:
+        assert r["eager_s"] > 0 and r["compiled_s"] > 0 and r["output_rel_err"] < 1e-5, r

@@ -1,0 +1,123 @@
+"""Does ``torch.compile`` buy the Table 1 solvers training steps on this machine?
+
+Builds each solver as ``invprox train`` builds it for Table 1 (flow prox with standard autograd on the
+pre-trained Glow, U-Net prox, ResNet prox; K = 4, batch 8, 3 x 32 x 32), and times one training step
+(forward, MSE, backward) eager and compiled, interleaved, as process CPU time on one thread. The first
+compiled call is timed on its own: it is the compilation, which a training budget in CPU minutes pays.
+Inductor compiles in this process (``compile_threads = 1``), so its CPU time is counted.
+
+    python benchmarks/compile_step.py                    # writes results/compile_step_cpu.md
+    python benchmarks/compile_step.py --prox flow --repeats 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+from functools import partial
+
+import torch
+from torch.nn import functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from invprox.physics import make_physics  # noqa: E402
+from invprox.train.solver_setup import build_solver, load_flow  # noqa: E402
+
+from _common import describe_machine, machine_info, markdown_table, median, write_results  # noqa: E402
+from _harness import interleaved_times, start  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the Table 1 solvers (benchmarks/table1.sh), sized alike (2.5-3 M parameters)
+PROX = {"flow": {"standard_autograd": True, "lam_per": "level"},
+        "unet": {"features": 40, "depth": 2},
+        "resnet": {"features": 128, "n_blocks": 2}}
+
+
+def solver_for(prox: str, args) -> torch.nn.Module:
+    cfg = {"prox": prox, "K": args.K, "channels": 3, "size": args.size, "start": "smooth", **PROX[prox]}
+    if args.features and prox != "flow":
+        cfg["features"] = args.features
+    phys = make_physics("denoising", (3, args.size, args.size))
+    flow = load_flow(args.flow, args.size, 3) if prox == "flow" else None
+    torch.manual_seed(0)
+    return build_solver(cfg, phys, flow).train()
+
+
+def measure(prox: str, args) -> dict:
+    eager = solver_for(prox, args)
+    compiled_module = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_module, backend=args.backend)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(args.batch, 3, args.size, args.size, generator=g)
+    y = x + 0.2 * torch.randn(x.shape, generator=g)
+
+    def step(model, params):
+        for p in params:
+            p.grad = None
+        F.mse_loss(model(y), x).backward()
+
+    c0, w0 = time.process_time(), time.perf_counter()
+    step(compiled, list(compiled_module.parameters()))
+    compile_cpu, compile_wall = time.process_time() - c0, time.perf_counter() - w0
+    with torch.no_grad():  # the compiled module computes what the eager one does
+        err = float((compiled(y) - eager(y)).norm() / eager(y).norm())
+    times = interleaved_times({"eager": partial(step, eager, list(eager.parameters())),
+                               "compiled": partial(step, compiled, list(compiled_module.parameters()))},
+                              args.repeats, warmup=1)
+    med = {k: median(v["cpu"]) for k, v in times.items()}
+    return {"prox": prox, "eager_s": med["eager"], "compiled_s": med["compiled"],
+            "speedup": med["eager"] / med["compiled"], "compile_cpu_s": compile_cpu,
+            "compile_wall_s": compile_wall, "output_rel_err": err,
+            "breakeven_steps": (compile_cpu / (med["eager"] - med["compiled"])
+                                if med["compiled"] < med["eager"] else None)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prox", nargs="+", default=list(PROX), choices=list(PROX))
+    p.add_argument("--flow", default=os.path.join(ROOT, "benchmarks", "results", "glow_celeba32_cos.pt"),
+                   help="the pre-trained Glow of the flow prox")
+    p.add_argument("--K", type=int, default=4)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--features", type=int, default=None, help="CNN feature maps (default: Table 1's)")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backend", default="inductor", help="torch.compile backend ('eager': tracing only)")
+    p.add_argument("--tag", default="", help="suffix of the output files' names")
+    p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+    args = p.parse_args(argv)
+    start(args.threads)
+    torch._inductor.config.compile_threads = 1  # compile in this process: its CPU time is counted
+    rows = []
+    for prox in args.prox:
+        r = measure(prox, args)
+        rows.append(r)
+        print(f"{prox:7s} eager {r['eager_s']:.3f} s  compiled {r['compiled_s']:.3f} s  x{r['speedup']:.2f}  "
+              f"compile {r['compile_cpu_s']:.0f} CPU s", flush=True)
+    info = machine_info("cpu", threads=args.threads)
+    table = markdown_table(
+        ["prox", "eager s/step", "compiled s/step", "speed-up", "compilation CPU s (wall s)",
+         "steps to pay it back", "output rel. error"],
+        [[r["prox"], f"{r['eager_s']:.3f}", f"{r['compiled_s']:.3f}", f"{r['speedup']:.2f}",
+          f"{r['compile_cpu_s']:.0f} ({r['compile_wall_s']:.0f})",
+          "never" if r["breakeven_steps"] is None else f"{r['breakeven_steps']:.0f}",
+          f"{r['output_rel_err']:.1e}"] for r in rows],
+    )
+    command = " ".join(["python benchmarks/compile_step.py", *(argv if argv is not None else sys.argv[1:])])
+    md = (f"# torch.compile of a Table 1 training step (cpu, backend {args.backend})\n\n"
+          f"K = {args.K}, batch {args.batch}, 3 x {args.size} x {args.size}; forward + MSE + backward, "
+          f"process CPU time, eager and compiled interleaved, median of {args.repeats}; the first "
+          f"compiled call (the compilation) timed apart. {describe_machine(info)}\n\n"
+          f"Command: `{command}`\n\n{table}\n")
+    name = f"compile_step_cpu{'_' + args.tag if args.tag else ''}"
+    write_results(args.out, name, {"machine": info, "backend": args.backend, "rows": rows}, md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
