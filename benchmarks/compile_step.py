@@ -4,7 +4,8 @@ Builds each solver as ``invprox train`` builds it for Table 1 (flow prox with st
 pre-trained Glow, U-Net prox, ResNet prox; K = 4, batch 8, 3 x 32 x 32), and times one training step
 (forward, MSE, backward) eager and compiled, interleaved, as process CPU time on one thread. The first
 compiled call is timed on its own: it is the compilation, which a training budget in CPU minutes pays.
-Inductor compiles in this process (``compile_threads = 1``), so its CPU time is counted.
+Inductor compiles in this process (``compile_threads = 1``), so its CPU time is counted; dynamo may
+recompile each function up to ``--recompile-limit`` times (a Glow runs the same code at several shapes).
 
     python benchmarks/compile_step.py                    # writes results/compile_step_cpu.md
     python benchmarks/compile_step.py --prox flow --repeats 9
@@ -87,11 +88,16 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--backend", default="inductor", help="torch.compile backend ('eager': tracing only)")
+    p.add_argument("--recompile-limit", type=int, default=64, help="torch._dynamo's, per function")
     p.add_argument("--tag", default="", help="suffix of the output files' names")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = p.parse_args(argv)
     start(args.threads)
     torch._inductor.config.compile_threads = 1  # compile in this process: its CPU time is counted
+    # a Glow calls the same layer code at each level's channel count (and forward and inverse): without a
+    # higher limit dynamo stops recompiling after 8 shapes and runs the rest eagerly
+    torch._dynamo.config.recompile_limit = args.recompile_limit
+    torch._dynamo.config.accumulated_recompile_limit = max(256, 4 * args.recompile_limit)
     rows = []
     for prox in args.prox:
         r = measure(prox, args)
