@@ -84,8 +84,8 @@ class TrainConfig:
     lr_step: float = _opt(1e-2, "learning rate of mu_k, lambda_k (paper: 1e-2)", float)
     lr_split: Optional[float] = _opt(None, "flow: learning rate of the Glows' learned split priors (default: "
                                      "--lr-net; 0 keeps them as pre-trained)", float)
-    lr_schedule: str = _opt("constant", "learning-rate schedule: constant, or a cosine decay to 0 over the run "
-                            "(its budget, max steps or epochs, whichever ends it first)",
+    lr_schedule: str = _opt("constant", "learning-rate schedule: constant, or a cosine decay to 0 over the "
+                            "run (its budget, max steps or epochs, whichever ends it first)",
                             choices=("constant", "cosine"))
     warmup: int = _opt(0, "linear learning-rate warm-up over the first N steps (0: none)", int, metavar="N")
     clip_grad: float = _opt(1.0, "clip the gradient's global norm (0: off)", float)

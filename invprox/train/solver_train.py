@@ -44,7 +44,15 @@ from ..distributed import barrier, cleanup, init_distributed, is_distributed, wr
 from ..metrics import psnr
 from ..physics import canonical_task
 from .config import RUN_KEYS, TrainConfig
-from .loop_utils import SCHEDULES, NonFiniteSteps, Progress, epoch_order, lr_factor, resolve_device, write_json
+from .loop_utils import (
+    SCHEDULES,
+    NonFiniteSteps,
+    Progress,
+    epoch_order,
+    lr_factor,
+    resolve_device,
+    write_json,
+)
 from .solver_setup import (
     PROX_KINDS,
     RANDOM_TASKS,
