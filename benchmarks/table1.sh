@@ -24,6 +24,7 @@
 #     benchmarks/table1.sh tied             # flow prox with one Glow for all folds; U-Net prox, cosine (~35 min)
 #     benchmarks/table1.sh split            # flow prox at lr 2e-4, 3e-4 with its split priors frozen (~35 min)
 #     benchmarks/table1.sh longer           # flow prox, U-Net prox of denoise_prior2 resumed to 50 minutes (~35 min)
+#     benchmarks/table1.sh longer3          # the same resumed to 75 minutes (~35 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -412,27 +413,37 @@ stage_tied() {
     wait
 }
 
+resume_to() {  # resume_to MINUTES FROM NAME...: copy run NAME$FROM to NAME_MINUTES, resume it to MINUTES
+    local minutes=$1 from=$2 m; shift 2
+    for m in "$@"; do
+        if [ ! -f "$RUNS/$m$from/checkpoint.pt" ]; then
+            echo "resuming $RUNS/$m$from: run the stage that trains it first" >&2
+            return 2
+        fi
+        rm -rf "${RUNS:?}/${m}_$minutes"
+        cp -r "$RUNS/$m$from" "$RUNS/${m}_$minutes"
+    done
+    for m in "$@"; do
+        timed "resume ${m}_$minutes" invprox train --resume --out "$RUNS/${m}_$minutes" \
+            --budget-minutes "$minutes" --val-every 100 --patience 0 --skip-nonfinite 10 --no-progress &
+    done
+    wait
+    for m in "$@"; do
+        eval_test "${m}_$minutes" &
+    done
+    wait
+}
+
 stage_longer() {
     # Twice the budget: the flow prox at lr 1e-4 (stage denoise_prior2, seed 0) and U-Net prox (seed 2)
     # resumed from their 25-minute checkpoints to 50 CPU minutes in all (the budget counts both parts;
     # solver.pt stays the best validation of the whole run). Needs the runs of stage denoise_prior2.
-    local m
-    for m in flow_dn_prior2 unet_dn_seed2; do
-        if [ ! -f "$RUNS/$m/checkpoint.pt" ]; then
-            echo "stage longer resumes $RUNS/$m: run stage denoise_prior2 first" >&2
-            return 2
-        fi
-        rm -rf "${RUNS:?}/${m}_50"
-        cp -r "$RUNS/$m" "$RUNS/${m}_50"
-    done
-    for m in flow_dn_prior2_50 unet_dn_seed2_50; do
-        timed "resume $m" invprox train --resume --out "$RUNS/$m" --budget-minutes $((2 * BUDGET)) \
-            --val-every 100 --patience 0 --skip-nonfinite 10 --no-progress &
-    done
-    wait
-    eval_test flow_dn_prior2_50 &
-    eval_test unet_dn_seed2_50 &
-    wait
+    resume_to $((2 * BUDGET)) "" flow_dn_prior2 unet_dn_seed2
+}
+
+stage_longer3() {
+    # Three times the budget: the runs of stage longer resumed to 75 CPU minutes.
+    resume_to $((3 * BUDGET)) _50 flow_dn_prior2 unet_dn_seed2
 }
 
 stage_split() {
@@ -455,9 +466,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|split) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, split)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split)" >&2
            exit 2 ;;
     esac
 done
