@@ -315,6 +315,27 @@ def broadcast_module(module: nn.Module, src: int = 0) -> None:
             dist.broadcast(t.data, src)
 
 
+def _reduce(value: float, op) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=dist_info().device)  # NCCL reduces CUDA tensors
+    dist.all_reduce(t, op=op)
+    return float(t.item())
+
+
+def max_over_ranks(value: float) -> float:
+    """The largest ``value`` over the ranks, the same on every rank; ``value`` itself in one process."""
+    return _reduce(value, dist.ReduceOp.MAX) if is_distributed() else value
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of ``value`` over the ranks, the same on every rank; ``value`` itself in one process."""
+    return _reduce(value, dist.ReduceOp.SUM) / dist.get_world_size() if is_distributed() else value
+
+
+def any_rank(flag: bool) -> bool:
+    """``flag`` on any rank (every rank then takes the same decision); ``flag`` itself in one process."""
+    return max_over_ranks(float(flag)) > 0
+
+
 def max_parameter_difference(module: nn.Module) -> float:
     """Largest absolute difference between this rank's parameters and buffers and rank 0's.
 

@@ -36,11 +36,19 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from ..checkpoint import CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state
-from ..distributed import barrier, cleanup, init_distributed, is_distributed, wrap_ddp
+from ..distributed import (
+    any_rank,
+    barrier,
+    cleanup,
+    init_distributed,
+    is_distributed,
+    max_over_ranks,
+    mean_over_ranks,
+    wrap_ddp,
+)
 from ..metrics import psnr
 from ..physics import canonical_task
 from .config import RUN_KEYS, TrainConfig
@@ -169,6 +177,8 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {cfg['lr_schedule']!r}")
     if not isinstance(cfg["warmup"], int) or cfg["warmup"] < 0:
         raise ValueError(f"warmup must be a non-negative int (steps), got {cfg['warmup']!r}")
+    if cfg.get("lr_split") is not None and cfg["prox"] != "flow":
+        raise ValueError(f"lr_split sets the flow's split priors' rate; prox {cfg['prox']!r} has none")
     if budget_clock not in ("cpu", "wall"):
         raise ValueError(f"budget_clock must be 'cpu' or 'wall', got {budget_clock!r}")
     if not cfg["sigma"] >= 0:
@@ -205,15 +215,11 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     if layout is torch.channels_last:
         solver = solver.to(memory_format=layout)
     flow_config = None if flow_net is None else dict(flow_net.config)
-    if cfg.get("lr_split") is None:
-        opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"]))
-    elif cfg["prox"] == "flow":
-        opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"], lr_split=cfg["lr_split"]))
-        if cfg["lr_split"] == 0:  # kept as pre-trained: no gradients (nor their share of the clipped norm)
-            for p in solver.split_prior_parameters():
-                p.requires_grad_(False)
-    else:
-        raise ValueError(f"lr_split sets the flow's split priors' rate; prox {cfg['prox']!r} has none")
+    split = {} if cfg.get("lr_split") is None else {"lr_split": cfg["lr_split"]}
+    opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"], **split))
+    if cfg.get("lr_split") == 0:  # kept as pre-trained: no gradients (nor their share of the clipped norm)
+        for p in solver.split_prior_parameters():
+            p.requires_grad_(False)
     for group in opt.param_groups:  # the schedule scales these (as torch's schedulers do)
         group["initial_lr"] = group["lr"]
     groups = fixed_measurements(xv, range(len(xv)), task, popts, sig, seed, "val", cfg["batch"], fixed_op)
@@ -248,16 +254,15 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     budget_s = None if budget_minutes is None else 60 * budget_minutes
     scheduled_lr = cfg["lr_schedule"] != "constant" or cfg["warmup"] > 0
 
-    def set_lr() -> float:
+    def set_lr() -> None:
         """The schedule's multiplier for this step, applied to every group. How far the run has got is
         the larger of its steps and its budget used (the same on every rank)."""
         t = r["step"] / total
         if budget_s is not None:
-            t = max(t, _max_over_ranks(r[used_key] / budget_s))
+            t = max(t, max_over_ranks(r[used_key] / budget_s))
         f = lr_factor(cfg["lr_schedule"], cfg["warmup"], r["step"], t)
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * f
-        return f
 
     t0, elapsed0, saved = time.time(), r.get("elapsed_s", 0.0), [r["step"] if state is not None else None]
 
@@ -321,7 +326,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         if patience and r["bad"] >= patience:
             status = "early_stopped"
             break
-        if budget_minutes is not None and _any_rank(r[used_key] >= 60 * budget_minutes):
+        if budget_minutes is not None and any_rank(r[used_key] >= budget_s):
             status = "budget"
             break
         order = epoch_order(len(xt), seed, r["epoch"])
@@ -337,7 +342,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
             set_lr()
         c0, w0 = time.process_time(), time.perf_counter()
         loss = ((model(y, op) - x) ** 2).mean()
-        lv = _mean_over_ranks(float(loss.detach()))
+        lv = mean_over_ranks(float(loss.detach()))
         bad = NonFiniteSteps.check(lv)
         opt.zero_grad(set_to_none=True)
         if bad is None:
@@ -386,25 +391,3 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         cleanup()
     return m
 
-
-def _any_rank(flag: bool) -> bool:
-    """``flag`` on any rank (every rank must stop at the same step); ``flag`` itself in one process."""
-    return _max_over_ranks(float(flag)) > 0
-
-
-def _max_over_ranks(value: float) -> float:
-    """The largest ``value`` over the ranks, the same on every rank; ``value`` itself in one process."""
-    if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
-def _mean_over_ranks(value: float) -> float:
-    """The mean of ``value`` over the ranks (the global batch's loss), the same on every rank."""
-    if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / dist.get_world_size()
