@@ -1,8 +1,6 @@
-"""Shared helpers of the benchmarks: machine description, timing, child-process peak RSS, result files.
+"""Shared helpers of the benchmarks: machine description, child-process peak RSS, profiler spans, results.
 
 * :func:`machine_info`: CPU model, cores, torch version, device name, for the JSON of every benchmark.
-* :func:`timed`, :func:`timed_cpu`: wall time (and the process's CPU time) of a callable, synchronising
-  CUDA around it.
 * :func:`run_children`: several child processes at a time.
 * :func:`run_child` / :func:`child_report` / :func:`rss_now_bytes` / :func:`peak_rss_bytes`: peak-memory
   measurement on CPU. A benchmark re-launches itself (``sys.executable`` running the same script in a
@@ -28,7 +26,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -53,8 +50,6 @@ __all__ = [
     "run_children",
     "step_peak_rss",
     "sync",
-    "timed",
-    "timed_cpu",
     "write_results",
 ]
 
@@ -119,28 +114,6 @@ def describe_machine(info: Dict[str, Any]) -> str:
 def sync(device: Any) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize(torch.device(device))
-
-
-def timed(fn: Callable[[], Any], device: Any = "cpu") -> Tuple[Any, float]:
-    """``(fn(), seconds)``; CUDA is synchronised before and after, so the time covers the kernels."""
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - t0
-
-
-def timed_cpu(fn: Callable[[], Any], device: Any = "cpu") -> Tuple[Any, float, float]:
-    """``(fn(), wall seconds, CPU seconds of this process)``; CUDA is synchronised as in :func:`timed`.
-
-    On a shared CPU the process's CPU time (all its threads) is much less disturbed by other processes
-    than wall time; with one torch thread it is the compute time itself.
-    """
-    sync(device)
-    c0, t0 = time.process_time(), time.perf_counter()
-    out = fn()
-    sync(device)
-    return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def median(xs: Iterable[float]) -> float:
