@@ -61,6 +61,9 @@ TASK_LIMIT=64        # inpainting, deblurring: first 64 val faces
 PRIOR_MORE=30        # minutes of wall time: further training of the 32x32 prior (stage prior)
 PRIOR_64=20          # minutes of wall time: a 64x64 prior of the same shape (stage prior)
 PRIOR2_STEPS=5200    # steps of the second further training of the 32x32 prior (cosine to 0; ~45 min)
+# Table 1's training protocol (every denoising stage; the write-up's Protocol table)
+PROTOCOL=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
+          --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
 # baselines sized to the flow solver (4 untied Glows of 0.74 M = 2.95 M parameters)
 UNET=(--prox unet --features 40 --depth 2)        # 2.92 M
 RESNET=(--prox resnet --features 128 --n-blocks 2) # 2.51 M (the paper's 128 feature maps)
@@ -137,8 +140,7 @@ stage_denoise_train() {
     # solver.pt is the best of these validations (early stopping by selection). Every solver starts from
     # the calibrated smooth start (--start smooth --calibrate 32); the flow also calibrates mu_k and a
     # lambda per latent level. A fifth run, "flow_init", is the flow solver calibrated and not trained.
-    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
-                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    local common=("${PROTOCOL[@]}")
     train flow_init "${common[@]}" --prox flow --flow "$GLOW" --max-steps 0
     train flow_dn "${common[@]}" --prox flow --flow "$GLOW" --standard-autograd --lr-net "$LR_FLOW" &
     train unet_dn "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
@@ -254,8 +256,7 @@ stage_denoise_more() {
     # steps with a non-finite gradient (this prior's runs hit NaN gradients: at step 394 with lr 3e-4, at
     # step 588 with 2e-4); the flow at lr 5e-4 with the table's prior (between 3e-4 and 1e-3, which
     # diverged); U-Net prox with another seed (how far a baseline moves by chance). Two at a time.
-    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
-                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    local common=("${PROTOCOL[@]}")
     local flow=(--prox flow --standard-autograd)
     train flow_dn_prior "${common[@]}" "${flow[@]}" --flow "$RES/glow_celeba32_more.pt" --lr-net 2e-4 \
         --skip-nonfinite 10 &
@@ -343,8 +344,7 @@ stage_prior2() {
 stage_denoise_prior2() {
     # Table 1's protocol with the prior of stage prior2: the flow prox at lr 1e-4 (seeds 0 and 1), and
     # U-Net prox with a third seed (how far the baseline moves by chance); evaluated on all 600 test faces.
-    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
-                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    local common=("${PROTOCOL[@]}")
     local flow=(--prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" --lr-net 1e-4
                 --skip-nonfinite 10)
     train unet_dn_seed2 "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --seed 2
@@ -357,8 +357,7 @@ stage_denoise_prior2() {
 stage_channels_last() {
     # The same protocol with the solvers' weights and batches in channels-last memory format
     # (`--channels-last`): the flow prox (prior of stage prior2, lr 1e-4) and U-Net prox, side by side.
-    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
-                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32 --channels-last)
+    local common=("${PROTOCOL[@]}" --channels-last)
     train flow_dn_cl_seed0 "${common[@]}" --prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" \
         --lr-net 1e-4 --skip-nonfinite 10 &
     train unet_dn_cl_seed0 "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
@@ -369,8 +368,7 @@ stage_channels_last() {
 stage_batch4() {
     # Twice the steps in the same budget: the flow prox (prior of stage prior2, lr 1e-4) and U-Net prox at
     # batch 4 instead of 8, side by side.
-    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
-                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32 --batch 4)
+    local common=("${PROTOCOL[@]}" --batch 4)
     train flow_dn_batch4 "${common[@]}" --prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" \
         --lr-net 1e-4 --skip-nonfinite 10 &
     train unet_dn_batch4 "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
@@ -384,8 +382,7 @@ stage_cosine() {
     # A learning-rate schedule: linear warm-up over 100 steps, then a cosine decay to 0 over the 25-minute
     # budget (`--lr-schedule cosine --warmup 100`; the decay follows the CPU time used): the flow prox
     # (prior of stage prior2) at peaks 1e-4 (its constant rate so far) and 2e-4 (diverged when constant).
-    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
-                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32 "${COSINE[@]}")
+    local common=("${PROTOCOL[@]}" "${COSINE[@]}")
     local flow=(--prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" --skip-nonfinite 10)
     train flow_dn_cos1e-4 "${common[@]}" "${flow[@]}" --lr-net 1e-4 &
     train flow_dn_cos2e-4 "${common[@]}" "${flow[@]}" --lr-net 2e-4 &
@@ -402,8 +399,7 @@ stage_cosine_eval() {
 stage_tied() {
     # One Glow shared by the four folds (`--tied`: a quarter of the parameters, the same compute), at the
     # flow prox's constant rate 1e-4; beside it U-Net prox with the schedule of stage cosine.
-    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
-                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    local common=("${PROTOCOL[@]}")
     train flow_dn_tied "${common[@]}" --prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" \
         --skip-nonfinite 10 --tied --lr-net 1e-4 &
     train unet_dn_cos "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" "${COSINE[@]}" &
@@ -449,8 +445,7 @@ stage_longer3() {
 stage_split() {
     # The flow prox at the rates that diverged (2e-4, 3e-4; the first value to explode was a learned split
     # prior's scale), with the split priors kept as pre-trained (`--lr-split 0`), side by side.
-    local common=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
-                  --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    local common=("${PROTOCOL[@]}")
     local flow=(--prox flow --standard-autograd --flow "$RES/glow_celeba32_cos.pt" --skip-nonfinite 10
                 --lr-split 0)
     train flow_dn_split2e-4 "${common[@]}" "${flow[@]}" --lr-net 2e-4 &
