@@ -25,6 +25,8 @@
 #     benchmarks/table1.sh split            # flow prox at lr 2e-4, 3e-4 with its split priors frozen (~35 min)
 #     benchmarks/table1.sh longer           # flow prox, U-Net prox of denoise_prior2 resumed to 50 minutes (~35 min)
 #     benchmarks/table1.sh longer3          # the same resumed to 75 minutes (~35 min)
+#     benchmarks/table1.sh grow             # flow / U-Net prox: K = 1 for GROW_K1 minutes, then grown to K = 4
+#                                           # for the rest (--init-from; ~35 min): grow_k1, then grow_k4
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -60,6 +62,7 @@ REF_LIMIT=32         # BM3D and latent MAP: the first 32 faces of celeba64/val (
 TASK_LIMIT=64        # inpainting, deblurring: first 64 val faces
 PRIOR_MORE=30        # minutes of wall time: further training of the 32x32 prior (stage prior)
 PRIOR_64=20          # minutes of wall time: a 64x64 prior of the same shape (stage prior)
+GROW_K1=10           # minutes of the budget at K = 1 before growing to K = 4 (stage grow)
 PRIOR2_STEPS=5200    # steps of the second further training of the 32x32 prior (cosine to 0; ~45 min)
 # Table 1's training protocol (every denoising stage; the write-up's Protocol table)
 PROTOCOL=(--sigma 0.2 --budget-minutes "$BUDGET" --val-every 100 --n-val 64 --val-data holdout
@@ -456,14 +459,43 @@ stage_split() {
     wait
 }
 
+stage_grow() {
+    # Progressive depth, the same 25 CPU minutes in all: each solver trains with ONE fold for GROW_K1
+    # minutes (a step costs a quarter), then grows to K = 4 (`--init-from`: the trained fold, then three
+    # copies of it that start as the identity; the flow prox calibrates their mu and lambda) and trains
+    # for the rest of the budget. Flow prox at its constant 1e-4 (prior of stage prior2), U-Net prox at 1e-3.
+    stage_grow_k1
+    stage_grow_k4
+}
+
+GROW_FLOW=(--prox flow --standard-autograd --lr-net 1e-4 --skip-nonfinite 10)
+
+stage_grow_k1() {  # the first part of stage grow: K = 1 for GROW_K1 minutes
+    local k1=(--K 1 --budget-minutes "$GROW_K1")
+    train flow_dn_k1 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" "${k1[@]}" &
+    train unet_dn_k1 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" "${k1[@]}" &
+    wait
+}
+
+stage_grow_k4() {  # the second part: grown to K = 4, the rest of the budget; evaluated
+    local k4=(--K 4 --budget-minutes "$((BUDGET - GROW_K1))")
+    train flow_dn_grow "${PROTOCOL[@]}" "${GROW_FLOW[@]}" "${k4[@]}" --init-from "$RUNS/flow_dn_k1/solver.pt" &
+    train unet_dn_grow "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" "${k4[@]}" \
+        --init-from "$RUNS/unet_dn_k1/solver.pt" &
+    wait
+    eval_test flow_dn_grow &
+    eval_test unet_dn_grow &
+    wait
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4)" >&2
            exit 2 ;;
     esac
 done

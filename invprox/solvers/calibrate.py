@@ -12,7 +12,9 @@ level), so any ``lambda`` that the seed paper's scalar shrinkage starts from mak
    output.
 
 The smallest step and the smallest ``lambda`` in the grids make a fold almost the identity, so a fold never
-ends worse on the calibration pairs than its input. The solver's parameters are changed in place.
+ends worse on the calibration pairs than its input. The solver's parameters are changed in place. With
+``folds``, only those folds are calibrated and the start is kept (a solver grown from a trained one,
+:mod:`.grow`: its trained folds run as they are).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def _mse(out: Tensor, x01: Tensor) -> float:
     return float(((out + 0.5).clamp(0, 1) - x01).pow(2).mean())
 
 
+def _fold_report(dc: Any, shrink: Any, cur: Tensor, x: Tensor, calibrated: bool) -> Dict[str, Any]:
+    return {"mu_fraction": float(dc.fraction()), "lam": [float(v) for v in shrink.lam.reshape(-1)],
+            "psnr": float(psnr((cur + 0.5).clamp(0, 1), x).mean()), "calibrated": calibrated}
+
+
 @torch.no_grad()
 def calibrate_flow_solver(
     solver: Any,
@@ -45,6 +52,7 @@ def calibrate_flow_solver(
     physics: Any = None,
     mu_grid: Sequence[float] = MU_GRID,
     lam_grid: Optional[Sequence[float]] = None,
+    folds: Optional[Sequence[int]] = None,
 ) -> Dict[str, Any]:
     """Set ``solver``'s start, ``mu_k`` and ``lambda_k`` from measurement / clean-image pairs.
 
@@ -55,13 +63,17 @@ def calibrate_flow_solver(
         physics: their operator (default: the solver's own, which the calibration does not change).
         mu_grid: candidate step fractions ``t`` (``mu = t / ||A||^2``), each in ``(0, 1)``.
         lam_grid: candidate ``lambda`` values (default: by shrinkage, :data:`LAM_GRID`).
+        folds: the folds to calibrate (default: all, and the start); the others keep their ``mu_k`` and
+            ``lambda_k``, and the start its ``alpha``.
 
     Returns:
-        ``{"start_alpha", "start_psnr", "folds": [{"mu_fraction", "lam", "psnr"}, ...], "psnr"}``: PSNR
-        (dB) of the calibration pairs after the start and after each fold.
+        A dict with ``start_alpha`` (``None`` where the start was not calibrated), ``start_psnr``,
+        ``folds`` (per fold: ``mu_fraction``, ``lam``, ``psnr``, ``calibrated``) and ``psnr``: PSNR (dB)
+        of the calibration pairs after the start and after each fold.
 
     Raises:
-        ValueError: ``x`` and ``y`` hold different numbers of images, or an empty grid.
+        ValueError: ``x`` and ``y`` hold different numbers of images, an empty grid, or a fold index out
+            of range.
     """
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"need as many clean images as measurements (>= 1), got {x.shape[0]} "
@@ -69,20 +81,27 @@ def calibrate_flow_solver(
     lam_grid = tuple(lam_grid if lam_grid is not None else LAM_GRID[solver.shrinkage])
     if not mu_grid or not lam_grid:
         raise ValueError("mu_grid and lam_grid must not be empty")
+    todo = set(range(solver.K)) if folds is None else {int(k) for k in folds}
+    if not todo <= set(range(solver.K)):
+        raise ValueError(f"folds must be indices in 0 .. {solver.K - 1}, got {sorted(todo)}")
     op = solver.physics if physics is None else physics
     was = solver.training
     solver.eval()
     try:
         report: Dict[str, Any] = {"start_alpha": None}
-        if solver.smooth_start is not None:
+        if solver.smooth_start is not None and folds is None:
             report["start_alpha"] = solver.smooth_start.calibrate(y, x, op)
         cur = solver.start(y, op)
         report["start_psnr"] = float(psnr((cur + 0.5).clamp(0, 1), x).mean())
         y_flow = solver.flow_measurement(y, op)
-        folds: List[Dict[str, Any]] = []
+        folds_out: List[Dict[str, Any]] = []
         for k in range(solver.K):
             flow = solver.flows[0 if solver.tied else k]
             dc, shrink = solver.dc[k].bind(op), solver.shrink[k]
+            if k not in todo:
+                cur = flow.inverse(shrink(flow(dc(cur, y_flow))))
+                folds_out.append(_fold_report(dc, shrink, cur, x, False))
+                continue
             n_lam = shrink.raw_lam.numel()
             best = None
             for t in mu_grid:
@@ -103,10 +122,9 @@ def calibrate_flow_solver(
             dc.set_fraction(t)
             shrink.set_lam(lam)
             cur = flow.inverse(shrink(flow(dc(cur, y_flow))))
-            folds.append({"mu_fraction": t, "lam": [float(v) for v in shrink.lam.reshape(-1)],
-                          "psnr": float(psnr((cur + 0.5).clamp(0, 1), x).mean())})
-        report["folds"] = folds
-        report["psnr"] = folds[-1]["psnr"]
+            folds_out.append(_fold_report(dc, shrink, cur, x, True))
+        report["folds"] = folds_out
+        report["psnr"] = folds_out[-1]["psnr"]
         return report
     finally:
         solver.train(was)

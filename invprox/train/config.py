@@ -69,6 +69,10 @@ class TrainConfig:
                         "paper's)", choices=("level", "scalar"))
     start: str = _opt("smooth", "x_0: smoothness-regularised least squares from y, or the paper's (flow: "
                       "g(0); CNNs: A^T y)", choices=("smooth", "paper"))
+    init_from: Optional[str] = _opt(
+        None, "start from a trained solver.pt of the same prox with K0 <= K folds: its folds first, each "
+        "further fold a copy of its last one that starts as the identity (flow: --calibrate then sets "
+        "their mu_k, lambda_k); the start is the source's", metavar="SOLVER")
     calibrate: int = _opt(32, "set the start (and for the flow mu_k, lambda_k) from N training pairs "
                           "before training; 0: off", int, metavar="N")
     keep_every: Union[int, str, None] = _opt(

@@ -8,10 +8,13 @@
 * :func:`build_solver`, :func:`save_solver`, :func:`load_solver`: a ``solver.pt`` holds the training
   config, the solver's state dict and, for flow solvers, the Glow config, so it rebuilds without the
   pre-trained flow file.
+* :func:`load_source`: the trained solver a run grows from (``--init-from``, :mod:`invprox.solvers.grow`).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -35,6 +38,7 @@ __all__ = [
     "build_solver",
     "save_solver",
     "load_solver",
+    "load_source",
 ]
 
 PROX_KINDS = ("flow", "resnet", "unet")
@@ -188,11 +192,13 @@ def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.M
 
 @torch.no_grad()
 def calibrate_solver(solver: nn.Module, xt: Tensor, config: Dict[str, Any], physics: nn.Module,
-                     device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+                     device: Union[str, torch.device] = "cpu", folds: Optional[Sequence[int]] = None
+                     ) -> Dict[str, Any]:
     """Calibrate a fresh solver on ``config["calibrate"]`` training pairs (see ``train_solver``).
 
     The pairs are a seeded random draw from ``xt``, measured with ``physics`` at ``config["sigma"]``. The
     flow solver sets its start, ``mu_k`` and ``lambda_k``; a baseline only its smooth start's ``alpha``.
+    With ``folds`` (a grown solver), the flow solver calibrates only those folds, and the start is kept.
 
     Returns:
         The calibration report (``start_psnr`` and ``psnr``, dB on the pairs; the flow's per-fold choices).
@@ -205,9 +211,9 @@ def calibrate_solver(solver: nn.Module, xt: Tensor, config: Dict[str, Any], phys
     x = xt[idx].to(device)
     y = physics.measure(x, float(config["sigma"]), g)
     if callable(getattr(solver, "calibrate", None)):
-        return solver.calibrate(y, x, physics)
+        return solver.calibrate(y, x, physics, **({} if folds is None else {"folds": folds}))
     report: Dict[str, Any] = {"start_alpha": None}
-    if getattr(solver, "smooth_start", None) is not None:
+    if getattr(solver, "smooth_start", None) is not None and folds is None:
         report["start_alpha"] = solver.smooth_start.calibrate(y, x, physics)
     report["start_psnr"] = report["psnr"] = float(psnr(solver.start(y, physics).clamp(0, 1), x).mean())
     return report
@@ -257,3 +263,36 @@ def load_solver(path: Union[str, os.PathLike], device: Union[str, torch.device] 
     solver = build_solver(config, physics, flow)
     load_model_state(solver, state["state_dict"])
     return solver.to(device).eval(), config
+
+
+def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module], Dict[str, Any]]:
+    """The trained solver ``config["init_from"]`` that a run grows from (:mod:`invprox.solvers.grow`).
+
+    Returns:
+        ``(source, flow, record)``: the source solver; for a flow prox the Glow to build the new solver on
+        (the source's architecture); and what the run records of the source (path, folds, and the steps
+        and training time of its run where its ``metrics.json`` lies beside it).
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: not a solver file, another prox, image shape or noise
+        model, or a ``--flow`` of another architecture than the source's.
+    """
+    path = config["init_from"]
+    source, scfg = load_solver(path)
+    for key in ("prox", "channels", "size"):
+        if scfg[key] != config[key]:
+            raise ValueError(f"--init-from {path}: its {key} is {scfg[key]!r}, this run's {config[key]!r}")
+    flow = None
+    if config["prox"] == "flow":
+        flow = copy.deepcopy(source.flows[0])
+        if config.get("flow"):
+            given = load_flow(config["flow"], config["size"], config["channels"])
+            if dict(given.config) != dict(flow.config):
+                raise ValueError(f"--flow {config['flow']} is another Glow than the one of --init-from "
+                                 f"{path} (the new folds copy the source's): drop --flow")
+    record: Dict[str, Any] = {"path": str(path), "K": source.K}
+    metrics = Path(path).parent / "metrics.json"
+    if metrics.is_file():
+        m = json.loads(metrics.read_text())
+        record.update({k: m.get(k) for k in ("steps", "best_step", "train_cpu_s", "train_wall_s")})
+    return source, flow, record

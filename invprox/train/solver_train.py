@@ -51,6 +51,7 @@ from ..distributed import (
 )
 from ..metrics import psnr
 from ..physics import canonical_task
+from ..solvers.grow import grow_solver
 from .config import RUN_KEYS, TrainConfig
 from .loop_utils import (
     SCHEDULES,
@@ -69,6 +70,7 @@ from .solver_setup import (
     fixed_measurements,
     load_flow,
     load_model_state,
+    load_source,
     mix_seed,
     physics_options,
     save_solver,
@@ -186,12 +188,14 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     cfg["physics_options"] = physics_options(cfg["task"], cfg["p_missing"], cfg["kernel"], cfg["blur_std"],
                                              cfg["factor"], cfg["cs_ratio"], cfg["seed"])
     dev = info.device if world > 1 and info.device.type == "cuda" else resolve_device(device)
-    flow_net = None
+    flow_net, source = None, None
+    if state is None and cfg.get("init_from"):  # grown from a trained solver with fewer folds
+        source, flow_net, grown_from = load_source(cfg)
     if state is not None and state.get("flow_config") is not None:  # the flow's weights are in the state
         from ..flows.glow import Glow
 
         flow_net = Glow.from_config(state["flow_config"])
-    elif cfg["prox"] == "flow":
+    elif cfg["prox"] == "flow" and source is None:
         flow_net = load_flow(cfg["flow"], cfg["size"], cfg["channels"])
     from .pretrain import load_images
 
@@ -239,10 +243,16 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         r.update(state["run"])
         set_rng_state(state["rng"])
         log(f"resumed from {ckpt_path} at epoch {r['epoch']}, step {r['step']}")
-    elif cfg["calibrate"]:
-        r["calibration"] = calibrate_solver(solver, xt, cfg, first_op, dev)
-        log(f"calibrated on {cfg['calibrate']} training pairs: PSNR {r['calibration']['psnr']:.2f} dB "
-            f"(start {r['calibration']['start_psnr']:.2f} dB)")
+    else:
+        if source is not None:  # its folds first, then copies of its last one as the identity
+            r["init_from"] = grown_from
+            grow_solver(solver, source.to(dev))
+            log(f"grown from {grown_from['path']}: {source.K} trained folds, {cfg['K'] - source.K} new")
+        if cfg["calibrate"]:
+            folds = None if source is None else range(source.K, cfg["K"])
+            r["calibration"] = calibrate_solver(solver, xt, cfg, first_op, dev, folds)
+            log(f"calibrated on {cfg['calibrate']} training pairs: PSNR {r['calibration']['psnr']:.2f} dB "
+                f"(start {r['calibration']['start_psnr']:.2f} dB)")
     if world > 1 and dev.type == "cuda":  # batch norm over the global batch, as in one process
         solver = torch.nn.SyncBatchNorm.convert_sync_batchnorm(solver)
     model = wrap_ddp(solver, dev) if world > 1 else solver  # DDP broadcasts rank 0's parameters
@@ -280,7 +290,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
              "best_step": r["best_step"], "history": r["history"], "val": r["val"], "n_train": len(xt),
              "n_val": len(xv), "train_cpu_s": r["train_cpu_s"],
              "train_wall_s": r["train_wall_s"], "calibration": r.get("calibration"),
-             "skipped_steps": r.get("skipped", []),
+             "skipped_steps": r.get("skipped", []), "init_from": r.get("init_from"),
              "device": str(dev), "world_size": world, "wall_time_s": elapsed0 + time.time() - t0,
              "config": cfg, "solver": str(out_dir / "solver.pt"), "checkpoint": str(ckpt_path)}
         if main:
