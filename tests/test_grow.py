@@ -141,6 +141,8 @@ def test_train_init_from_grows_a_trained_run(tiny_data, tmp_path, prox, opts):
     if prox == "flow":  # only the new folds are calibrated, the start is the source's
         assert [f["calibrated"] for f in m["calibration"]["folds"]] == [False, True, True]
         assert m["calibration"]["start_alpha"] is None
+    else:  # nothing to calibrate: the start is the source's
+        assert m["calibration"] is None
     grown, cfg = load_solver(tmp_path / "k3" / "solver.pt")
     assert cfg["K"] == 3 and grown.K == 3
     # resuming a grown run takes its state from the checkpoint, not from the source

@@ -248,7 +248,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
             r["init_from"] = grown_from
             grow_solver(solver, source.to(dev))
             log(f"grown from {grown_from['path']}: {source.K} trained folds, {cfg['K'] - source.K} new")
-        if cfg["calibrate"]:
+        if cfg["calibrate"] and (source is None or cfg["prox"] == "flow"):  # a grown CNN keeps its start
             folds = None if source is None else range(source.K, cfg["K"])
             r["calibration"] = calibrate_solver(solver, xt, cfg, first_op, dev, folds)
             log(f"calibrated on {cfg['calibrate']} training pairs: PSNR {r['calibration']['psnr']:.2f} dB "
