@@ -213,3 +213,10 @@ def test_solver_takes_any_flow_that_follows_the_block_protocol():
         FlowProxSolver(flow, op, K=1)
     with pytest.raises(TypeError, match="invertible flow"):
         FlowProxSolver(torch.nn.Conv2d(2, 2, 1), op, K=1, lam_per="scalar")
+
+
+def test_calibration_can_keep_the_step(tiny_data, tmp_path):
+    m = train_solver(out=str(tmp_path / "k"), **_kw(tiny_data, max_steps=1, keep_mu=True, mu_init=0.3))
+    assert abs(m["calibration"]["folds"][0]["mu_fraction"] - 0.3) < 1e-6
+    free = train_solver(out=str(tmp_path / "f"), **_kw(tiny_data, max_steps=1, mu_init=0.3))
+    assert free["calibration"]["folds"][0]["mu_fraction"] != pytest.approx(0.3)  # chosen from the grid

@@ -75,6 +75,8 @@ class TrainConfig:
         "their mu_k, lambda_k); the start is the source's", metavar="SOLVER")
     calibrate: int = _opt(32, "set the start (and for the flow mu_k, lambda_k) from N training pairs "
                           "before training; 0: off", int, metavar="N")
+    keep_mu: bool = _opt(False, "flow: the calibration keeps mu_k at --mu-init (sets only the start and "
+                         "lambda_k)")
     keep_every: Union[int, str, None] = _opt(
         "fold", "flow engine drift policy: keep every N-th block's input, 'fold' (each fold's input, one "
         "image per fold) or 'none' (pure inversion)", _keep_every, metavar="N|fold|none")

@@ -198,7 +198,8 @@ def calibrate_solver(solver: nn.Module, xt: Tensor, config: Dict[str, Any], phys
 
     The pairs are a seeded random draw from ``xt``, measured with ``physics`` at ``config["sigma"]``. The
     flow solver sets its start, ``mu_k`` and ``lambda_k``; a baseline only its smooth start's ``alpha``.
-    With ``folds`` (a grown solver), the flow solver calibrates only those folds, and the start is kept.
+    With ``folds`` (a grown solver), the flow solver calibrates only those folds, and the start is kept;
+    with ``config["keep_mu"]`` its steps stay at ``config["mu_init"]``.
 
     Returns:
         The calibration report (``start_psnr`` and ``psnr``, dB on the pairs; the flow's per-fold choices).
@@ -211,7 +212,10 @@ def calibrate_solver(solver: nn.Module, xt: Tensor, config: Dict[str, Any], phys
     x = xt[idx].to(device)
     y = physics.measure(x, float(config["sigma"]), g)
     if callable(getattr(solver, "calibrate", None)):
-        return solver.calibrate(y, x, physics, **({} if folds is None else {"folds": folds}))
+        grids: Dict[str, Any] = {} if folds is None else {"folds": folds}
+        if config.get("keep_mu"):
+            grids["mu_grid"] = (float(config.get("mu_init", 0.5)),)
+        return solver.calibrate(y, x, physics, **grids)
     report: Dict[str, Any] = {"start_alpha": None}
     if getattr(solver, "smooth_start", None) is not None and folds is None:
         report["start_alpha"] = solver.smooth_start.calibrate(y, x, physics)
