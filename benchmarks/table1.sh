@@ -27,6 +27,9 @@
 #     benchmarks/table1.sh longer3          # the same resumed to 75 minutes (~35 min)
 #     benchmarks/table1.sh grow             # flow / U-Net prox: K = 1 for GROW_K1 minutes, then grown to K = 4
 #                                           # for the rest (--init-from; ~35 min): grow_k1, then grow_k4
+#     benchmarks/table1.sh k1_screen        # one-fold flow prox: lr 3e-4, mu kept at 0.5 (~15 min)
+#     benchmarks/table1.sh alive            # flow prox with every fold trainable (--keep-mu), plain and
+#                                           # grown from k1_screen's lr-3e-4 fold (~35 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -488,14 +491,38 @@ stage_grow_k4() {  # the second part: grown to K = 4, the rest of the budget; ev
     wait
 }
 
+stage_k1_screen() {
+    # One-fold flow prox runs of GROW_K1 minutes beside stage grow's flow_dn_k1 (lr 1e-4, calibrated mu):
+    # lr 3e-4, and the step mu kept at 0.5 by the calibration.
+    local k1=("${PROTOCOL[@]}" --prox flow --standard-autograd --skip-nonfinite 10 --K 1
+              --budget-minutes "$GROW_K1" --flow "$RES/glow_celeba32_cos.pt")
+    train flow_dn_k1_lr3e-4 "${k1[@]}" --lr-net 3e-4 &
+    train flow_dn_k1_mu0.5 "${k1[@]}" --lr-net 1e-4 --keep-mu --mu-init 0.5 &
+    wait
+}
+
+stage_alive() {
+    # Every fold trainable: the calibration keeps mu_k at 0.5 (--keep-mu), so no fold starts as the
+    # identity that the calibration's smallest step and shrinkage make of it. The flow prox of Table 1's
+    # protocol (K = 4, 25 minutes, lr 1e-4), and grown from stage k1_screen's lr-3e-4 fold (15 minutes).
+    train flow_dn_mu0.5 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
+        --keep-mu --mu-init 0.5 &
+    train flow_dn_grow_mu0.5 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --K 4 --budget-minutes "$((BUDGET - GROW_K1))" \
+        --init-from "$RUNS/flow_dn_k1_lr3e-4/solver.pt" --keep-mu --mu-init 0.5 &
+    wait
+    eval_test flow_dn_mu0.5 &
+    eval_test flow_dn_grow_mu0.5 &
+    wait
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|k1_screen|alive) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, k1_screen, alive)" >&2
            exit 2 ;;
     esac
 done
