@@ -3,7 +3,8 @@
 Reads ``runs/table1/<run>/metrics.json`` of the named runs and writes
 
 * ``benchmarks/results/table1_curves.png``: validation PSNR (held-out training faces) against the CPU
-  minutes spent in training steps, one curve per run;
+  minutes spent in training steps, one curve per run (a run grown from a smaller one, ``--init-from``,
+  starts at its source's minutes);
 * ``benchmarks/results/table1_training.md``: per run, steps done in the budget, CPU seconds per step, the
   calibrated start, the best validation PSNR and when it was reached; with ``--step-time``, a measured
   forward + backward time per training step of each solver (median, one thread), the flow solver through
@@ -43,6 +44,11 @@ def load_runs(runs_dir: Path, names: List[str]) -> Dict[str, Dict[str, Any]]:
     return out
 
 
+def offset_minutes(m: Dict[str, Any]) -> float:
+    """CPU minutes spent before the run: its source's training, for a run grown with ``--init-from``."""
+    return ((m.get("init_from") or {}).get("train_cpu_s") or 0.0) / 60
+
+
 def plot_curves(runs: Dict[str, Dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -54,7 +60,8 @@ def plot_curves(runs: Dict[str, Dict[str, Any]], path: Path) -> None:
     styles, seen = ["-", "--", ":", "-."], {}
     lows = []
     for name, m in runs.items():
-        pts = [(v["train_cpu_s"] / 60, v["val_psnr"]) for v in m["val"] if "train_cpu_s" in v]
+        t0 = offset_minutes(m)
+        pts = [(t0 + v["train_cpu_s"] / 60, v["val_psnr"]) for v in m["val"] if "train_cpu_s" in v]
         if pts:
             prox = m["config"]["prox"]
             k = seen[prox] = seen.get(prox, -1) + 1
@@ -65,7 +72,7 @@ def plot_curves(runs: Dict[str, Dict[str, Any]], path: Path) -> None:
         ax.set_ylim(bottom=min(lows) - 1.0)
     ax.set_xlabel("CPU minutes in training steps (one thread)")
     ax.set_ylabel("validation PSNR (dB), 64 held-out training faces")
-    ax.set_title("Denoising, sigma 0.20, K = 4: equal budget")
+    ax.set_title("Denoising, sigma 0.20: equal budget")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
@@ -121,12 +128,15 @@ def write_md(runs: Dict[str, Dict[str, Any]], times: List[Dict[str, Any]], path:
                          f"{per_step:.3f} | {cal.get('psnr', float('nan')):.2f} dB | - | - |")
             continue
         best = max(val, key=lambda v: v["val_psnr"])
+        src = m.get("init_from")
+        grown = f" (K {cfg['K']}, after {src.get('steps')} at K {src['K']})" if src else ""
+        steps = f"{m['steps']}{grown}"
         lines.append(
-            f"| {name} | {cfg['prox']} | {cfg['lr_net']:g} | {m['steps']} | "
+            f"| {name} | {cfg['prox']} | {cfg['lr_net']:g} | {steps} | "
             f"{m['train_cpu_s'] / max(m['steps'], 1):.3f} | "
             f"{cal.get('psnr', float('nan')):.2f} dB (alpha {cal.get('start_alpha')}) | "
             f"{best['val_psnr']:.2f} dB "
-            f"(step {best['step']}) | {best.get('train_cpu_s', 0) / 60:.1f} |")
+            f"(step {best['step']}) | {offset_minutes(m) + best.get('train_cpu_s', 0) / 60:.1f} |")
     if times:
         lines += ["", "Time of one training step (forward + backward, median of 6, one thread, "
                   "the run's batch and image size):", "", "| run | mode | CPU s / step |", "|---|---|---|"]

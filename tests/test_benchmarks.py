@@ -101,3 +101,25 @@ def test_compile_step_runs_and_compiles_the_same_function(tmp_path):
     assert [r["prox"] for r in res["rows"]] == ["flow", "unet", "resnet"]
     for r in res["rows"]:
         assert r["eager_s"] > 0 and r["compiled_s"] > 0 and r["output_rel_err"] < 1e-5, r
+
+
+def test_table1_curves_place_a_grown_run_after_its_source(tmp_path):
+    """A run grown with --init-from is plotted and tabled from its source's CPU minutes on."""
+    def metrics(K, steps, cpu_s, init_from=None):
+        val = [{"step": s, "val_psnr": 20.0 + s / 100, "train_cpu_s": cpu_s * s / steps}
+               for s in range(100, steps + 1, 100)]
+        return {"config": {"prox": "flow", "lr_net": 1e-4, "K": K}, "val": val, "steps": steps,
+                "train_cpu_s": cpu_s, "status": "budget", "calibration": None, "init_from": init_from}
+
+    runs = tmp_path / "runs"
+    for name, m in {"k1": metrics(1, 400, 120.0),
+                    "k4": metrics(4, 200, 60.0, {"K": 1, "steps": 400, "train_cpu_s": 120.0})}.items():
+        (runs / name).mkdir(parents=True)
+        (runs / name / "metrics.json").write_text(json.dumps(m))
+    run("table1_curves.py", "--runs", "k1", "k4", "--runs-dir", str(runs), "--out", str(tmp_path),
+        "--stem", "t")
+    rows = {line.split(" | ")[0].strip("| "): line for line in (tmp_path / "t_training.md").read_text()
+            .splitlines()[2:]}
+    assert "| 400 |" in rows["k1"] and rows["k1"].endswith("| 2.0 |")
+    assert "200 (K 4, after 400 at K 1)" in rows["k4"] and rows["k4"].endswith("| 3.0 |")  # 2 + 1 minutes
+    assert (tmp_path / "t_curves.png").stat().st_size > 0
