@@ -123,3 +123,15 @@ def test_table1_curves_place_a_grown_run_after_its_source(tmp_path):
     assert "| 400 |" in rows["k1"] and rows["k1"].endswith("| 2.0 |")
     assert "200 (K 4, after 400 at K 1)" in rows["k4"] and rows["k4"].endswith("| 3.0 |")  # 2 + 1 minutes
     assert (tmp_path / "t_curves.png").stat().st_size > 0
+
+
+def test_fold_psnr_reports_every_fold(tiny_data, tmp_path):
+    from invprox.train.solver_train import train_solver
+
+    train_solver(str(tiny_data["data"]), str(tmp_path / "flow"), size=8, channels=1, K=2, batch=4,
+                 max_steps=1, flow=tiny_data["flow"], calibrate=4, progress=False, log=lambda s: None)
+    run("fold_psnr.py", str(tmp_path / "flow"), "--data", str(Path(tiny_data["data"]) / "train"), "--size",
+        "8", "--channels", "1", "--n", "4", "--out", str(tmp_path), "--stem", "f")
+    row = json.loads((tmp_path / "f.json").read_text())["rows"][0]
+    assert row["K"] == 2 and len(row["folds"]) == 2 and all(v > 0 for v in [row["start"], *row["folds"]])
+    assert "| flow | flow |" in (tmp_path / "f.md").read_text()

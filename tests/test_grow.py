@@ -167,3 +167,16 @@ def test_init_from_is_checked(tiny_data, tmp_path):
     with pytest.raises(FileNotFoundError):
         train_solver(out=str(tmp_path / "n"), **_kw(tiny_data, prox="unet", K=2,
                                                     init_from=str(tmp_path / "none.pt")))
+
+
+def test_iterates_end_at_the_output():
+    _, y = _data()
+    op = make_physics("denoising", (1, 8, 8))
+    torch.manual_seed(0)
+    unet = UNetProxSolver(op, K=2, channels=1, features=4, depth=1, start="smooth").to(DT).eval()
+    for solver in (_trained_flow_solver(3), unet):
+        its = solver.iterates(y)
+        assert len(its) == solver.K and not its[-1].requires_grad
+        with torch.no_grad():
+            assert torch.allclose(its[-1], solver(y), atol=1e-10)
+        assert _max_diff(its[0], its[1]) > 1e-3  # each fold does something

@@ -240,6 +240,15 @@ class UnrolledSolver(SwappablePhysics):
         dc = self.dc[k] if physics is None else self.dc[k].bind(physics)
         return self.prox[k](dc(x, y))
 
+    @torch.no_grad()
+    def iterates(self, y: Tensor, physics: Any = None) -> List[Tensor]:
+        """The image after each fold, ``[x_1, ..., x_K]`` (``x_K`` is the output), without gradients."""
+        x, out = self.start(y, physics), []
+        for k in range(self.K):
+            x = self.fold(k, x, y, physics)
+            out.append(x)
+        return out
+
     def forward(self, y: Tensor, physics: Any = None) -> Tensor:
         """Reconstruct from the measurement ``y`` (with ``physics`` for this call, default the solver's);
         returns the image estimate in ``[0, 1]`` space."""

@@ -340,6 +340,18 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         op = self.physics if physics is None else physics
         return self.chain_for(op)(self.start(y, op), self.flow_measurement(y, op)) + 0.5
 
+    @torch.no_grad()
+    def iterates(self, y: Tensor, physics: Any = None) -> List[Tensor]:
+        """The image after each fold, ``[x_1, ..., x_K]`` in ``[0, 1]`` space (``x_K`` is the output), without
+        gradients: to see what each fold does."""
+        op = self.physics if physics is None else physics
+        cur, y_flow, out = self.start(y, op), self.flow_measurement(y, op), []
+        for k in range(self.K):
+            flow = self.flows[0 if self.tied else k]
+            cur = flow.inverse(self.shrink[k](flow(self.dc[k].bind(op)(cur, y_flow))))
+            out.append(cur + 0.5)
+        return out
+
     def chain_for(self, physics: Any) -> InvertibleChain:
         """The solver's chain with its data-consistency blocks bound to ``physics`` (views sharing their
         parameters, see :meth:`DataConsistency.bind`); ``self.chain`` itself for the default operator."""
