@@ -28,6 +28,7 @@
 #     benchmarks/table1.sh grow             # flow / U-Net prox: K = 1 for GROW_K1 minutes, then grown to K = 4
 #                                           # for the rest (--init-from; ~35 min): grow_k1, then grow_k4
 #     benchmarks/table1.sh grow_resnet      # the same for ResNet prox (~30 min, one core)
+#     benchmarks/table1.sh grow_unet_seed1  # the same for U-Net prox, seed 1 (~30 min, one core)
 #     benchmarks/table1.sh k1_screen        # one-fold flow prox: lr 3e-4, mu kept at 0.5 (~15 min)
 #     benchmarks/table1.sh alive            # flow prox with every fold trainable (--keep-mu), plain and
 #                                           # grown from k1_screen's lr-3e-4 fold (~35 min)
@@ -499,6 +500,14 @@ stage_grow_resnet() {  # stage grow for ResNet prox (one run after the other, on
     eval_test resnet_dn_grow
 }
 
+stage_grow_unet_seed1() {  # stage grow for U-Net prox with seed 1 (one run after the other, one core)
+    train unet_dn_k1_seed1 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --budget-minutes "$GROW_K1" \
+        --seed 1
+    train unet_dn_grow_seed1 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 4 --seed 1 \
+        --budget-minutes "$((BUDGET - GROW_K1))" --init-from "$RUNS/unet_dn_k1_seed1/solver.pt"
+    eval_test unet_dn_grow_seed1
+}
+
 stage_k1_screen() {
     # One-fold flow prox runs of GROW_K1 minutes beside stage grow's flow_dn_k1 (lr 1e-4, calibrated mu):
     # lr 3e-4, and the step mu kept at 0.5 by the calibration.
@@ -528,9 +537,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|k1_screen|alive) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, k1_screen, alive)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive)" >&2
            exit 2 ;;
     esac
 done
