@@ -102,6 +102,11 @@ keep_prior() {  # keep_prior RUN STEM: a pre-training run's flow, metrics and sa
     cp "$RUNS/$1/samples.png" "$RES/$2_samples.png"
 }
 
+keep_train() {  # keep_train NAME...: a run's training metrics to RES (runs that are not evaluated)
+    local m
+    for m in "$@"; do cp "$RUNS/$m/metrics.json" "$RES/table1_train_${m}.json"; done
+}
+
 eval_test() {  # eval_test NAME...: each run on all 600 test faces at the four sigmas; results to RES
     local m
     for m in "$@"; do
@@ -480,6 +485,7 @@ stage_grow_k1() {  # the first part of stage grow: K = 1 for GROW_K1 minutes
     train flow_dn_k1 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" "${k1[@]}" &
     train unet_dn_k1 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" "${k1[@]}" &
     wait
+    keep_train flow_dn_k1 unet_dn_k1
 }
 
 stage_grow_k4() {  # the second part: grown to K = 4, the rest of the budget; evaluated
@@ -498,6 +504,7 @@ stage_grow_resnet() {  # stage grow for ResNet prox (one run after the other, on
     train resnet_dn_grow "${PROTOCOL[@]}" "${RESNET[@]}" --lr-net "$LR_CNN" --K 4 \
         --budget-minutes "$((BUDGET - GROW_K1))" --init-from "$RUNS/resnet_dn_k1/solver.pt"
     eval_test resnet_dn_grow
+    keep_train resnet_dn_k1
 }
 
 stage_grow_unet_seed1() {  # stage grow for U-Net prox with seed 1 (one run after the other, one core)
@@ -506,6 +513,7 @@ stage_grow_unet_seed1() {  # stage grow for U-Net prox with seed 1 (one run afte
     train unet_dn_grow_seed1 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 4 --seed 1 \
         --budget-minutes "$((BUDGET - GROW_K1))" --init-from "$RUNS/unet_dn_k1_seed1/solver.pt"
     eval_test unet_dn_grow_seed1
+    keep_train unet_dn_k1_seed1
 }
 
 stage_k1_screen() {
@@ -516,6 +524,7 @@ stage_k1_screen() {
     train flow_dn_k1_lr3e-4 "${k1[@]}" --lr-net 3e-4 &
     train flow_dn_k1_mu0.5 "${k1[@]}" --lr-net 1e-4 --keep-mu --mu-init 0.5 &
     wait
+    keep_train flow_dn_k1_lr3e-4 flow_dn_k1_mu0.5
 }
 
 stage_alive() {
