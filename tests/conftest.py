@@ -29,6 +29,19 @@ def write_images(folder, n, seed, size=8):
         Image.fromarray(img.astype(np.uint8), "L").save(folder / f"{i:03d}.png")
 
 
+def glow2(seed=0):
+    """A float64 two-level Glow on 1x8x8 images with random weights and ActNorm initialised, in eval mode."""
+    from invprox import testing
+    from invprox.flows import Glow
+
+    torch.manual_seed(seed)
+    g = Glow(in_channels=1, image_size=8, levels=2, steps=1, hidden=4).to(torch.float64)
+    testing.randomize_parameters(g, 0.1, seed=seed)
+    with torch.no_grad():
+        g.train()(torch.rand(8, 1, 8, 8, dtype=torch.float64) - 0.5)
+    return g.eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A folder of 8x8 gray images (train 16, val 4) and a tiny Glow with ActNorm initialised, saved."""

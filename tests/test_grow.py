@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import glow2
 
 from invprox import testing
 from invprox.flows import Glow
@@ -14,15 +15,6 @@ from invprox.train.solver_train import train_solver
 DT = torch.float64
 
 
-def _glow(seed=0):
-    torch.manual_seed(seed)
-    g = Glow(in_channels=1, image_size=8, levels=2, steps=1, hidden=4).to(DT)
-    testing.randomize_parameters(g, 0.1, seed=seed)
-    with torch.no_grad():
-        g.train()(torch.rand(8, 1, 8, 8, dtype=DT) - 0.5)
-    return g.eval()
-
-
 def _data(n=6, sigma=0.2):
     g = torch.Generator().manual_seed(3)
     x = 0.2 + 0.6 * torch.rand(n, 1, 8, 8, generator=g, dtype=DT)
@@ -32,7 +24,7 @@ def _data(n=6, sigma=0.2):
 def _trained_flow_solver(K):
     """A flow solver whose folds differ from each other and from the prior (as after training)."""
     op = make_physics("denoising", (1, 8, 8))
-    s = FlowProxSolver(_glow(), op, K=K).to(DT)
+    s = FlowProxSolver(glow2(), op, K=K).to(DT)
     testing.randomize_parameters(s.flows, 0.05, seed=7)
     for k in range(K):
         s.dc[k].set_fraction(0.3 + 0.1 * k)
@@ -49,7 +41,7 @@ def _max_diff(a, b):
 def test_grown_flow_solver_starts_where_the_small_one_ended():
     x, y = _data()
     small = _trained_flow_solver(2)
-    big = FlowProxSolver(_glow(1), small.physics, K=4).to(DT).eval()
+    big = FlowProxSolver(glow2(1), small.physics, K=4).to(DT).eval()
     assert grow_solver(big, small) == 2
     for k in range(4):
         src = min(k, 1)
@@ -72,7 +64,7 @@ def test_grown_flow_solver_starts_where_the_small_one_ended():
 def test_calibration_of_the_new_folds_keeps_the_trained_ones():
     x, y = _data(8)
     small = _trained_flow_solver(1)
-    big = FlowProxSolver(_glow(1), small.physics, K=3).to(DT)
+    big = FlowProxSolver(glow2(1), small.physics, K=3).to(DT)
     grow_solver(big, small)
     kept = {k: v.clone() for k, v in big.state_dict().items() if k.startswith(("flows.", "dc.0", "shrink.0"))}
     report = big.calibrate(y, x, folds=[1, 2])
@@ -110,9 +102,9 @@ def test_growing_refuses_what_does_not_fit():
     op = make_physics("denoising", (1, 8, 8))
     small = _trained_flow_solver(2)
     with pytest.raises(ValueError, match="more than"):
-        grow_solver(FlowProxSolver(_glow(), op, K=1).to(DT), small)
+        grow_solver(FlowProxSolver(glow2(), op, K=1).to(DT), small)
     with pytest.raises(ValueError, match="tied"):
-        grow_solver(FlowProxSolver(_glow(), op, K=3, tied=True).to(DT), small)
+        grow_solver(FlowProxSolver(glow2(), op, K=3, tied=True).to(DT), small)
     with pytest.raises(TypeError, match="same kind"):
         grow_solver(UNetProxSolver(op, K=3, channels=1, features=4, depth=1), small)
     unet = UNetProxSolver(op, K=1, channels=1, features=4, depth=1)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import glow2
 
 from invprox import testing
 from invprox.flows import Glow
@@ -27,15 +28,6 @@ def smooth_images(n, size=8, seed=0, dtype=DT):
 
 def noisy(x, sigma, seed=1):
     return x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
-
-
-def glow2(seed=0):
-    torch.manual_seed(seed)
-    g = Glow(in_channels=1, image_size=8, levels=2, steps=1, hidden=4).to(DT)
-    testing.randomize_parameters(g, 0.1, seed=seed)
-    with torch.no_grad():
-        g.train()(torch.rand(8, 1, 8, 8, dtype=DT) - 0.5)
-    return g.eval()
 
 
 def test_difference_gram_is_the_gradient_of_the_smoothness_term():
