@@ -128,13 +128,14 @@ def write_md(runs: Dict[str, Dict[str, Any]], times: List[Dict[str, Any]], path:
                          f"{per_step:.3f} | {cal.get('psnr', float('nan')):.2f} dB | - | - |")
             continue
         best = max(val, key=lambda v: v["val_psnr"])
+        cal_txt = f"{cal['psnr']:.2f} dB (alpha {cal.get('start_alpha')})" if cal else "-"
         src = m.get("init_from")
         grown = f" (K {cfg['K']}, after {src.get('steps')} at K {src['K']})" if src else ""
         steps = f"{m['steps']}{grown}"
         lines.append(
             f"| {name} | {cfg['prox']} | {cfg['lr_net']:g} | {steps} | "
             f"{m['train_cpu_s'] / max(m['steps'], 1):.3f} | "
-            f"{cal.get('psnr', float('nan')):.2f} dB (alpha {cal.get('start_alpha')}) | "
+            f"{cal_txt} | "
             f"{best['val_psnr']:.2f} dB "
             f"(step {best['step']}) | {offset_minutes(m) + best.get('train_cpu_s', 0) / 60:.1f} |")
     if times:
