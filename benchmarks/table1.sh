@@ -29,6 +29,7 @@
 #                                           # for the rest (--init-from; ~35 min): grow_k1, then grow_k4
 #     benchmarks/table1.sh grow_resnet      # the same for ResNet prox (~30 min, one core)
 #     benchmarks/table1.sh grow_unet_seed1  # the same for U-Net prox, seed 1 (~30 min, one core)
+#     benchmarks/table1.sh tasks_grow       # deblurring: flow and U-Net prox grown from one fold (~10 min)
 #     benchmarks/table1.sh k1_screen        # one-fold flow prox: lr 3e-4, mu kept at 0.5 (~15 min)
 #     benchmarks/table1.sh alive            # flow prox with every fold trainable (--keep-mu), plain and
 #                                           # grown from k1_screen's lr-3e-4 fold (~35 min)
@@ -516,6 +517,35 @@ stage_grow_unet_seed1() {  # stage grow for U-Net prox with seed 1 (one run afte
     keep_train unet_dn_k1_seed1
 }
 
+grow_task() {  # grow_task NAME ARGS...: NAME_k1 at K = 1 for 40% of TASK_BUDGET, then NAME_grow at K = 4
+    local name=$1; shift
+    train "${name}_k1" "$@" --K 1 --budget-minutes "$(awk "BEGIN { print $TASK_BUDGET * 0.4 }")"
+    train "${name}_grow" "$@" --K 4 --budget-minutes "$(awk "BEGIN { print $TASK_BUDGET * 0.6 }")" \
+        --init-from "$RUNS/${name}_k1/solver.pt"
+}
+
+stage_tasks_grow() {
+    # Deblurring, where the flow prox led at TASK_BUDGET minutes (stage tasks_prior): flow prox (that
+    # prior, LR_FLOW) and U-Net prox grown from one fold within the same budget, side by side.
+    local common=(--sigma 0.05 --val-every 50 --n-val 64 --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0
+                  --start smooth --calibrate 32 --task deblurring --kernel gaussian --blur-std 1.5)
+    grow_task flow_deblurring "${common[@]}" --prox flow --flow "$RES/glow_celeba32_more.pt" --standard-autograd \
+        --lr-net "$LR_FLOW" --skip-nonfinite 10 &
+    grow_task unet_deblurring "${common[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
+    wait
+    rm -rf "$RUNS/eval_deblurring_grow"
+    timed "eval deblurring grow" invprox eval --model "$RUNS/flow_deblurring_grow/solver.pt" \
+        --name "flow prox, grown" --model "$RUNS/unet_deblurring_grow/solver.pt" --name "U-Net prox, grown" \
+        --data celeba64 --split val --limit "$TASK_LIMIT" --sigmas 0.05 --seed 0 --no-progress \
+        --out "$RUNS/eval_deblurring_grow"
+    for f in results.md results.json; do cp "$RUNS/eval_deblurring_grow/$f" "$RES/tasks_deblurring_grow_$f"; done
+    for m in flow unet; do
+        for part in k1 grow; do
+            cp "$RUNS/${m}_deblurring_$part/metrics.json" "$RES/tasks_deblurring_train_${m}_$part.json"
+        done
+    done
+}
+
 stage_k1_screen() {
     # One-fold flow prox runs of GROW_K1 minutes beside stage grow's flow_dn_k1 (lr 1e-4, calibrated mu):
     # lr 3e-4, and the step mu kept at 0.5 by the calibration.
@@ -546,9 +576,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow)" >&2
            exit 2 ;;
     esac
 done
