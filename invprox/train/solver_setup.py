@@ -39,6 +39,7 @@ __all__ = [
     "save_solver",
     "load_solver",
     "load_source",
+    "run_flow",
 ]
 
 PROX_KINDS = ("flow", "resnet", "unet")
@@ -300,3 +301,23 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
         m = json.loads(metrics.read_text())
         record.update({k: m.get(k) for k in ("steps", "best_step", "train_cpu_s", "train_wall_s")})
     return source, flow, record
+
+
+def run_flow(config: Dict[str, Any], state: Optional[Dict[str, Any]] = None
+             ) -> Tuple[Optional[nn.Module], Optional[nn.Module], Optional[Dict[str, Any]]]:
+    """What a training run builds its solver on: ``(flow, source, record)``.
+
+    ``flow``: for a flow prox, the Glow (from the checkpoint ``state`` on resume, whose weights are in the
+    state; from ``--init-from``'s source; else ``config["flow"]``); ``source`` and ``record``: the solver a
+    fresh run grows from and what it records of it (:func:`load_source`), else ``None``.
+    """
+    if state is not None and state.get("flow_config") is not None:
+        from ..flows.glow import Glow
+
+        return Glow.from_config(state["flow_config"]), None, None
+    if state is None and config.get("init_from"):
+        source, flow, record = load_source(config)
+        return flow, source, record
+    if config["prox"] == "flow":
+        return load_flow(config["flow"], config["size"], config["channels"]), None, None
+    return None, None, None

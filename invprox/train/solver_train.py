@@ -68,11 +68,10 @@ from .solver_setup import (
     build_solver,
     calibrate_solver,
     fixed_measurements,
-    load_flow,
     load_model_state,
-    load_source,
     mix_seed,
     physics_options,
+    run_flow,
     save_solver,
     task_physics,
 )
@@ -188,15 +187,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     cfg["physics_options"] = physics_options(cfg["task"], cfg["p_missing"], cfg["kernel"], cfg["blur_std"],
                                              cfg["factor"], cfg["cs_ratio"], cfg["seed"])
     dev = info.device if world > 1 and info.device.type == "cuda" else resolve_device(device)
-    flow_net, source = None, None
-    if state is None and cfg.get("init_from"):  # grown from a trained solver with fewer folds
-        source, flow_net, grown_from = load_source(cfg)
-    if state is not None and state.get("flow_config") is not None:  # the flow's weights are in the state
-        from ..flows.glow import Glow
-
-        flow_net = Glow.from_config(state["flow_config"])
-    elif cfg["prox"] == "flow" and source is None:
-        flow_net = load_flow(cfg["flow"], cfg["size"], cfg["channels"])
+    flow_net, source, grown_from = run_flow(cfg, state)
     from .pretrain import load_images
 
     holdout = cfg["val_data"] == "holdout"
