@@ -30,6 +30,7 @@
 #     benchmarks/table1.sh grow_resnet      # the same for ResNet prox (~30 min, one core)
 #     benchmarks/table1.sh grow_unet_seed1  # the same for U-Net prox, seed 1 (~30 min, one core)
 #     benchmarks/table1.sh tasks_grow       # deblurring: flow and U-Net prox grown from one fold (~10 min)
+#     benchmarks/table1.sh k1_full          # stage grow's one-fold runs resumed to 25 minutes (~20 min)
 #     benchmarks/table1.sh k1_screen        # one-fold flow prox: lr 3e-4, mu kept at 0.5 (~15 min)
 #     benchmarks/table1.sh alive            # flow prox with every fold trainable (--keep-mu), plain and
 #                                           # grown from k1_screen's lr-3e-4 fold (~35 min)
@@ -546,6 +547,10 @@ stage_tasks_grow() {
     done
 }
 
+stage_k1_full() {  # the control of stage grow: its one-fold runs kept at K = 1 for the whole budget
+    resume_to "$BUDGET" "" flow_dn_k1 unet_dn_k1
+}
+
 stage_k1_screen() {
     # One-fold flow prox runs of GROW_K1 minutes beside stage grow's flow_dn_k1 (lr 1e-4, calibrated mu):
     # lr 3e-4, and the step mu kept at 0.5 by the calibration.
@@ -576,9 +581,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full)" >&2
            exit 2 ;;
     esac
 done
