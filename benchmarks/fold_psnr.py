@@ -29,6 +29,8 @@ from invprox.train.solver_setup import load_solver  # noqa: E402
 
 def fold_psnr(run: Path, x: torch.Tensor, y: torch.Tensor) -> Dict[str, Any]:
     solver, cfg = load_solver(run / "solver.pt")
+    if cfg["task"] != "denoising":
+        raise SystemExit(f"{run}: a {cfg['task']} solver; fold_psnr.py measures denoisers")
     with torch.no_grad():
         start = solver.start(y) + (0.5 if cfg["prox"] == "flow" else 0.0)
         its = [start] + solver.iterates(y)

@@ -563,9 +563,10 @@ stage_k1_screen() {
 }
 
 stage_alive() {
-    # Every fold trainable: the calibration keeps mu_k at 0.5 (--keep-mu), so no fold starts as the
-    # identity that the calibration's smallest step and shrinkage make of it. The flow prox of Table 1's
-    # protocol (K = 4, 25 minutes, lr 1e-4), and grown from stage k1_screen's lr-3e-4 fold (15 minutes).
+    # Folds kept trainable: the calibration keeps mu_k at 0.5 (--keep-mu), so no calibrated fold starts as
+    # the identity that the calibration's smallest step and shrinkage make of it. The flow prox of Table
+    # 1's protocol (K = 4, 25 minutes, lr 1e-4), and grown at lr 1e-4 from stage k1_screen's lr-3e-4 fold
+    # (15 minutes; only the three new folds get mu 0.5, the source's fold keeps its calibrated step).
     train flow_dn_mu0.5 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
         --keep-mu --mu-init 0.5 &
     train flow_dn_grow_mu0.5 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --K 4 --budget-minutes "$((BUDGET - GROW_K1))" \

@@ -172,3 +172,21 @@ def test_iterates_end_at_the_output():
         with torch.no_grad():
             assert torch.allclose(its[-1], solver(y), atol=1e-10)
         assert _max_diff(its[0], its[1]) > 1e-3  # each fold does something
+
+
+def test_tied_growth_and_checked_options(tiny_data, tmp_path):
+    op = make_physics("denoising", (1, 8, 8))
+    small = FlowProxSolver(glow2(), op, K=1, tied=True).to(DT)
+    big = FlowProxSolver(glow2(1), op, K=3, tied=True).to(DT)
+    assert grow_solver(big, small) == 1
+    for p, q in zip(big.flows[0].parameters(), small.flows[0].parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="folds must be indices"):
+        big.calibrate(*_data(4)[::-1], folds=[1.5])
+    with pytest.raises(ValueError, match="keep_mu"):
+        train_solver(out=str(tmp_path / "k"), **_kw(tiny_data, prox="unet", K=1, features=4, depth=1,
+                                                    keep_mu=True))
+    train_solver(out=str(tmp_path / "d"), **_kw(tiny_data, prox="flow", K=1, flow=tiny_data["flow"]))
+    with pytest.raises(ValueError, match="its task"):
+        train_solver(out=str(tmp_path / "i"), **_kw(tiny_data, prox="flow", K=2, task="inpainting",
+                                                    init_from=str(tmp_path / "d" / "solver.pt")))

@@ -81,7 +81,7 @@ def calibrate_flow_solver(
     lam_grid = tuple(lam_grid if lam_grid is not None else LAM_GRID[solver.shrinkage])
     if not mu_grid or not lam_grid:
         raise ValueError("mu_grid and lam_grid must not be empty")
-    todo = set(range(solver.K)) if folds is None else {int(k) for k in folds}
+    todo = set(range(solver.K)) if folds is None else set(folds)
     if not todo <= set(range(solver.K)):
         raise ValueError(f"folds must be indices in 0 .. {solver.K - 1}, got {sorted(todo)}")
     op = solver.physics if physics is None else physics

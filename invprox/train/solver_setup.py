@@ -279,13 +279,13 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
         and training time of its run where its ``metrics.json`` lies beside it).
 
     Raises:
-        FileNotFoundError: no such file. ValueError: not a solver file, another prox, image shape or noise
-        model, or a ``--flow`` of another architecture than the source's.
+        FileNotFoundError: no such file. ValueError: not a solver file, another prox, image shape, task,
+        ``lam_per`` or start, or a ``--flow`` of another architecture than the source's.
     """
     path = config["init_from"]
     source, scfg = load_solver(path)
-    for key in ("prox", "channels", "size"):
-        if scfg[key] != config[key]:
+    for key in ("prox", "channels", "size", "task", "lam_per", "start"):
+        if key in scfg and scfg[key] != config.get(key):
             raise ValueError(f"--init-from {path}: its {key} is {scfg[key]!r}, this run's {config[key]!r}")
     flow = None
     if config["prox"] == "flow":

@@ -178,6 +178,9 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {cfg['lr_schedule']!r}")
     if not isinstance(cfg["warmup"], int) or cfg["warmup"] < 0:
         raise ValueError(f"warmup must be a non-negative int (steps), got {cfg['warmup']!r}")
+    if cfg.get("keep_mu") and (cfg["prox"] != "flow" or not cfg["calibrate"]):
+        raise ValueError("keep_mu keeps the flow prox's calibration off mu_k: it needs --prox flow and "
+                         "--calibrate N > 0")
     if cfg.get("lr_split") is not None and cfg["prox"] != "flow":
         raise ValueError(f"lr_split sets the flow's split priors' rate; prox {cfg['prox']!r} has none")
     if budget_clock not in ("cpu", "wall"):
