@@ -99,7 +99,7 @@ def calibrate_flow_solver(
             flow = solver.flows[0 if solver.tied else k]
             dc, shrink = solver.dc[k].bind(op), solver.shrink[k]
             if k not in todo:
-                cur = flow.inverse(shrink(flow(dc(cur, y_flow))))
+                cur = solver.fold(k, cur, y_flow, op)
                 folds_out.append(_fold_report(dc, shrink, cur, x, False))
                 continue
             n_lam = shrink.raw_lam.numel()
@@ -121,7 +121,7 @@ def calibrate_flow_solver(
             _, t, lam = best
             dc.set_fraction(t)
             shrink.set_lam(lam)
-            cur = flow.inverse(shrink(flow(dc(cur, y_flow))))
+            cur = solver.fold(k, cur, y_flow, op)
             folds_out.append(_fold_report(dc, shrink, cur, x, True))
         report["folds"] = folds_out
         report["psnr"] = folds_out[-1]["psnr"]

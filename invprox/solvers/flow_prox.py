@@ -340,6 +340,13 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         op = self.physics if physics is None else physics
         return self.chain_for(op)(self.start(y, op), self.flow_measurement(y, op)) + 0.5
 
+    def fold(self, k: int, x: Tensor, y_flow: Tensor, physics: Any = None) -> Tensor:
+        """One fold outside the engine's chain: ``g_k(shrink_k(f_k(x - mu_k A^T (A x - y~))))``, flow space
+        in and out (``y_flow``: :meth:`flow_measurement`; ``A`` of ``physics``, default the solver's)."""
+        flow = self.flows[0 if self.tied else k]
+        dc = self.dc[k] if physics is None else self.dc[k].bind(physics)
+        return flow.inverse(self.shrink[k](flow(dc(x, y_flow))))
+
     @torch.no_grad()
     def iterates(self, y: Tensor, physics: Any = None) -> List[Tensor]:
         """The image after each fold, ``[x_1, ..., x_K]`` in ``[0, 1]`` space (``x_K`` is the output), without
@@ -347,8 +354,7 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         op = self.physics if physics is None else physics
         cur, y_flow, out = self.start(y, op), self.flow_measurement(y, op), []
         for k in range(self.K):
-            flow = self.flows[0 if self.tied else k]
-            cur = flow.inverse(self.shrink[k](flow(self.dc[k].bind(op)(cur, y_flow))))
+            cur = self.fold(k, cur, y_flow, op)
             out.append(cur + 0.5)
         return out
 

@@ -73,15 +73,11 @@ def grow_solver(solver: nn.Module, source: nn.Module) -> int:
         raise ValueError("the source and the solver must both be tied (one shared flow) or both untied")
     state: Dict[str, Tensor] = {}
     for key, value in source.state_dict().items():
-        m = _FOLD_KEY.match(key)
-        if m is None or (tied and m.group(1) == "flows"):
-            state[key] = value
-            continue
-        name, j, rest = m.group(1), int(m.group(2)), m.group(3)
         state[key] = value
-        if j == K0 - 1:
+        m = _FOLD_KEY.match(key)  # a tied solver's one flow is shared, not copied
+        if m is not None and int(m.group(2)) == K0 - 1 and not (tied and m.group(1) == "flows"):
             for k in range(K0, K):
-                state[f"{name}.{k}.{rest}"] = value.clone()
+                state[f"{m.group(1)}.{k}.{m.group(3)}"] = value.clone()
     try:
         res = solver.load_state_dict(state, strict=False)
     except RuntimeError as e:  # a tensor of another shape

@@ -286,7 +286,8 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
     source, scfg = load_solver(path)
     for key in ("prox", "channels", "size", "task", "lam_per", "start"):
         if key in scfg and scfg[key] != config.get(key):
-            raise ValueError(f"--init-from {path}: its {key} is {scfg[key]!r}, this run's {config[key]!r}")
+            raise ValueError(f"--init-from {path}: its {key} is {scfg[key]!r}, "
+                             f"this run's {config.get(key)!r}")
     flow = None
     if config["prox"] == "flow":
         flow = copy.deepcopy(source.flows[0])
