@@ -34,6 +34,7 @@
 #     benchmarks/table1.sh k1_screen        # one-fold flow prox: lr 3e-4, mu kept at 0.5 (~15 min)
 #     benchmarks/table1.sh alive            # flow prox with every fold trainable (--keep-mu), plain and
 #                                           # grown from k1_screen's lr-3e-4 fold (~35 min)
+#     benchmarks/table1.sh k1_seed1         # one-fold flow and U-Net prox for the whole budget, seed 1 (~35 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -551,6 +552,16 @@ stage_k1_full() {  # the control of stage grow: its one-fold runs kept at K = 1 
     resume_to "$BUDGET" "" flow_dn_k1 unet_dn_k1
 }
 
+stage_k1_seed1() {  # stage k1_full's runs (one fold for the whole budget) again with seed 1: the spread
+    local k1=(--K 1 --budget-minutes "$BUDGET" --seed 1)
+    train flow_dn_k1_seed1 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" "${k1[@]}" &
+    train unet_dn_k1_seed1_full "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" "${k1[@]}" &
+    wait
+    eval_test flow_dn_k1_seed1 &
+    eval_test unet_dn_k1_seed1_full &
+    wait
+}
+
 stage_k1_screen() {
     # One-fold flow prox runs of GROW_K1 minutes beside stage grow's flow_dn_k1 (lr 1e-4, calibrated mu):
     # lr 3e-4, and the step mu kept at 0.5 by the calibration.
@@ -582,9 +593,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_seed1) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_seed1)" >&2
            exit 2 ;;
     esac
 done
