@@ -36,6 +36,8 @@
 #                                           # grown from k1_screen's lr-3e-4 fold (~35 min)
 #     benchmarks/table1.sh k1_m2            # one-fold flow and U-Net prox for the whole budget, on a machine
 #                                           # with AVX-512 (3.4x the steps of the first one; ~35 min)
+#     benchmarks/table1.sh cond_y           # flow prox whose Glows also read A^T y (--cond-y), K = 1 and
+#                                           # K = 4, whole budget (second machine; ~35 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -566,6 +568,18 @@ stage_k1_m2() {
     wait
 }
 
+stage_cond_y() {
+    # The flow prox with conditional Glows (--cond-y: every coupling network also reads A^T y, through a
+    # zero-initialised 1x1 convolution), one fold and four, the whole budget, beside stage k1_m2's runs.
+    local flow=("${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --cond-y)
+    train flow_dn_k1_cond "${flow[@]}" --K 1 &
+    train flow_dn_k4_cond "${flow[@]}" --K 4 &
+    wait
+    eval_test flow_dn_k1_cond &
+    eval_test flow_dn_k4_cond &
+    wait
+}
+
 stage_k1_screen() {
     # One-fold flow prox runs of GROW_K1 minutes beside stage grow's flow_dn_k1 (lr 1e-4, calibrated mu):
     # lr 3e-4, and the step mu kept at 0.5 by the calibration.
@@ -597,9 +611,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|cond_y) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, cond_y)" >&2
            exit 2 ;;
     esac
 done

@@ -10,6 +10,11 @@ shift ``t`` and, for the affine coupling, a scale ``s = sigmoid(r + 2)`` (Glow's
 
 The network's last layer is zero-initialised, so each coupling starts as (a scaled) identity.
 
+A conditioning image can also enter through ``inject_channels``: the last cond tensor (at the coupling's
+resolution) is added to the network's first hidden layer by a zero-initialised 1x1 convolution, so a
+coupling made conditional this way computes, until trained, exactly what it computed without the
+condition (how :meth:`invprox.flows.Glow.with_condition` turns a pre-trained Glow into a conditional one).
+
 ``rebuild`` gives the engine the input and the graph of the forward in a single pass of the network: the
 network runs once on ``y1 = x1``, which yields both ``x2`` and the graph.
 """
@@ -61,8 +66,14 @@ class _Coupling(InvertibleModule):
         dropout: float = 0.0,
         net: Optional[nn.Module] = None,
         scale_min: float = 0.0,
+        inject_channels: int = 0,
     ):
         super().__init__()
+        if inject_channels and (cond_channels or net is not None):
+            raise ValueError("inject_channels needs Glow's own network and no cond_channels (the "
+                             "conditioning enters one way or the other)")
+        if inject_channels < 0:
+            raise ValueError(f"inject_channels must be >= 0, got {inject_channels}")
         if not 0.0 <= scale_min < 1.0:
             raise ValueError(f"scale_min must be in [0, 1), got {scale_min!r}")
         self.scale_min = float(scale_min)
@@ -76,11 +87,16 @@ class _Coupling(InvertibleModule):
         self.cond_channels = cond_channels
         out = self.c2 * (2 if self.affine else 1)
         self.net = net if net is not None else CouplingNet(self.c1 + cond_channels, out, hidden, dropout)
+        self.inject_channels = inject_channels
+        self.inject: Optional[nn.Conv2d] = None
+        if inject_channels:
+            self.inject = nn.Conv2d(inject_channels, hidden, 1, bias=False)
+            nn.init.zeros_(self.inject.weight)
         # the engine's plan (invprox.core.block): a network of our own, without dropout, is known to draw
         # no random numbers and to read only its parameters; a network passed in is not
         self.draws_random = net is not None or dropout > 0
         self.self_contained = net is None
-        self.uses_cond = cond_channels > 0  # only a network that reads cond tensors gets them
+        self.uses_cond = cond_channels > 0 or inject_channels > 0  # only a network that reads cond gets it
 
     def _check(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels:
@@ -91,9 +107,18 @@ class _Coupling(InvertibleModule):
 
     def _params(self, x1: Tensor, cond: Sequence[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
         """Shift and scale (``None`` for additive) from the untouched half."""
-        if self.cond_channels:
-            x1 = torch.cat([x1, *cond], dim=1)
-        h = self.net(x1)
+        if self.inject is not None:
+            if not cond:
+                raise ValueError(f"{type(self).__name__} with inject_channels={self.inject_channels} needs "
+                                 f"its conditioning tensor: call it with (x, cond)")
+            layers = iter(self.net)
+            h = next(layers)(x1) + self.inject(cond[-1])
+            for layer in layers:
+                h = layer(h)
+        else:
+            if self.cond_channels:
+                x1 = torch.cat([x1, *cond], dim=1)
+            h = self.net(x1)
         if not self.affine:
             return h, None
         t, r = h[:, : self.c2], h[:, self.c2 :]
@@ -167,7 +192,8 @@ class _Coupling(InvertibleModule):
         return self._fused(x, cond, logdet, forward=False)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, cond_channels={self.cond_channels}"
+        inj = f", inject_channels={self.inject_channels}" if self.inject_channels else ""
+        return f"channels={self.channels}, cond_channels={self.cond_channels}{inj}"
 
 
 class AffineCoupling(_Coupling):
@@ -179,6 +205,8 @@ class AffineCoupling(_Coupling):
         cond_channels: channels of the conditioning tensors the network also reads (0: ignores cond).
         dropout: dropout in the coupling network.
         net: a network of your own mapping ``C // 2 + cond_channels`` to ``2 * (C - C // 2)`` channels.
+        inject_channels: channels of a conditioning tensor (the last cond tensor, at the input's height and
+            width) added to the first hidden layer through a zero-initialised 1x1 convolution (0: none).
         scale_min: lower bound of the scale, ``s = scale_min + (1 - scale_min) sigmoid(r + 2)``. The
             inverse divides by ``s``, so a flow whose scales shrink towards 0 (as a Glow trained on clean
             images does for noise-like inputs) amplifies float32 rounding by ``1/s`` per coupling and its

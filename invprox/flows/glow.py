@@ -63,6 +63,7 @@ def build_glow_blocks(
     coupling: str = "affine",
     seed: int = 0,
     scale_min: float = 0.0,
+    cond_channels: int = 0,
 ) -> List[nn.Module]:
     """The blocks of a Glow flow (see the module docstring), in order.
 
@@ -74,6 +75,8 @@ def build_glow_blocks(
         coupling: ``"affine"`` or ``"additive"``.
         seed: seed of the random rotations that initialise the 1x1 convolutions.
         scale_min: lower bound of the affine couplings' scale (see :class:`AffineCoupling`).
+        cond_channels: channels of a conditioning image of the input's size that every step reads (the
+            chain's last cond tensor; :class:`~invprox.flows.step.GlowStep`); 0: unconditional.
     """
     if coupling not in _COUPLINGS:
         raise ValueError(f"coupling must be one of {tuple(_COUPLINGS)}, got {coupling!r}")
@@ -87,7 +90,8 @@ def build_glow_blocks(
         blocks.append(Squeeze())
         total, active = 4 * total, 4 * active
         for _ in range(steps):
-            blocks.append(GlowStep(active, hidden, coupling, scale_min, generator=gen))
+            blocks.append(GlowStep(active, hidden, coupling, scale_min, generator=gen,
+                                   cond_channels=cond_channels, cond_factor=2 ** (level + 1)))
         if level < levels - 1:
             split = SplitPrior(active)
             blocks.append(split if active == total else ChannelRange(split, active))
@@ -151,6 +155,7 @@ class Glow(ChainOwner, InvertibleModule):
         check: Optional[str] = None,
         seed: int = 0,
         scale_min: float = 0.0,
+        cond_channels: int = 0,
     ):
         super().__init__()
         if prior not in PRIORS:
@@ -167,12 +172,19 @@ class Glow(ChainOwner, InvertibleModule):
             coupling=coupling, prior=prior, n_bits=n_bits, memory_efficient=memory_efficient,
             keep_every=keep_every, check=check, seed=seed, scale_min=scale_min,
         )
+        if cond_channels:  # only a conditional Glow records it: configs of unconditional ones stay as they were
+            self.config["cond_channels"] = cond_channels
+        self.cond_channels = cond_channels
+        self.uses_cond = cond_channels > 0
         self.in_channels = in_channels
         self.image_size: Tuple[int, int] = hw
         self.levels = levels
         self.prior = prior
         self.n_bits = n_bits
-        blocks = build_glow_blocks(in_channels, levels, steps, hidden, coupling, seed, scale_min)
+        if not isinstance(cond_channels, int) or cond_channels < 0:
+            raise ValueError(f"cond_channels must be a non-negative int, got {cond_channels!r}")
+        blocks = build_glow_blocks(in_channels, levels, steps, hidden, coupling, seed, scale_min,
+                                   cond_channels)
         self.chain = InvertibleChain(
             blocks, keep_every=keep_every, check=check, memory_efficient=memory_efficient
         )
@@ -185,6 +197,28 @@ class Glow(ChainOwner, InvertibleModule):
     def from_config(cls, config: Dict[str, Any]) -> Glow:
         """A fresh Glow from :attr:`config` (a dict of constructor arguments)."""
         return cls(**config)
+
+    def with_condition(self, cond_channels: int) -> Glow:
+        """A conditional copy of this Glow: every step's coupling network also reads a conditioning
+        image of ``cond_channels`` channels (``forward(x, c)``) through a zero-initialised 1x1 convolution,
+        so the copy computes exactly this Glow's ``f`` and ``g`` whatever ``c`` until it is trained. A Glow
+        that already reads ``cond_channels`` channels is copied as it is.
+
+        Raises:
+            ValueError: ``cond_channels`` is not positive, or this Glow is conditional on another number
+                of channels.
+        """
+        if not isinstance(cond_channels, int) or cond_channels < 1:
+            raise ValueError(f"cond_channels must be a positive int, got {cond_channels!r}")
+        if self.cond_channels and self.cond_channels != cond_channels:
+            raise ValueError(f"this Glow is conditional on {self.cond_channels} channels, not {cond_channels}")
+        p = next(self.parameters())
+        out = Glow.from_config({**self.config, "cond_channels": cond_channels}).to(p.device, p.dtype)
+        missing, unexpected = out.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or any(not k.endswith("coupling.inject.weight") for k in missing):
+            raise RuntimeError(f"with_condition: state does not map (missing {missing}, unexpected "
+                               f"{unexpected})")  # pragma: no cover - the layouts are ours
+        return out.train(self.training)
 
     def flow_blocks(self) -> List[nn.Module]:
         """The blocks of ``f`` in order (shared, not copied), to place in a larger chain."""
@@ -233,43 +267,51 @@ class Glow(ChainOwner, InvertibleModule):
         out = x + 0.5
         return out.clamp(0.0, 1.0) if clamp else out
 
-    def _check_input(self, x: Tensor) -> None:
+    def _check_input(self, x: Tensor, cond: Sequence[Tensor] = ()) -> None:
         m = 2**self.levels
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[2] % m or x.shape[3] % m:
             raise ValueError(
                 f"Glow expects (B, {self.in_channels}, H, W) with H and W divisible by {m}, "
                 f"got {tuple(x.shape)}"
             )
+        if self.cond_channels:
+            want = (x.shape[0], self.cond_channels, *x.shape[2:])
+            if not cond or tuple(cond[-1].shape) != want:
+                got = f"shape {tuple(cond[-1].shape)}" if cond else "none"
+                raise ValueError(f"this Glow is conditional: pass a conditioning image of shape {want} "
+                                 f"after the input, got {got}")
 
     # -- the flow --------------------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
-        """``z = f(x)``: flow space ``(B, C, H, W)`` to latent of the same shape."""
-        self._check_input(x)
-        return self.chain(x)
+    def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
+        """``z = f(x)``: flow space ``(B, C, H, W)`` to latent of the same shape (a conditional Glow:
+        ``f(x, c)``, ``c`` its conditioning image)."""
+        self._check_input(x, cond)
+        return self.chain(x, *cond)
 
-    def forward_and_logdet(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward_and_logdet(self, x: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
         """``(f(x), log|det df/dx|)``, the log-determinant of shape ``(B,)``."""
-        self._check_input(x)
-        return self.chain.forward_and_logdet(x)
+        self._check_input(x, cond)
+        return self.chain.forward_and_logdet(x, *cond)
 
-    def inverse(self, z: Tensor) -> Tensor:
+    def inverse(self, z: Tensor, *cond: Tensor) -> Tensor:
         """``x = g(z) = f^-1(z)``: latent to flow space (memory-efficient under autograd too)."""
-        self._check_input(z)
-        return self.chain.inverse(z)
+        self._check_input(z, cond)
+        return self.chain.inverse(z, *cond)
 
-    def inverse_and_logdet(self, z: Tensor) -> Tuple[Tensor, Tensor]:
+    def inverse_and_logdet(self, z: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
         """``(g(z), log|det dg/dz|)``."""
-        self._check_input(z)
-        return self.chain.inverse_and_logdet(z)
+        self._check_input(z, cond)
+        return self.chain.inverse_and_logdet(z, *cond)
 
     def prox(self, z: Tensor, lam) -> Tensor:
         """Proximal step of ``lam * (-log p_Z)`` in latent space (``z / (1 + lam)`` for the Gaussian)."""
         return prior_prox(z, lam, self.prior)
 
     # -- densities -------------------------------------------------------------------------------------
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Continuous log-density of flow-space ``x`` (nats), shape ``(B,)``."""
-        z, ld = self.forward_and_logdet(x)
+    def log_prob(self, x: Tensor, *cond: Tensor) -> Tensor:
+        """Continuous log-density of flow-space ``x`` (nats), shape ``(B,)`` (given ``cond``, for a
+        conditional Glow)."""
+        z, ld = self.forward_and_logdet(x, *cond)
         return prior_log_prob(z, self.prior) + ld
 
     def dequantize(
@@ -312,27 +354,30 @@ class Glow(ChainOwner, InvertibleModule):
 
     @torch.no_grad()
     def sample(
-        self, n: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None
+        self, n: int, temperature: float = 1.0, generator: Optional[torch.Generator] = None,
+        cond: Optional[Tensor] = None,
     ) -> Tensor:
         """``n`` samples ``postprocess(g(T * z))``, ``z`` from the prior, in image space ``[0, 1]``.
 
         ``temperature`` T scales the latent's standard deviation (Glow shows T = 0.7); T = 0 gives
-        :meth:`mode`. ``generator`` may be a CPU generator for a model on another device.
+        :meth:`mode`. ``generator`` may be a CPU generator for a model on another device. ``cond``: the
+        conditioning images of a conditional Glow, ``(n, cond_channels, H, W)``.
         """
         p = next(self.parameters())
         dev = generator.device if generator is not None else p.device
         z = prior_sample(self._latent_shape(n), self.prior, 1.0, generator, p.dtype, dev).to(p.device)
-        return self.postprocess(self.inverse(z * temperature))
+        return self.postprocess(self.inverse(z * temperature, *(() if cond is None else (cond,))))
 
     @torch.no_grad()
-    def mode(self, n: int = 1) -> Tensor:
-        """The most likely latent mapped back, ``postprocess(g(0))``, shape ``(n, C, H, W)`` in ``[0, 1]``.
+    def mode(self, n: int = 1, cond: Optional[Tensor] = None) -> Tensor:
+        """The most likely latent mapped back, ``postprocess(g(0))``, shape ``(n, C, H, W)`` in ``[0, 1]``
+        (``cond``: as for :meth:`sample`).
 
         (For the solver's start ``x_0 = g(0)`` in flow space, use ``glow.inverse(zeros)``.)
         """
         p = next(self.parameters())
         z = torch.zeros(self._latent_shape(n), dtype=p.dtype, device=p.device)
-        return self.postprocess(self.inverse(z))
+        return self.postprocess(self.inverse(z, *(() if cond is None else (cond,))))
 
     # -- save / load -----------------------------------------------------------------------------------
     def save(self, path: Union[str, os.PathLike], extra: Optional[Dict[str, Any]] = None) -> None:
@@ -377,8 +422,9 @@ class Glow(ChainOwner, InvertibleModule):
 
     def extra_repr(self) -> str:
         c = self.config
+        cond = f", cond_channels={self.cond_channels}" if self.cond_channels else ""
         return (
             f"in_channels={c['in_channels']}, image_size={tuple(c['image_size'])}, levels={c['levels']}, "
             f"steps={c['steps']}, hidden={c['hidden']}, coupling={c['coupling']!r}, "
-            f"prior={c['prior']!r}, n_bits={c['n_bits']}"
+            f"prior={c['prior']!r}, n_bits={c['n_bits']}{cond}"
         )

@@ -14,6 +14,11 @@ step instead of three times, and both directions rebuild with one pass of the co
 
 The 1x1 convolution's matrix and its inverse are computed once per parameter update where no graph is
 recorded (:meth:`~invprox.flows.layers.InvConv1x1.matrix`).
+
+A conditional step (``cond_channels > 0``) reads the last cond tensor, an image of ``cond_channels``
+channels at ``cond_factor`` times the step's height and width; space-to-depth brings it to the step's
+resolution, and the coupling adds it to its network's first hidden layer through a zero-initialised 1x1
+convolution (``inject_channels`` of :class:`~invprox.flows.AffineCoupling`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..core.block import InvertibleModule
 from .coupling import AdditiveCoupling, AffineCoupling, _Coupling
@@ -44,9 +50,10 @@ class GlowStep(InvertibleModule):
         coupling: ``"affine"`` or ``"additive"``.
         scale_min: lower bound of the affine coupling's scale (see :class:`AffineCoupling`).
         generator: CPU generator for the 1x1 convolution's random rotation.
+        cond_channels: channels of a conditioning image (the last cond tensor); 0: unconditional.
+        cond_factor: how many times larger the conditioning image's height and width are than the step's
+            input's (``2**(l + 1)`` at level ``l`` of a Glow).
     """
-
-    uses_cond = False
 
     def __init__(
         self,
@@ -55,17 +62,38 @@ class GlowStep(InvertibleModule):
         coupling: str = "affine",
         scale_min: float = 0.0,
         generator: Optional[torch.Generator] = None,
+        cond_channels: int = 0,
+        cond_factor: int = 1,
     ):
         super().__init__()
         if coupling not in _COUPLINGS:
             raise ValueError(f"coupling must be one of {tuple(_COUPLINGS)}, got {coupling!r}")
+        if cond_channels < 0 or cond_factor < 1:
+            raise ValueError(f"cond_channels must be >= 0 and cond_factor >= 1, got {cond_channels}, "
+                             f"{cond_factor}")
         self.channels = channels
+        self.cond_channels, self.cond_factor = int(cond_channels), int(cond_factor)
         self.actnorm = ActNorm(channels)
         self.invconv = InvConv1x1(channels, generator=generator)
         kw = {"scale_min": scale_min} if coupling == "affine" else {}
-        self.coupling: _Coupling = _COUPLINGS[coupling](channels, hidden=hidden, **kw)
+        inject = cond_channels * cond_factor**2
+        self.coupling: _Coupling = _COUPLINGS[coupling](channels, hidden=hidden, inject_channels=inject, **kw)
         self.draws_random = self.coupling.draws_random
         self.self_contained = self.coupling.self_contained
+        self.uses_cond = cond_channels > 0
+
+    def _cond(self, x: Tensor, cond: Sequence[Tensor]) -> Tuple[Tensor, ...]:
+        """The coupling's cond: the last cond tensor brought to ``x``'s resolution (conditional steps)."""
+        if not self.cond_channels:
+            return ()
+        c = cond[-1] if cond else None
+        f = self.cond_factor
+        want = (x.shape[0], self.cond_channels, x.shape[2] * f, x.shape[3] * f)
+        if c is None or tuple(c.shape) != want:
+            got = "nothing" if c is None else f"shape {tuple(c.shape)}"
+            raise ValueError(f"this conditional GlowStep needs a conditioning image of shape {want} as its "
+                             f"last cond tensor, got {got}")
+        return (F.pixel_unshuffle(c, f) if f > 1 else c,)
 
     def _split(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         if x.dim() != 4 or x.shape[1] < self.channels:
@@ -81,27 +109,29 @@ class GlowStep(InvertibleModule):
     def _join(a: Tensor, rest: Optional[Tensor]) -> Tensor:
         return a if rest is None else torch.cat([a, rest], 1)
 
-    def forward_and_logdet(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward_and_logdet(self, x: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
         a, rest = self._split(x)
+        c = self._cond(x, cond)
         h, ld1 = self.actnorm.forward_and_logdet(a)
         h, ld2 = self.invconv.forward_and_logdet(h)
-        h, ld3 = self.coupling.forward_and_logdet(h)
+        h, ld3 = self.coupling.forward_and_logdet(h, *c)
         return self._join(h, rest), ld1 + ld2 + ld3
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
         a, rest = self._split(x)
-        return self._join(self.coupling(self.invconv(self.actnorm(a))), rest)
+        return self._join(self.coupling(self.invconv(self.actnorm(a)), *self._cond(x, cond)), rest)
 
-    def inverse_and_logdet(self, y: Tensor) -> Tuple[Tensor, Tensor]:
+    def inverse_and_logdet(self, y: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
         b, rest = self._split(y)
-        h, ld3 = self.coupling.inverse_and_logdet(b)
+        h, ld3 = self.coupling.inverse_and_logdet(b, *self._cond(y, cond))
         h, ld2 = self.invconv.inverse_and_logdet(h)
         h, ld1 = self.actnorm.inverse_and_logdet(h)
         return self._join(h, rest), ld1 + ld2 + ld3
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def inverse(self, y: Tensor, *cond: Tensor) -> Tensor:
         b, rest = self._split(y)
-        return self._join(self.actnorm.inverse(self.invconv.inverse(self.coupling.inverse(b))), rest)
+        h = self.coupling.inverse(b, *self._cond(y, cond))
+        return self._join(self.actnorm.inverse(self.invconv.inverse(h)), rest)
 
     def _linear_params(self):
         """The parameters of the two linear layers (ActNorm, 1x1 conv), in the order _StepVJP takes them."""
@@ -109,23 +139,26 @@ class GlowStep(InvertibleModule):
                 self.invconv.log_s]
 
     # -- fused rebuilds for the engine ---------------------------------------------------------------
-    def rebuild(self, y: Tensor, logdet: bool = False):
+    def rebuild(self, y: Tensor, *cond: Tensor, logdet: bool = False):
         """``(x, forward(x) with graph, logdet with graph or None)`` from the output ``y``, in one
         pass of the network."""
         b, rest = self._split(y)
         # the coupling: its input (a leaf) and its graph from one network pass on the known half
-        u_leaf, yc, ldc = self.coupling._fused(b, (), logdet, forward=True)
+        u_leaf, yc, ldc = self.coupling._fused(b, self._cond(y, cond), logdet, forward=True)
         with torch.no_grad():
             a = self.actnorm.inverse(self.invconv.inverse(u_leaf.detach()))
         x_leaf = self._join(a, None if rest is None else rest.detach()).requires_grad_()
-        lin, net = self._linear_params(), list(self.coupling.net.parameters())
-        # the coupling's graph travels in a list: autograd must not see it as an input of the Function
-        y_graph, ld = _StepVJP.apply(self, [u_leaf, yc, ldc], logdet, x_leaf, *lin, *net)
+        lin, net = self._linear_params(), list(self.coupling.parameters())
+        # the coupling's graph travels in a list: autograd must not see it as an input of the Function;
+        # the conditioning image is an input (a gradient reaches it where it requires one)
+        c = cond[-1:] if self.cond_channels else ()
+        y_graph, ld = _StepVJP.apply(self, [u_leaf, yc, ldc], logdet, len(c), x_leaf, *c, *lin, *net)
         return x_leaf, y_graph, (ld if logdet else None)
 
-    def rebuild_inverse(self, x: Tensor, logdet: bool = False):
+    def rebuild_inverse(self, x: Tensor, *cond: Tensor, logdet: bool = False):
         """The same for the inverse map: ``(y, inverse(y) with graph, its logdet or None)`` from ``x``."""
         a, rest = self._split(x)
+        c = self._cond(x, cond)
         cp, c1, n = self.coupling, self.coupling.c1, self.channels
         with torch.no_grad():
             u = self.invconv(self.actnorm(a))
@@ -135,7 +168,7 @@ class GlowStep(InvertibleModule):
             if rest is not None:
                 y_leaf[:, n:] = rest
         y_leaf.requires_grad_()
-        t, s = cp._params(y_leaf[:, :c1].clone(), ())
+        t, s = cp._params(y_leaf[:, :c1].clone(), c)
         with torch.no_grad():
             y_leaf[:, c1:n] = u[:, c1:] + t if s is None else (u[:, c1:] + t) * s
         y2 = y_leaf[:, c1:n]
@@ -149,21 +182,24 @@ class GlowStep(InvertibleModule):
         return y_leaf, out, ld
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}"
+        cond = f", cond_channels={self.cond_channels}, cond_factor={self.cond_factor}" if self.cond_channels else ""
+        return f"channels={self.channels}{cond}"
 
 
 class _StepVJP(torch.autograd.Function):
     """The graph of one Glow step's forward from its rebuilt input, taken in two stages.
 
     Inputs: the step, the coupling's input ``u_leaf`` and its graph ``yc`` (and log-det ``ldc``) from one
-    network pass, ``x_leaf`` and the parameters (linear layers', then the network's). Output: the step's
-    output and log-det, values only; the backward differentiates the coupling's graph to ``u`` and its
-    network, then recomputes ActNorm and the 1x1 convolution (cheap) from ``x`` and differentiates them.
+    network pass, the number (0 or 1) of conditioning tensors, ``x_leaf``, the conditioning tensor, and the
+    parameters (linear layers', then the coupling's). Output: the step's output and log-det, values only;
+    the backward differentiates the coupling's graph to ``u``, its parameters and the conditioning tensor,
+    then recomputes ActNorm and the 1x1 convolution (cheap) from ``x`` and differentiates them.
     """
 
     @staticmethod
-    def forward(ctx, step: GlowStep, held: list, logdet: bool, x_leaf, *params):
-        ctx.step, ctx.held, ctx.logdet = step, held, logdet
+    def forward(ctx, step: GlowStep, held: list, logdet: bool, n_cond: int, x_leaf, *inputs):
+        ctx.step, ctx.held, ctx.logdet, ctx.n_cond = step, held, logdet, n_cond
+        ctx.cond = inputs[:n_cond]
         yc, ldc = held[1], held[2]
         ctx.save_for_backward(x_leaf)
         rest = x_leaf[:, step.channels :]
@@ -178,12 +214,13 @@ class _StepVJP(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_y: Tensor, g_ld: Optional[Tensor]):
         (x_leaf,) = ctx.saved_tensors
-        step, n = ctx.step, ctx.step.channels
+        step, n, n_cond = ctx.step, ctx.step.channels, ctx.n_cond
         u_leaf, yc, ldc = ctx.held
-        params = list(ctx.needs_input_grad[4:])
+        need_cond = [c for c, need in zip(ctx.cond, ctx.needs_input_grad[5 : 5 + n_cond]) if need]
+        params = list(ctx.needs_input_grad[5 + n_cond :])
         lin_p = step._linear_params()
         n_lin = len(lin_p)
-        net_p = list(step.coupling.net.parameters())
+        net_p = list(step.coupling.parameters())
         use_ld = ctx.logdet and g_ld is not None
         with torch.enable_grad():
             # stage 1: the coupling, to its input and its network's parameters
@@ -192,7 +229,7 @@ class _StepVJP(torch.autograd.Function):
                 outs.append(ldc)
                 gouts.append(g_ld)
             net_t = [p for p, need in zip(net_p, params[n_lin :]) if need]
-            g1 = torch.autograd.grad(outs, [u_leaf, *net_t], gouts, allow_unused=True)
+            g1 = torch.autograd.grad(outs, [u_leaf, *need_cond, *net_t], gouts, allow_unused=True)
             g_u = g1[0] if g1[0] is not None else torch.zeros_like(u_leaf)
             # stage 2: ActNorm and the 1x1 convolution, recomputed from the step's input
             a = x_leaf[:, :n].detach().requires_grad_()
@@ -206,10 +243,12 @@ class _StepVJP(torch.autograd.Function):
             g2 = torch.autograd.grad(outs, [a, *lin_t], gouts, allow_unused=True)
         g_x = g2[0] if x_leaf.shape[1] == n else torch.cat([g2[0], g_y[:, n:]], 1)
         it_lin, it_net = iter(g2[1:]), iter(g1[1:])
+        out_cond = [next(it_net) if need else None for need in ctx.needs_input_grad[5 : 5 + n_cond]]
         out_lin = [next(it_lin) if need else None for need in params[: n_lin]]
         out_net = [next(it_net) if need else None for need in params[n_lin :]]
         ctx.held.clear()
-        return (None, None, None, g_x, *out_lin, *out_net)
+        ctx.cond = ()
+        return (None, None, None, None, g_x, *out_cond, *out_lin, *out_net)
 
 
 def upgrade_step_layout(blocks: Sequence[nn.Module], state_dict: dict, head: str) -> None:

@@ -131,17 +131,18 @@ class DataConsistency(InvertibleModule):
         L = operator_norm_sq(self.physics, tuple(x.shape), device=x.device, dtype=x.dtype)
         return self.fraction(self.raw_mu.to(dtype=x.dtype, device=x.device)) / L
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+    # further cond tensors after y (read by other blocks of the chain, e.g. a conditional Glow's) are ignored
+    def forward(self, x: Tensor, y: Tensor, *_: Tensor) -> Tensor:
         return dc_step(self.physics, x, y, self._mu(x))
 
-    def inverse(self, xt: Tensor, y: Tensor) -> Tensor:
+    def inverse(self, xt: Tensor, y: Tensor, *_: Tensor) -> Tensor:
         return dc_inverse(self.physics, xt, y, self._mu(xt), check=False)
 
-    def forward_and_logdet(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward_and_logdet(self, x: Tensor, y: Tensor, *_: Tensor) -> Tuple[Tensor, Tensor]:
         mu = self._mu(x)
         return dc_step(self.physics, x, y, mu), dc_logdet(self.physics, x, mu)
 
-    def inverse_and_logdet(self, xt: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+    def inverse_and_logdet(self, xt: Tensor, y: Tensor, *_: Tensor) -> Tuple[Tensor, Tensor]:
         mu = self._mu(xt)
         x = dc_inverse(self.physics, xt, y, mu, check=False)
         return x, -dc_logdet(self.physics, x, mu)

@@ -94,6 +94,7 @@ def calibrate_flow_solver(
         cur = solver.start(y, op)
         report["start_psnr"] = float(psnr((cur + 0.5).clamp(0, 1), x).mean())
         y_flow = solver.flow_measurement(y, op)
+        fc = solver.flow_cond(y_flow, op)
         folds_out: List[Dict[str, Any]] = []
         for k in range(solver.K):
             flow = solver.flows[0 if solver.tied else k]
@@ -106,14 +107,14 @@ def calibrate_flow_solver(
             best = None
             for t in mu_grid:
                 dc.set_fraction(float(t))
-                z = flow(dc(cur, y_flow))
+                z = flow(dc(cur, y_flow), *fc)
                 lam = [lam_grid[0]] * n_lam
                 err = None
                 for level in range(n_lam):
                     for v in lam_grid:
                         trial = lam[:level] + [v] + lam[level + 1:]
                         shrink.set_lam(trial)
-                        e = _mse(flow.inverse(shrink(z)), x)
+                        e = _mse(flow.inverse(shrink(z), *fc), x)
                         if err is None or e < err:
                             err, lam = e, trial
                 if best is None or err < best[0]:

@@ -9,7 +9,10 @@ One fold ``k`` maps ``x`` (flow space, ``x01 - 0.5``) to::
     x' = g_k(z) = f_k^-1(z)            back to image space
 
 and all K folds run as ONE :class:`invprox.InvertibleChain` of the folds' blocks (DC, every Glow layer,
-the shrinkage, every inverse Glow layer), with the measurement as conditioning input. The backward pass
+the shrinkage, every inverse Glow layer), with the measurement as conditioning input. With ``cond_y``,
+``f_k`` and ``g_k`` are conditional Glows that also read ``A^T y~`` (the measurement in image space) in
+every coupling network: a fold can then take detail from ``y`` without taking its noise through the
+data step (``g_k(shrink_k(f_k(., c)), c)`` is still invertible in ``x``, for every ``c``). The backward pass
 rebuilds each layer's input by inversion, so activation memory does not grow with K (or with the Glow's
 depth). The Laplace shrinkage is not invertible: the engine keeps its input (one image per fold).
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -193,6 +196,10 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
             32-fold denoiser then gives NaN gradients in float32 (``benchmarks/SOLVER_K.md``).
         check: the engine's drift check (``None``, ``"warn"``, ``"raise"``, ``"fallback"``).
         memory_efficient: ``False`` trains with standard autograd (for comparison).
+        cond_y: every coupling network of every fold's Glow also reads ``c = A^T y~`` (``y~``: the
+            measurement in flow space) through a zero-initialised 1x1 convolution
+            (:meth:`invprox.flows.Glow.with_condition`): until trained, each fold computes what it computes
+            without it. Needs a Glow with ``with_condition``.
 
     Shapes:
         ``y``: the measurement, shape of ``physics.A(x)``; output: ``(B, C, H, W)`` in image space
@@ -213,11 +220,18 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         keep_every: Union[int, str, None] = "fold",
         check: Optional[str] = None,
         memory_efficient: bool = True,
+        cond_y: bool = False,
     ):
         super().__init__()
         if not isinstance(K, int) or K < 1:
             raise ValueError(f"K must be a positive int, got {K!r}")
         _flow_blocks(flow)  # raises TypeError for anything that is not an invertible flow
+        if cond_y:
+            if not callable(getattr(flow, "with_condition", None)):
+                raise TypeError(f"cond_y needs a flow with with_condition() (an invprox.flows.Glow); "
+                                f"{type(flow).__name__} has none")
+            flow = flow.with_condition(flow.in_channels)
+        self.cond_y = bool(cond_y)
         shrinkage = shrinkage or getattr(flow, "prior", "gaussian")
         if shrinkage not in ("gaussian", "laplace"):
             raise ValueError(f"shrinkage must be 'gaussian' or 'laplace', got {shrinkage!r}")
@@ -314,6 +328,9 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
             return self.smooth_start(y, op) - 0.5
         with torch.no_grad():
             shape = self._image_shape(y, op)
+            if self.cond_y:  # the mode of the conditional flow depends on y
+                z = torch.zeros((y.shape[0], *shape), dtype=y.dtype, device=y.device)
+                return self.flows[0].inverse(z, *self.flow_cond(self.flow_measurement(y, op), op))
             z = torch.zeros((1, *shape), dtype=y.dtype, device=y.device)
             return self.flows[0].inverse(z).expand(y.shape[0], *shape).contiguous()
 
@@ -338,14 +355,22 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         if not isinstance(y, Tensor) or y.dim() < 2:
             raise ValueError(f"y must be a batched measurement tensor, got {type(y).__name__}")
         op = self.physics if physics is None else physics
-        return self.chain_for(op)(self.start(y, op), self.flow_measurement(y, op)) + 0.5
+        y_flow = self.flow_measurement(y, op)
+        return self.chain_for(op)(self.start(y, op), y_flow, *self.flow_cond(y_flow, op)) + 0.5
+
+    def flow_cond(self, y_flow: Tensor, physics: Any = None) -> Tuple[Tensor, ...]:
+        """What the Glows read besides their input: ``(A^T y~,)`` with ``cond_y``, else ``()``."""
+        if not self.cond_y:
+            return ()
+        return ((self.physics if physics is None else physics).A_adjoint(y_flow),)
 
     def fold(self, k: int, x: Tensor, y_flow: Tensor, physics: Any = None) -> Tensor:
         """One fold outside the engine's chain: ``g_k(shrink_k(f_k(x - mu_k A^T (A x - y~))))``, flow space
         in and out (``y_flow``: :meth:`flow_measurement`; ``A`` of ``physics``, default the solver's)."""
         flow = self.flows[0 if self.tied else k]
         dc = self.dc[k] if physics is None else self.dc[k].bind(physics)
-        return flow.inverse(self.shrink[k](flow(dc(x, y_flow))))
+        c = self.flow_cond(y_flow, physics)
+        return flow.inverse(self.shrink[k](flow(dc(x, y_flow), *c)), *c)
 
     @torch.no_grad()
     def iterates(self, y: Tensor, physics: Any = None) -> List[Tensor]:

@@ -67,6 +67,8 @@ class TrainConfig:
     lam_init: float = _opt(0.1, "flow: initial latent shrinkage lambda_k", float)
     lam_per: str = _opt("level", "flow: one lambda per multi-scale latent level, or one per fold (the "
                         "paper's)", choices=("level", "scalar"))
+    cond_y: bool = _opt(False, "flow: every coupling network also reads A^T y (the measurement in image "
+                        "space) through a zero-initialised 1x1 convolution: a conditional Glow per fold")
     start: str = _opt("smooth", "x_0: smoothness-regularised least squares from y, or the paper's (flow: "
                       "g(0); CNNs: A^T y)", choices=("smooth", "paper"))
     init_from: Optional[str] = _opt(

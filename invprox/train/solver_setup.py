@@ -175,6 +175,7 @@ def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.M
                               "keep_every": config.get("keep_every", "fold"),
                               "lam_init": config.get("lam_init", 0.1),
                               "lam_per": config.get("lam_per", "scalar"),
+                              "cond_y": bool(config.get("cond_y", False)),
                               "memory_efficient": not config.get("standard_autograd", False)}
     else:
         kw = {"checkpoint": bool(config.get("checkpoint_folds"))}
@@ -280,7 +281,7 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
 
     Raises:
         FileNotFoundError: no such file. ValueError: not a solver file, another prox, image shape, task,
-        ``lam_per`` or start, or a ``--flow`` of another architecture than the source's.
+        ``lam_per``, start or ``cond_y``, or a ``--flow`` of another architecture than the source's.
     """
     path = config["init_from"]
     source, scfg = load_solver(path)
@@ -288,12 +289,15 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
         if key in scfg and scfg[key] != config.get(key):
             raise ValueError(f"--init-from {path}: its {key} is {scfg[key]!r}, "
                              f"this run's {config.get(key)!r}")
+    if bool(scfg.get("cond_y", False)) != bool(config.get("cond_y", False)):
+        raise ValueError(f"--init-from {path}: its cond_y is {bool(scfg.get('cond_y', False))}, "
+                         f"this run's {bool(config.get('cond_y', False))}")
     flow = None
     if config["prox"] == "flow":
         flow = copy.deepcopy(source.flows[0])
         if config.get("flow"):
             given = load_flow(config["flow"], config["size"], config["channels"])
-            if dict(given.config) != dict(flow.config):
+            if dict(given.config) != {k: v for k, v in flow.config.items() if k != "cond_channels"}:
                 raise ValueError(f"--flow {config['flow']} is another Glow than the one of --init-from "
                                  f"{path} (the new folds copy the source's): drop --flow")
     record: Dict[str, Any] = {"path": str(path), "K": source.K}

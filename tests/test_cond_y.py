@@ -1,0 +1,163 @@
+"""Conditional Glows (`Glow.with_condition`, GlowStep's conditioning image) and the flow prox that reads
+A^T y in every coupling (`FlowProxSolver(cond_y=True)`, `train --cond-y`)."""
+
+import pytest
+import torch
+from conftest import glow2
+
+from invprox import InvertibleChain, testing
+from invprox.core.block import Inverse
+from invprox.flows import AffineCoupling, Glow
+from invprox.flows.step import GlowStep
+from invprox.physics import make_physics
+from invprox.solvers import FlowProxSolver
+from invprox.train.solver_setup import load_solver
+from invprox.train.solver_train import train_solver
+
+DT = torch.float64
+
+
+def _cond_glow(seed=0):
+    """glow2 made conditional, its injections random (as after training)."""
+    g = glow2(seed).with_condition(1)
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if "inject" in name:
+                p.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(seed + 5))
+    return g
+
+
+def _xc(seed=1, b=3):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(b, 1, 8, 8, generator=gen, dtype=DT) - 0.5,
+            torch.randn(b, 1, 8, 8, generator=gen, dtype=DT))
+
+
+def test_with_condition_starts_as_the_unconditional_glow():
+    g = glow2()
+    gc = g.with_condition(1)
+    x, c = _xc()
+    with torch.no_grad():
+        assert torch.equal(gc(x, c), g(x))
+        z = g(x)
+        assert torch.equal(gc.inverse(z, c), g.inverse(z))
+    assert gc.config["cond_channels"] == 1 and "cond_channels" not in g.config
+    assert gc.with_condition(1).config == gc.config  # already conditional: a copy
+    with pytest.raises(ValueError, match="conditional on 1 channels"):
+        gc.with_condition(2)
+    with pytest.raises(ValueError, match="positive int"):
+        g.with_condition(0)
+
+
+def test_conditional_glow_is_invertible_and_reads_its_condition(tmp_path):
+    g = _cond_glow()
+    x, c = _xc()
+    with torch.no_grad():
+        z = g(x, c)
+        assert testing.relative_error([g.inverse(z, c)], [x]) < 1e-12
+        assert (g(x, c + 1.0) - z).abs().max() > 1e-3  # the condition changes f
+        testing.check_logdet(g, x, c)
+    g.save(tmp_path / "g.pt")
+    h = Glow.load(tmp_path / "g.pt")
+    with torch.no_grad():
+        assert torch.allclose(h.to(DT)(x, c), z)
+    with pytest.raises(ValueError, match="conditional: pass a conditioning image of shape"):
+        g(x)
+    with pytest.raises(ValueError, match=r"shape \(3, 1, 8, 8\)"):
+        g(x, c[:, :, :4])
+    assert g.sample(3, cond=c).shape == (3, 1, 8, 8) and g.mode(3, cond=c).shape == (3, 1, 8, 8)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_conditional_steps_give_exact_gradients_to_input_condition_and_parameters(inverse):
+    g = _cond_glow()
+    blocks = g.flow_blocks()
+    if inverse:  # g = f^-1, as in a solver's fold (rebuild_inverse)
+        blocks = [Inverse(b) for b in reversed(blocks)]
+    x, c = _xc()
+    err, _ = testing.check_chain_gradients(blocks, x, c, tol=1e-9)
+    err_plain, _ = testing.check_chain_gradients(blocks, x, c, logdet=False, tol=1e-9)
+    assert err < 1e-9 and err_plain < 1e-9
+
+
+def test_conditional_step_gradient_reaches_the_condition():
+    step = GlowStep(4, hidden=6, cond_channels=1, cond_factor=2).to(DT)
+    testing.randomize_parameters(step, 0.3, seed=2)
+    x = torch.randn(2, 4, 4, 4, dtype=DT)
+    c = torch.randn(2, 1, 8, 8, dtype=DT, requires_grad=True)
+    chain = InvertibleChain([step])
+    (chain(x, c) ** 2).sum().backward()
+    assert c.grad is not None and c.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="conditioning image of shape"):
+        step(x)
+
+
+def test_inject_is_refused_where_it_cannot_work():
+    with pytest.raises(ValueError, match="inject_channels"):
+        AffineCoupling(4, hidden=4, cond_channels=1, inject_channels=2)
+    with pytest.raises(ValueError, match="inject_channels"):
+        AffineCoupling(4, net=torch.nn.Conv2d(2, 4, 1), inject_channels=2)
+    with pytest.raises(ValueError, match="needs its conditioning tensor"):
+        AffineCoupling(4, hidden=4, inject_channels=2)(torch.randn(1, 4, 2, 2))
+
+
+def _y(sigma=0.2):
+    g = torch.Generator().manual_seed(3)
+    x = 0.2 + 0.6 * torch.rand(4, 1, 8, 8, generator=g, dtype=DT)
+    return x, x + sigma * torch.randn(x.shape, generator=g, dtype=DT)
+
+
+def test_cond_y_solver_starts_as_the_plain_one_and_trains_exactly():
+    op = make_physics("denoising", (1, 8, 8))
+    x, y = _y()
+    plain = FlowProxSolver(glow2(), op, K=2).to(DT).eval()
+    cond = FlowProxSolver(glow2(), op, K=2, cond_y=True).to(DT).eval()
+    missing = cond.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.endswith("inject.weight") for k in missing)
+    with torch.no_grad():
+        assert torch.equal(cond(y), plain(y))
+    rep_p, rep_c = plain.calibrate(y, x), cond.calibrate(y, x)  # the calibration sees the same folds
+    assert rep_p["psnr"] == rep_c["psnr"]
+    testing.randomize_parameters(cond.flows, 0.05, seed=4)
+    standard = FlowProxSolver(glow2(), op, K=2, cond_y=True, memory_efficient=False).to(DT).eval()
+    standard.load_state_dict(cond.state_dict())
+    grads = []
+    for s in (cond, standard):
+        ((s(y) - x) ** 2).mean().backward()
+        grads.append([p.grad for p in s.parameters()])
+    assert testing.relative_error(*grads) < 1e-9
+    inj = [p.grad for n, p in cond.named_parameters() if "inject" in n]
+    assert all(gr is not None for gr in inj) and sum(float(gr.abs().sum()) for gr in inj) > 0
+    with torch.no_grad():
+        assert torch.allclose(cond.iterates(y)[-1], cond(y), atol=1e-12)
+        # the conditioning image is A^T y~ of the call's operator
+        assert torch.equal(cond.flow_cond(cond.flow_measurement(y))[0], y - 0.5)
+    mode = FlowProxSolver(glow2(), op, K=1, cond_y=True, start="mode").to(DT).eval()
+    assert mode.start(y).shape == y.shape
+    with pytest.raises(TypeError, match="with_condition"):
+        FlowProxSolver(InvertibleChain(glow2().flow_blocks()), op, K=1, lam_per="scalar", cond_y=True)
+
+
+def _kw(tiny_data, **over):
+    kw = dict(data=tiny_data["data"], size=8, channels=1, batch=4, epochs=2, progress=False,
+              log=lambda s: None, lr_net=1e-3, calibrate=4, max_steps=2, prox="flow", flow=tiny_data["flow"])
+    kw.update(over)
+    return kw
+
+
+def test_train_cond_y_saves_resumes_grows_and_checks(tiny_data, tmp_path):
+    m = train_solver(out=str(tmp_path / "c1"), **_kw(tiny_data, K=1, cond_y=True))
+    assert m["config"]["cond_y"] is True
+    solver, cfg = load_solver(tmp_path / "c1" / "solver.pt")
+    assert solver.cond_y and cfg["cond_y"]
+    assert any("inject" in n for n, _ in solver.named_parameters())
+    m2 = train_solver(out=str(tmp_path / "c1"), resume=True, **_kw(tiny_data, K=1, cond_y=True, max_steps=3))
+    assert m2["steps"] == 3
+    src = str(tmp_path / "c1" / "solver.pt")
+    m3 = train_solver(out=str(tmp_path / "c2"), **_kw(tiny_data, K=2, cond_y=True, init_from=src))
+    assert m3["init_from"]["K"] == 1 and load_solver(tmp_path / "c2" / "solver.pt")[0].cond_y
+    with pytest.raises(ValueError, match="its cond_y is True"):
+        train_solver(out=str(tmp_path / "c3"), **_kw(tiny_data, K=2, init_from=src))
+    with pytest.raises(ValueError, match="cond_y makes the flow prox"):
+        train_solver(out=str(tmp_path / "u"), **_kw(tiny_data, prox="unet", flow=None, features=4, depth=1,
+                                                    cond_y=True))
