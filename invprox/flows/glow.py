@@ -172,7 +172,7 @@ class Glow(ChainOwner, InvertibleModule):
             coupling=coupling, prior=prior, n_bits=n_bits, memory_efficient=memory_efficient,
             keep_every=keep_every, check=check, seed=seed, scale_min=scale_min,
         )
-        if cond_channels:  # only a conditional Glow records it: configs of unconditional ones stay as they were
+        if cond_channels:  # only a conditional Glow records it: unconditional configs stay as they were
             self.config["cond_channels"] = cond_channels
         self.cond_channels = cond_channels
         self.uses_cond = cond_channels > 0
@@ -211,7 +211,8 @@ class Glow(ChainOwner, InvertibleModule):
         if not isinstance(cond_channels, int) or cond_channels < 1:
             raise ValueError(f"cond_channels must be a positive int, got {cond_channels!r}")
         if self.cond_channels and self.cond_channels != cond_channels:
-            raise ValueError(f"this Glow is conditional on {self.cond_channels} channels, not {cond_channels}")
+            raise ValueError(f"this Glow is conditional on {self.cond_channels} channels, "
+                             f"not {cond_channels}")
         p = next(self.parameters())
         out = Glow.from_config({**self.config, "cond_channels": cond_channels}).to(p.device, p.dtype)
         missing, unexpected = out.load_state_dict(self.state_dict(), strict=False)

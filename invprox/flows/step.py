@@ -182,8 +182,9 @@ class GlowStep(InvertibleModule):
         return y_leaf, out, ld
 
     def extra_repr(self) -> str:
-        cond = f", cond_channels={self.cond_channels}, cond_factor={self.cond_factor}" if self.cond_channels else ""
-        return f"channels={self.channels}{cond}"
+        if not self.cond_channels:
+            return f"channels={self.channels}"
+        return f"channels={self.channels}, cond_channels={self.cond_channels}, cond_factor={self.cond_factor}"
 
 
 class _StepVJP(torch.autograd.Function):
