@@ -23,7 +23,7 @@ convolution (``inject_channels`` of :class:`~invprox.flows.AffineCoupling`).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +31,9 @@ from torch.nn import functional as F
 
 from ..core.block import InvertibleModule
 from .coupling import AdditiveCoupling, AffineCoupling, _Coupling
-from .layers import ActNorm, InvConv1x1
+from .layers import ActNorm, ChannelRange, InvConv1x1, SplitPrior, Squeeze, Unsqueeze
 
-__all__ = ["GlowStep", "upgrade_step_layout"]
+__all__ = ["GlowStep", "build_glow_blocks", "upgrade_step_layout"]
 
 _COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
 
@@ -185,6 +185,51 @@ class GlowStep(InvertibleModule):
         if not self.cond_channels:
             return f"channels={self.channels}"
         return f"channels={self.channels}, cond_channels={self.cond_channels}, cond_factor={self.cond_factor}"
+
+
+def build_glow_blocks(
+    in_channels: int,
+    levels: int,
+    steps: int,
+    hidden: int,
+    coupling: str = "affine",
+    seed: int = 0,
+    scale_min: float = 0.0,
+    cond_channels: int = 0,
+) -> List[nn.Module]:
+    """The blocks of a Glow flow (see the module docstring), in order.
+
+    Args:
+        in_channels: image channels ``C``.
+        levels: multi-scale levels ``L`` (each squeezes once).
+        steps: flow steps ``K`` per level.
+        hidden: hidden channels of each coupling network.
+        coupling: ``"affine"`` or ``"additive"``.
+        seed: seed of the random rotations that initialise the 1x1 convolutions.
+        scale_min: lower bound of the affine couplings' scale (see :class:`AffineCoupling`).
+        cond_channels: channels of a conditioning image of the input's size that every step reads (the
+            chain's last cond tensor; :class:`~invprox.flows.step.GlowStep`); 0: unconditional.
+    """
+    if coupling not in _COUPLINGS:
+        raise ValueError(f"coupling must be one of {tuple(_COUPLINGS)}, got {coupling!r}")
+    for name, v in (("in_channels", in_channels), ("levels", levels), ("steps", steps), ("hidden", hidden)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    blocks: List[nn.Module] = []
+    total = active = in_channels
+    for level in range(levels):
+        blocks.append(Squeeze())
+        total, active = 4 * total, 4 * active
+        for _ in range(steps):
+            blocks.append(GlowStep(active, hidden, coupling, scale_min, generator=gen,
+                                   cond_channels=cond_channels, cond_factor=2 ** (level + 1)))
+        if level < levels - 1:
+            split = SplitPrior(active)
+            blocks.append(split if active == total else ChannelRange(split, active))
+            active //= 2
+    blocks += [Unsqueeze() for _ in range(levels)]
+    return blocks
 
 
 class _StepVJP(torch.autograd.Function):

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from .baselines import ResNetProx, UNetProx, UnrolledSolver
-from .flow_prox import _LAM_MIN, FlowProxSolver
+from .flow_prox import FlowProxSolver
+from .shrinkage import _LAM_MIN
 
 __all__ = ["grow_solver", "IDENTITY_MU"]
 

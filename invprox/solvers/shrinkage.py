@@ -1,0 +1,125 @@
+"""The latent proximal steps of the flow prox (:class:`~invprox.solvers.FlowProxSolver`): Gaussian shrinkage
+``z / (1 + lambda)`` (invertible) and soft thresholding (Laplace), with a learned ``lambda >= 0``, one
+scalar or one per multi-scale level of the latent."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..core.block import InvertibleModule
+
+__all__ = ["LatentShrinkage", "SoftThreshold"]
+
+
+_LAM_MIN = 1e-4  # the smallest lambda a calibration sets ("no shrinkage")
+
+
+def _inv_softplus(v: float) -> float:
+    """``softplus^-1(v)``, stable for large ``v``."""
+    return v + math.log(-math.expm1(-v))
+
+
+def _check_lam(lam_init: float) -> float:
+    if isinstance(lam_init, bool) or not isinstance(lam_init, (int, float)):
+        raise TypeError(f"lam_init must be a number, got {type(lam_init).__name__}")
+    if not (math.isfinite(lam_init) and lam_init > 0):
+        raise ValueError(f"lam_init must be positive and finite, got {lam_init!r}")
+    return float(lam_init)
+
+
+class _LearnedLambda(nn.Module):
+    """A learned shrinkage ``lambda = softplus(raw) >= 0`` (whatever the optimiser does).
+
+    ``levels``: optional long tensor ``(C, H, W)`` giving each latent entry a group (the multi-scale level
+    of :meth:`invprox.flows.Glow.latent_levels`); there is then one ``lambda`` per group, else one scalar.
+    """
+
+    uses_cond = False
+    # the engine's plan (invprox.core.block): no randomness, reads only lambda; ``levels`` is constant
+    draws_random = False
+    self_contained = True
+    static_buffers = True
+
+    def __init__(self, lam_init: float = 0.1, levels: Optional[Tensor] = None):
+        super().__init__()
+        raw = torch.tensor(_inv_softplus(_check_lam(lam_init)))
+        if levels is not None:
+            if not isinstance(levels, Tensor) or levels.dtype != torch.long or levels.numel() == 0:
+                raise TypeError("levels must be a non-empty long tensor of latent groups")
+            if int(levels.min()) < 0:
+                raise ValueError("levels must be non-negative group indices")
+            raw = raw.repeat(int(levels.max()) + 1)
+            self.register_buffer("levels", levels.clone(), persistent=False)
+        else:
+            self.levels = None
+        self.raw_lam = nn.Parameter(raw)
+
+    @property
+    def lam(self) -> Tensor:
+        """``lambda``: a scalar, or one value per level."""
+        return F.softplus(self.raw_lam)
+
+    @torch.no_grad()
+    def set_lam(self, lam: Union[float, Sequence[float]]) -> None:
+        """Set ``lambda`` (a number, or one per level), e.g. from a calibration."""
+        vals = torch.as_tensor(lam, dtype=torch.float64).reshape(-1).tolist()
+        if len(vals) not in (1, self.raw_lam.numel()):
+            raise ValueError(f"expected 1 or {self.raw_lam.numel()} values of lambda, got {len(vals)}")
+        raw = [_inv_softplus(_check_lam(max(float(v), _LAM_MIN))) for v in vals]
+        src = torch.tensor(raw, dtype=self.raw_lam.dtype, device=self.raw_lam.device)
+        self.raw_lam.copy_(src.reshape(self.raw_lam.shape) if src.numel() == self.raw_lam.numel() else src[0])
+
+    def _per_entry(self, v: Tensor, like: Tensor) -> Tensor:
+        v = v.to(dtype=like.dtype, device=like.device)
+        return v if self.levels is None else v[self.levels.to(like.device)]
+
+    def extra_repr(self) -> str:
+        lam = self.lam.detach().reshape(-1).tolist()
+        per = " (per level)" if self.levels is not None else ""
+        return "lam=" + ", ".join(f"{v:.4g}" for v in lam) + per
+
+
+class LatentShrinkage(_LearnedLambda, InvertibleModule):
+    """``z -> z / (1 + lambda)``: the proximal step of a standard Gaussian latent prior.
+
+    With ``levels``, ``z_l / (1 + lambda_l)`` per multi-scale level: the exact prox of a Gaussian prior
+    whose levels carry their own weights. Invertible for every ``lambda >= 0``.
+
+    Args:
+        lam_init: initial ``lambda`` (> 0), every level alike.
+        levels: optional ``(C, H, W)`` long tensor of latent levels (see :class:`_LearnedLambda`).
+    """
+
+    def _factor(self, z: Tensor) -> Tensor:
+        return self._per_entry(1.0 / (1.0 + self.lam), z)
+
+    def forward(self, z: Tensor) -> Tensor:
+        return z * self._factor(z)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y / self._factor(y)
+
+    def forward_and_logdet(self, z: Tensor):
+        c = self._factor(z)
+        logc = torch.log(c).expand(z.shape[1:]).sum() if c.dim() else torch.log(c) * z[0].numel()
+        return z * c, logc.expand(z.shape[0])
+
+
+class SoftThreshold(_LearnedLambda):
+    """``z -> sign(z) max(|z| - lambda, 0)``: the proximal step of a Laplace latent prior.
+
+    Not invertible (``invertible = False``): the engine keeps its input.
+
+    Args:
+        lam_init: initial ``lambda`` (> 0).
+    """
+
+    invertible = False
+
+    def forward(self, z: Tensor) -> Tensor:
+        return torch.sign(z) * F.relu(z.abs() - self._per_entry(self.lam, z))
