@@ -38,6 +38,8 @@
 #                                           # with AVX-512 (3.4x the steps of the first one; ~35 min)
 #     benchmarks/table1.sh cond_y           # flow prox whose Glows also read A^T y (--cond-y), K = 1 and
 #                                           # K = 4, whole budget (second machine; ~35 min)
+#     benchmarks/table1.sh tasks_cond       # inpainting, deblurring: flow prox with and without --cond-y,
+#                                           # U-Net prox (second machine; ~30 min)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -580,6 +582,40 @@ stage_cond_y() {
     wait
 }
 
+stage_tasks_cond() {
+    # Inpainting and deblurring as in stage tasks_prior (K = 4, TASK_BUDGET minutes, that prior at LR_FLOW),
+    # on the second machine: the flow prox with conditional Glows (--cond-y) and without, and U-Net prox.
+    local common=(--sigma 0.05 --budget-minutes "$TASK_BUDGET" --val-every 50 --n-val 64
+                  --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    local inp=(--task inpainting --p-missing 0.5) deb=(--task deblurring --kernel gaussian --blur-std 1.5)
+    local flow=(--prox flow --flow "$RES/glow_celeba32_more.pt" --standard-autograd --lr-net "$LR_FLOW"
+                --skip-nonfinite 10)
+    local task
+    train flow_inpainting_cond_m2 "${common[@]}" "${inp[@]}" "${flow[@]}" --cond-y &
+    train flow_deblurring_cond_m2 "${common[@]}" "${deb[@]}" "${flow[@]}" --cond-y &
+    wait
+    train flow_inpainting_m2 "${common[@]}" "${inp[@]}" "${flow[@]}" &
+    train flow_deblurring_m2 "${common[@]}" "${deb[@]}" "${flow[@]}" &
+    wait
+    train unet_inpainting_m2 "${common[@]}" "${inp[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
+    train unet_deblurring_m2 "${common[@]}" "${deb[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
+    wait
+    for task in inpainting deblurring; do
+        rm -rf "$RUNS/eval_${task}_cond_m2"
+        timed "eval $task cond m2" invprox eval --model "$RUNS/flow_${task}_cond_m2/solver.pt" \
+            --name "flow prox, cond y" --model "$RUNS/flow_${task}_m2/solver.pt" --name "flow prox" \
+            --model "$RUNS/unet_${task}_m2/solver.pt" --name "U-Net prox" --data celeba64 --split val \
+            --limit "$TASK_LIMIT" --sigmas 0.05 --seed 0 --no-progress --out "$RUNS/eval_${task}_cond_m2" &
+    done
+    wait
+    for task in inpainting deblurring; do
+        for f in results.md results.json; do cp "$RUNS/eval_${task}_cond_m2/$f" "$RES/tasks_${task}_cond_m2_$f"; done
+        for m in flow_${task}_cond_m2 flow_${task}_m2 unet_${task}_m2; do
+            cp "$RUNS/$m/metrics.json" "$RES/tasks_train_$m.json"
+        done
+    done
+}
+
 stage_k1_screen() {
     # One-fold flow prox runs of GROW_K1 minutes beside stage grow's flow_dn_k1 (lr 1e-4, calibrated mu):
     # lr 3e-4, and the step mu kept at 0.5 by the calibration.
@@ -611,9 +647,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|cond_y) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|cond_y|tasks_cond) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, cond_y)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, cond_y, tasks_cond)" >&2
            exit 2 ;;
     esac
 done
