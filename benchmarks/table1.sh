@@ -38,6 +38,8 @@
 #                                           # with AVX-512 (3.4x the steps of the first one; ~35 min)
 #     benchmarks/table1.sh cond_y           # flow prox whose Glows also read A^T y (--cond-y), K = 1 and
 #                                           # K = 4, whole budget (second machine; ~35 min)
+#     benchmarks/table1.sh channel          # one-fold flow prox with a lambda per latent channel
+#                                           # (--lam-per channel), with and without --cond-y (~35 min)
 #     benchmarks/table1.sh tasks_cond       # inpainting, deblurring: flow prox with and without --cond-y,
 #                                           # U-Net prox (second machine; ~30 min)
 #
@@ -582,6 +584,19 @@ stage_cond_y() {
     wait
 }
 
+stage_channel() {
+    # One fold for the whole budget (as stage k1_m2, second machine) with one shrinkage per channel of the
+    # flow's internal tensor (66 lambdas instead of 3), alone and with conditional Glows (--cond-y).
+    local flow=("${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --lam-per channel
+                --K 1)
+    train flow_dn_k1_channel "${flow[@]}" &
+    train flow_dn_k1_channel_cond "${flow[@]}" --cond-y &
+    wait
+    eval_test flow_dn_k1_channel &
+    eval_test flow_dn_k1_channel_cond &
+    wait
+}
+
 stage_tasks_cond() {
     # Inpainting and deblurring as in stage tasks_prior (K = 4, TASK_BUDGET minutes, that prior at LR_FLOW),
     # on the second machine: the flow prox with conditional Glows (--cond-y) and without, and U-Net prox.
@@ -647,9 +662,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|cond_y|tasks_cond) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|cond_y|channel|tasks_cond) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, cond_y, tasks_cond)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, cond_y, channel, tasks_cond)" >&2
            exit 2 ;;
     esac
 done

@@ -101,7 +101,7 @@ def test_solver_options_are_checked():
     assert FlowProxSolver(glow2(), op, K=2).shrink[0].raw_lam.numel() == 2
     assert FlowProxSolver(glow2(), op, K=2, lam_per="scalar").shrink[0].raw_lam.numel() == 1
     with pytest.raises(ValueError, match="lam_per"):
-        FlowProxSolver(glow2(), op, K=1, lam_per="channel")
+        FlowProxSolver(glow2(), op, K=1, lam_per="entry")
     with pytest.raises(ValueError, match="start"):
         FlowProxSolver(glow2(), op, K=1, start="zeros")
 

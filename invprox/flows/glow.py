@@ -184,20 +184,40 @@ class Glow(ChainOwner, InvertibleModule):
         solver shrink each scale by its own amount (``z_l / (1 + lambda_l)`` is the exact prox of a
         Gaussian prior with per-level weights).
         """
+        return self._latent_labels(per_channel=False)
+
+    def latent_channels(self) -> Tensor:
+        """The channel of the flow's internal tensor that every latent entry comes from, numbered across
+        levels (level 0's factored-out channels first), a long tensor of shape ``(C, H, W)``.
+
+        Finer than :meth:`latent_levels` and, like it, the same at every position: a solver that shrinks
+        each channel by its own amount (still the exact prox of a Gaussian prior, now with per-channel
+        weights) lets its flow route noise to channels it shrinks and detail to channels it keeps.
+        """
+        return self._latent_labels(per_channel=True)
+
+    def _latent_labels(self, per_channel: bool) -> Tensor:
         lab = torch.full((1, self.in_channels, *self.image_size), -1.0)
-        level = 0
+        label = 0
         for b in self.chain.blocks:
             if isinstance(b, Squeeze):
                 lab = squeeze2d(lab)
             elif isinstance(b, Unsqueeze):
+                label = self._label(lab, label, per_channel)  # what passed every level (once)
                 lab = unsqueeze2d(lab)
             elif isinstance(b.block if isinstance(b, ChannelRange) else b, SplitPrior):
                 n = b.channels if isinstance(b, ChannelRange) else lab.shape[1]
-                part = lab[:, n // 2 : n]
-                part[part < 0] = level
-                level += 1
-        lab[lab < 0] = level
+                label = self._label(lab[:, n // 2 : n], label, per_channel)
         return lab[0].long()
+
+    @staticmethod
+    def _label(part: Tensor, label: int, per_channel: bool) -> int:
+        """Give the unlabelled channels of ``part`` (in place) the next label, or one label each."""
+        free = [c for c in range(part.shape[1]) if bool((part[:, c] < 0).all())]
+        for c in free:
+            part[:, c] = label
+            label += per_channel
+        return label + (not per_channel and bool(free))
 
     def _set_memory_efficient(self, value: bool) -> None:  # ChainOwner's setter; the config follows
         self.chain.memory_efficient = value

@@ -95,6 +95,10 @@ def calibrate_flow_solver(
         report["start_psnr"] = float(psnr((cur + 0.5).clamp(0, 1), x).mean())
         y_flow = solver.flow_measurement(y, op)
         fc = solver.flow_cond(y_flow, op)
+        # one value per lambda group, or per level where several groups share a level (lam_per="channel")
+        groups = getattr(solver, "lam_group_level", None)
+        n_cal = solver.shrink[0].raw_lam.numel() if groups is None else max(groups) + 1
+        expand = (lambda v: v) if groups is None else (lambda v: [v[g] for g in groups])
         folds_out: List[Dict[str, Any]] = []
         for k in range(solver.K):
             flow = solver.flows[0 if solver.tied else k]
@@ -103,17 +107,16 @@ def calibrate_flow_solver(
                 cur = solver.fold(k, cur, y_flow, op)
                 folds_out.append(_fold_report(dc, shrink, cur, x, False))
                 continue
-            n_lam = shrink.raw_lam.numel()
             best = None
             for t in mu_grid:
                 dc.set_fraction(float(t))
                 z = flow(dc(cur, y_flow), *fc)
-                lam = [lam_grid[0]] * n_lam
+                lam = [lam_grid[0]] * n_cal
                 err = None
-                for level in range(n_lam):
+                for level in range(n_cal):
                     for v in lam_grid:
                         trial = lam[:level] + [v] + lam[level + 1:]
-                        shrink.set_lam(trial)
+                        shrink.set_lam(expand(trial))
                         e = _mse(flow.inverse(shrink(z), *fc), x)
                         if err is None or e < err:
                             err, lam = e, trial
@@ -121,7 +124,7 @@ def calibrate_flow_solver(
                     best = (err, float(t), lam)
             _, t, lam = best
             dc.set_fraction(t)
-            shrink.set_lam(lam)
+            shrink.set_lam(expand(lam))
             cur = solver.fold(k, cur, y_flow, op)
             folds_out.append(_fold_report(dc, shrink, cur, x, True))
         report["folds"] = folds_out

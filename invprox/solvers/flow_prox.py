@@ -74,8 +74,11 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         mu_init: initial step ``mu_k`` as a fraction of ``1 / ||A||^2``.
         lam_init: initial ``lambda_k``.
         lam_per: ``"level"`` (default): one ``lambda_{k,l}`` per multi-scale level ``l`` of the latent
-            (:meth:`invprox.flows.Glow.latent_levels`); ``"scalar"``: one ``lambda_k`` per fold (the
-            seed paper's model).
+            (:meth:`invprox.flows.Glow.latent_levels`); ``"channel"``: one per channel of the flow's
+            internal tensor where it leaves the flow (:meth:`invprox.flows.Glow.latent_channels`, 66 for
+            a 3-level Glow of RGB images), so training can route noise to channels it shrinks and keep
+            detail in others (the calibration sets one value per level); ``"scalar"``: one
+            ``lambda_k`` per fold (the seed paper's model).
         start: ``"smooth"`` (default): ``x_0`` is :class:`~invprox.solvers.start.SmoothStart`, a
             smoothness-regularised least-squares estimate from ``y``; ``"mode"``: ``x_0 = g_1(0)``, the
             flow's most likely image (the seed paper's start). :meth:`calibrate` sets the start, ``mu_k``
@@ -126,16 +129,23 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         shrinkage = shrinkage or getattr(flow, "prior", "gaussian")
         if shrinkage not in ("gaussian", "laplace"):
             raise ValueError(f"shrinkage must be 'gaussian' or 'laplace', got {shrinkage!r}")
-        if lam_per not in ("level", "scalar"):
-            raise ValueError(f"lam_per must be 'level' or 'scalar', got {lam_per!r}")
+        if lam_per not in ("level", "channel", "scalar"):
+            raise ValueError(f"lam_per must be 'level', 'channel' or 'scalar', got {lam_per!r}")
         if start not in ("smooth", "mode"):
             raise ValueError(f"start must be 'smooth' or 'mode', got {start!r}")
         levels = None
-        if lam_per == "level":
-            if not callable(getattr(flow, "latent_levels", None)):
-                raise TypeError(f"lam_per='level' needs a flow with latent_levels() (a multi-scale Glow); "
+        #: the multi-scale level of each lambda group where there are several groups per level
+        #: (``lam_per="channel"``; the calibration chooses one value per level), else ``None``
+        self.lam_group_level: Optional[List[int]] = None
+        if lam_per != "scalar":
+            need = "latent_levels" if lam_per == "level" else "latent_channels"
+            if not callable(getattr(flow, need, None)):
+                raise TypeError(f"lam_per={lam_per!r} needs a flow with {need}() (a multi-scale Glow); "
                                 f"{type(flow).__name__} has none: use lam_per='scalar'")
-            levels = flow.latent_levels()
+            levels = getattr(flow, need)()
+            if lam_per == "channel":
+                lv = flow.latent_levels()
+                self.lam_group_level = [int(lv[levels == g][0]) for g in range(int(levels.max()) + 1)]
         self.K, self.tied, self.shrinkage, self.lam_per = K, tied, shrinkage, lam_per
         self.smooth_start = SmoothStart() if start == "smooth" else None
         hw, c = getattr(flow, "image_size", None), getattr(flow, "in_channels", None)

@@ -65,8 +65,9 @@ class TrainConfig:
                                     choices=("gaussian", "laplace"))
     mu_init: float = _opt(0.5, "initial step mu_k as a fraction of 1/||A||^2", float)
     lam_init: float = _opt(0.1, "flow: initial latent shrinkage lambda_k", float)
-    lam_per: str = _opt("level", "flow: one lambda per multi-scale latent level, or one per fold (the "
-                        "paper's)", choices=("level", "scalar"))
+    lam_per: str = _opt("level", "flow: one lambda per multi-scale latent level, per channel of the flow's "
+                        "internal tensor, or one per fold (the paper's)",
+                        choices=("level", "channel", "scalar"))
     cond_y: bool = _opt(False, "flow: every coupling network also reads A^T y (the measurement in image "
                         "space) through a zero-initialised 1x1 convolution: a conditional Glow per fold")
     start: str = _opt("smooth", "x_0: smoothness-regularised least squares from y, or the paper's (flow: "

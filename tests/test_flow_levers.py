@@ -1,5 +1,6 @@
-"""Conditional Glows (`Glow.with_condition`, GlowStep's conditioning image) and the flow prox that reads
-A^T y in every coupling (`FlowProxSolver(cond_y=True)`, `train --cond-y`)."""
+"""The flow prox's levers: conditional Glows (`Glow.with_condition`, GlowStep's conditioning image) and the
+flow prox that reads A^T y in every coupling (`FlowProxSolver(cond_y=True)`, `train --cond-y`); one
+shrinkage per channel of the latent (`Glow.latent_channels`, `lam_per="channel"`)."""
 
 import pytest
 import torch
@@ -161,3 +162,37 @@ def test_train_cond_y_saves_resumes_grows_and_checks(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="cond_y makes the flow prox"):
         train_solver(out=str(tmp_path / "u"), **_kw(tiny_data, prox="unet", flow=None, features=4, depth=1,
                                                     cond_y=True))
+
+
+def test_latent_channels_refine_the_levels():
+    g = glow2()
+    lv, ch = g.latent_levels(), g.latent_channels()
+    assert lv.shape == ch.shape == (1, 8, 8)
+    # level 0 factors out 2 of the 4 squeezed channels at 4x4, level 1 keeps all 8 at 2x2
+    assert lv.flatten().bincount().tolist() == [32, 32]
+    assert ch.flatten().bincount().tolist() == [16, 16] + [4] * 8
+    for c in range(int(ch.max()) + 1):  # each channel lies in one level, and levels come in order
+        assert lv[ch == c].unique().tolist() == [0 if c < 2 else 1]
+    big = Glow(in_channels=3, image_size=32, levels=3, steps=1, hidden=4)
+    assert int(big.latent_channels().max()) + 1 == 6 + 12 + 48
+
+
+def test_lam_per_channel_calibrates_per_level_and_learns_per_channel(tiny_data, tmp_path):
+    op = make_physics("denoising", (1, 8, 8))
+    x, y = _y()
+    lev = FlowProxSolver(glow2(), op, K=2).to(DT)
+    ch = FlowProxSolver(glow2(), op, K=2, lam_per="channel").to(DT)
+    assert ch.lam_group_level == [0, 0] + [1] * 8 and ch.shrink[0].raw_lam.numel() == 10
+    rep_l, rep_c = lev.calibrate(y, x), ch.calibrate(y, x)
+    assert rep_c["psnr"] == rep_l["psnr"]  # one value per level: the same choice
+    lam = rep_c["folds"][0]["lam"]
+    assert lam[:2] == [rep_l["folds"][0]["lam"][0]] * 2 and lam[2:] == [rep_l["folds"][0]["lam"][1]] * 8
+    testing.randomize_parameters(ch.flows, 0.05, seed=4)
+    ((ch(y) - x) ** 2).mean().backward()
+    g = ch.shrink[0].raw_lam.grad
+    assert g.shape == (10,) and len(set(g.tolist())) > 2  # each channel its own gradient
+    with pytest.raises(TypeError, match="latent_channels"):
+        FlowProxSolver(InvertibleChain(glow2().flow_blocks()), op, K=1, lam_per="channel")
+    m = train_solver(out=str(tmp_path / "ch"), **_kw(tiny_data, K=1, lam_per="channel"))
+    assert m["config"]["lam_per"] == "channel"
+    assert load_solver(tmp_path / "ch" / "solver.pt")[0].lam_per == "channel"
