@@ -36,6 +36,7 @@
 #                                           # grown from k1_screen's lr-3e-4 fold (~35 min)
 #     benchmarks/table1.sh k1_m2            # one-fold flow and U-Net prox for the whole budget, on a machine
 #                                           # with AVX-512 (3.4x the steps of the first one; ~35 min)
+#     benchmarks/table1.sh k1_m2_resnet     # the same for ResNet prox (~30 min, one core)
 #     benchmarks/table1.sh cond_y           # flow prox whose Glows also read A^T y (--cond-y), K = 1 and
 #                                           # K = 4, whole budget (second machine; ~35 min)
 #     benchmarks/table1.sh channel          # one-fold flow prox with a lambda per latent channel
@@ -573,6 +574,11 @@ stage_k1_m2() {
     wait
 }
 
+stage_k1_m2_resnet() {  # stage k1_m2 for ResNet prox (one core)
+    train resnet_dn_k1_m2 "${PROTOCOL[@]}" "${RESNET[@]}" --lr-net "$LR_CNN" --K 1 --budget-minutes "$BUDGET"
+    eval_test resnet_dn_k1_m2
+}
+
 stage_cond_y() {
     # The flow prox with conditional Glows (--cond-y: every coupling network also reads A^T y, through a
     # zero-initialised 1x1 convolution), one fold and four, the whole budget, beside stage k1_m2's runs.
@@ -664,9 +670,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|cond_y|channel|tasks_cond) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|tasks_cond) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, cond_y, channel, tasks_cond)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, tasks_cond)" >&2
            exit 2 ;;
     esac
 done
