@@ -42,6 +42,8 @@
 #     benchmarks/table1.sh channel          # one-fold flow prox with a lambda per latent channel
 #                                           # (--lam-per channel): Gaussian shrinkage and soft
 #                                           # thresholding (--shrinkage laplace) (~35 min)
+#     benchmarks/table1.sh channel_cond     # one-fold flow prox with both: --lam-per channel --cond-y
+#                                           # (~30 min, one core)
 #     benchmarks/table1.sh tasks_cond       # inpainting, deblurring: flow prox with and without --cond-y,
 #                                           # U-Net prox (second machine; ~30 min)
 #
@@ -605,6 +607,12 @@ stage_channel() {
     wait
 }
 
+stage_channel_cond() {  # stage channel's Gaussian run with conditional Glows too (one core)
+    train flow_dn_k1_channel_cond "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
+        --lam-per channel --K 1 --cond-y
+    eval_test flow_dn_k1_channel_cond
+}
+
 stage_tasks_cond() {
     # Inpainting and deblurring as in stage tasks_prior (K = 4, TASK_BUDGET minutes, that prior at LR_FLOW),
     # on the second machine: the flow prox with conditional Glows (--cond-y) and without, and U-Net prox.
@@ -614,14 +622,16 @@ stage_tasks_cond() {
     local flow=(--prox flow --flow "$RES/glow_celeba32_more.pt" --standard-autograd --lr-net "$LR_FLOW"
                 --skip-nonfinite 10)
     local task
-    train flow_inpainting_cond_m2 "${common[@]}" "${inp[@]}" "${flow[@]}" --cond-y &
-    train flow_deblurring_cond_m2 "${common[@]}" "${deb[@]}" "${flow[@]}" --cond-y &
-    wait
-    train flow_inpainting_m2 "${common[@]}" "${inp[@]}" "${flow[@]}" &
-    train flow_deblurring_m2 "${common[@]}" "${deb[@]}" "${flow[@]}" &
-    wait
-    train unet_inpainting_m2 "${common[@]}" "${inp[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
-    train unet_deblurring_m2 "${common[@]}" "${deb[@]}" "${UNET[@]}" --lr-net "$LR_CNN" &
+    {   # two lanes of three runs, one per core
+        train flow_inpainting_cond_m2 "${common[@]}" "${inp[@]}" "${flow[@]}" --cond-y
+        train flow_inpainting_m2 "${common[@]}" "${inp[@]}" "${flow[@]}"
+        train unet_inpainting_m2 "${common[@]}" "${inp[@]}" "${UNET[@]}" --lr-net "$LR_CNN"
+    } &
+    {
+        train flow_deblurring_cond_m2 "${common[@]}" "${deb[@]}" "${flow[@]}" --cond-y
+        train flow_deblurring_m2 "${common[@]}" "${deb[@]}" "${flow[@]}"
+        train unet_deblurring_m2 "${common[@]}" "${deb[@]}" "${UNET[@]}" --lr-net "$LR_CNN"
+    } &
     wait
     for task in inpainting deblurring; do
         rm -rf "$RUNS/eval_${task}_cond_m2"
@@ -670,9 +680,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|tasks_cond) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|tasks_cond) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, tasks_cond)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, tasks_cond)" >&2
            exit 2 ;;
     esac
 done
