@@ -44,6 +44,9 @@
 #                                           # thresholding (--shrinkage laplace) (~35 min)
 #     benchmarks/table1.sh channel_cond     # one-fold flow prox with both: --lam-per channel --cond-y
 #                                           # (~30 min, one core)
+#     benchmarks/table1.sh lam_y            # one-fold flow prox whose shrinkage map is read from A^T y
+#                                           # (--lam-y; ~30 min, one core)
+#     benchmarks/table1.sh lam_y_cond       # the same with conditional Glows too (--cond-y; one core)
 #     benchmarks/table1.sh tasks_cond       # inpainting, deblurring: flow prox with and without --cond-y,
 #                                           # U-Net prox (second machine; ~30 min)
 #
@@ -613,6 +616,17 @@ stage_channel_cond() {  # stage channel's Gaussian run with conditional Glows to
     eval_test flow_dn_k1_channel_cond
 }
 
+stage_lam_y() {  # one fold for the whole budget (second machine), lambda map read from A^T y (one core)
+    train flow_dn_k1_lamy "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 --lam-y
+    eval_test flow_dn_k1_lamy
+}
+
+stage_lam_y_cond() {  # the same with conditional Glows (one core)
+    train flow_dn_k1_lamy_cond "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 \
+        --lam-y --cond-y
+    eval_test flow_dn_k1_lamy_cond
+}
+
 stage_tasks_cond() {
     # Inpainting and deblurring as in stage tasks_prior (K = 4, TASK_BUDGET minutes, that prior at LR_FLOW),
     # on the second machine: the flow prox with conditional Glows (--cond-y) and without, and U-Net prox.
@@ -680,9 +694,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|tasks_cond) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, tasks_cond)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond)" >&2
            exit 2 ;;
     esac
 done

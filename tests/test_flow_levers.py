@@ -159,7 +159,7 @@ def test_train_cond_y_saves_resumes_grows_and_checks(tiny_data, tmp_path):
     assert m3["init_from"]["K"] == 1 and load_solver(tmp_path / "c2" / "solver.pt")[0].cond_y
     with pytest.raises(ValueError, match="its cond_y is True"):
         train_solver(out=str(tmp_path / "c3"), **_kw(tiny_data, K=2, init_from=src))
-    with pytest.raises(ValueError, match="cond_y makes the flow prox"):
+    with pytest.raises(ValueError, match="cond_y is an option of the flow prox"):
         train_solver(out=str(tmp_path / "u"), **_kw(tiny_data, prox="unet", flow=None, features=4, depth=1,
                                                     cond_y=True))
 
@@ -196,3 +196,43 @@ def test_lam_per_channel_calibrates_per_level_and_learns_per_channel(tiny_data, 
     m = train_solver(out=str(tmp_path / "ch"), **_kw(tiny_data, K=1, lam_per="channel"))
     assert m["config"]["lam_per"] == "channel"
     assert load_solver(tmp_path / "ch" / "solver.pt")[0].lam_per == "channel"
+
+
+def test_lam_y_reads_lambda_from_the_measurement(tiny_data, tmp_path):
+    op = make_physics("denoising", (1, 8, 8))
+    x, y = _y()
+    plain = FlowProxSolver(glow2(), op, K=2).to(DT).eval()
+    ly = FlowProxSolver(glow2(), op, K=2, lam_y=True).to(DT).eval()
+    ly.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        ly.shrink[0].set_lam([0.3, 0.7])
+        plain.shrink[0].set_lam([0.3, 0.7])
+        assert torch.allclose(ly(y), plain(y), atol=1e-12)  # the map starts at the groups' values
+    assert ly.calibrate(y, x)["psnr"] == plain.calibrate(y, x)["psnr"]
+    n_step = sum(p.numel() for p in ly.step_parameters())
+    assert n_step == 2 * (1 + 2)  # mu_k and the 2 level lambdas per fold; the map's network is not
+    testing.randomize_parameters(ly.flows, 0.05, seed=4)
+    testing.randomize_parameters(ly.shrink, 0.05, seed=6)
+    with torch.no_grad():
+        assert (ly(y) - ly(y + 0.1)).abs().max() > 1e-4
+        s = ly.shrink[0]
+        c = torch.randn(4, 1, 8, 8, dtype=DT)
+        z = torch.randn(4, 1, 8, 8, dtype=DT)
+        assert torch.allclose(s.inverse(s(z, c), c), z, atol=1e-12)
+        testing.check_logdet(s, z, c)
+    standard = FlowProxSolver(glow2(), op, K=2, lam_y=True, memory_efficient=False)
+    standard = standard.to(DT).eval()
+    standard.load_state_dict(ly.state_dict())
+    grads = []
+    for m in (ly, standard):
+        ((m(y) - x) ** 2).mean().backward()
+        grads.append([p.grad for p in m.parameters()])
+    assert testing.relative_error(*grads) < 1e-9
+    assert ly.shrink[0].lam_net[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="lam_y needs Gaussian"):
+        FlowProxSolver(glow2(), op, K=1, lam_y=True, lam_per="scalar")
+    m = train_solver(out=str(tmp_path / "ly"), **_kw(tiny_data, K=1, lam_y=True, cond_y=True,
+                                                     lam_per="channel"))
+    assert m["config"]["lam_y"] is True
+    loaded = load_solver(tmp_path / "ly" / "solver.pt")[0]
+    assert loaded.lam_y and loaded.cond_y

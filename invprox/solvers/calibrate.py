@@ -95,6 +95,7 @@ def calibrate_flow_solver(
         report["start_psnr"] = float(psnr((cur + 0.5).clamp(0, 1), x).mean())
         y_flow = solver.flow_measurement(y, op)
         fc = solver.flow_cond(y_flow, op)
+        sc = solver.shrink_cond(y_flow, op) if callable(getattr(solver, "shrink_cond", None)) else ()
         # one value per lambda group, or per level where several groups share a level (lam_per="channel")
         groups = getattr(solver, "lam_group_level", None)
         n_cal = solver.shrink[0].raw_lam.numel() if groups is None else max(groups) + 1
@@ -117,7 +118,7 @@ def calibrate_flow_solver(
                     for v in lam_grid:
                         trial = lam[:level] + [v] + lam[level + 1:]
                         shrink.set_lam(expand(trial))
-                        e = _mse(flow.inverse(shrink(z), *fc), x)
+                        e = _mse(flow.inverse(shrink(z, *sc), *fc), x)
                         if err is None or e < err:
                             err, lam = e, trial
                 if best is None or err < best[0]:

@@ -94,6 +94,10 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
             measurement in flow space) through a zero-initialised 1x1 convolution
             (:meth:`invprox.flows.Glow.with_condition`): until trained, each fold computes what it computes
             without it. Needs a Glow with ``with_condition``.
+        lam_y: the shrinkage's ``lambda`` becomes a map over the latent read from ``c = A^T y~`` by a small
+            convolutional network that starts at zero (:class:`~invprox.solvers.shrinkage.LatentShrinkage`
+            with ``cond_channels``): the fold can shrink each region by what the measurement shows there.
+            Gaussian shrinkage with ``lam_per`` ``"level"`` or ``"channel"`` only.
 
     Shapes:
         ``y``: the measurement, shape of ``physics.A(x)``; output: ``(B, C, H, W)`` in image space
@@ -115,6 +119,7 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         check: Optional[str] = None,
         memory_efficient: bool = True,
         cond_y: bool = False,
+        lam_y: bool = False,
     ):
         super().__init__()
         if not isinstance(K, int) or K < 1:
@@ -155,7 +160,11 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         self.flows = nn.ModuleList(flows[:1] if tied else flows)
         self.dc = nn.ModuleList(DataConsistency(physics, mu_init=mu_init) for _ in range(K))
         shrink = LatentShrinkage if shrinkage == "gaussian" else SoftThreshold
-        self.shrink = nn.ModuleList(shrink(lam_init, levels) for _ in range(K))
+        if lam_y and (shrinkage != "gaussian" or levels is None):
+            raise ValueError("lam_y needs Gaussian shrinkage and lam_per 'level' or 'channel'")
+        self.lam_y = bool(lam_y)
+        kw = {"cond_channels": flow.in_channels} if lam_y else {}
+        self.shrink = nn.ModuleList(shrink(lam_init, levels, **kw) for _ in range(K))
         self.physics = physics
         blocks: List[nn.Module] = []
         for k in range(K):
@@ -191,7 +200,7 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
 
     def step_parameters(self) -> List[nn.Parameter]:
         """The learned step sizes ``mu_k`` and shrinkages ``lambda_k`` (own learning rate in the paper)."""
-        return [p for m in (*self.dc, *self.shrink) for p in m.parameters()]
+        return [p for m in (*self.dc, *self.shrink) for n, p in m.named_parameters() if "lam_net" not in n]
 
     def split_prior_parameters(self) -> List[nn.Parameter]:
         """The parameters of the flows' learned split priors (:class:`~invprox.flows.layers.SplitPrior`):
@@ -257,21 +266,31 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
             raise ValueError(f"y must be a batched measurement tensor, got {type(y).__name__}")
         op = self.physics if physics is None else physics
         y_flow = self.flow_measurement(y, op)
-        return self.chain_for(op)(self.start(y, op), y_flow, *self.flow_cond(y_flow, op)) + 0.5
+        return self.chain_for(op)(self.start(y, op), y_flow, *self.cond_image(y_flow, op)) + 0.5
+
+    def cond_image(self, y_flow: Tensor, physics: Any = None) -> Tuple[Tensor, ...]:
+        """``(A^T y~,)``, the measurement in image space, where the Glows (``cond_y``) or the shrinkages
+        (``lam_y``) read it, else ``()``; the chain's last cond tensor."""
+        if not (self.cond_y or self.lam_y):
+            return ()
+        return ((self.physics if physics is None else physics).A_adjoint(y_flow),)
 
     def flow_cond(self, y_flow: Tensor, physics: Any = None) -> Tuple[Tensor, ...]:
         """What the Glows read besides their input: ``(A^T y~,)`` with ``cond_y``, else ``()``."""
-        if not self.cond_y:
-            return ()
-        return ((self.physics if physics is None else physics).A_adjoint(y_flow),)
+        return self.cond_image(y_flow, physics) if self.cond_y else ()
+
+    def shrink_cond(self, y_flow: Tensor, physics: Any = None) -> Tuple[Tensor, ...]:
+        """What the shrinkages read besides their input: ``(A^T y~,)`` with ``lam_y``, else ``()``."""
+        return self.cond_image(y_flow, physics) if self.lam_y else ()
 
     def fold(self, k: int, x: Tensor, y_flow: Tensor, physics: Any = None) -> Tensor:
         """One fold outside the engine's chain: ``g_k(shrink_k(f_k(x - mu_k A^T (A x - y~))))``, flow space
         in and out (``y_flow``: :meth:`flow_measurement`; ``A`` of ``physics``, default the solver's)."""
         flow = self.flows[0 if self.tied else k]
         dc = self.dc[k] if physics is None else self.dc[k].bind(physics)
-        c = self.flow_cond(y_flow, physics)
-        return flow.inverse(self.shrink[k](flow(dc(x, y_flow), *c)), *c)
+        c = self.cond_image(y_flow, physics)
+        fc, sc = (c if self.cond_y else ()), (c if self.lam_y else ())
+        return flow.inverse(self.shrink[k](flow(dc(x, y_flow), *fc), *sc), *fc)
 
     @torch.no_grad()
     def iterates(self, y: Tensor, physics: Any = None) -> List[Tensor]:

@@ -90,22 +90,55 @@ class LatentShrinkage(_LearnedLambda, InvertibleModule):
     With ``levels``, ``z_l / (1 + lambda_l)`` per multi-scale level: the exact prox of a Gaussian prior
     whose levels carry their own weights. Invertible for every ``lambda >= 0``.
 
+    With ``cond_channels``, ``lambda`` is a map over the latent's entries read from a conditioning image
+    ``c`` (the last cond tensor, of the latent's height and width): ``lambda = softplus(raw_l + n(c))``,
+    ``n`` a small convolutional network whose last layer starts at zero, so the map starts at the levels'
+    values. For each ``c`` this is still the exact prox of a Gaussian prior (one whose variances depend on
+    the measurement), and invertible.
+
     Args:
         lam_init: initial ``lambda`` (> 0), every level alike.
         levels: optional ``(C, H, W)`` long tensor of latent levels (see :class:`_LearnedLambda`).
+        cond_channels: channels of the conditioning image (0: ``lambda`` does not depend on it); needs
+            ``levels``.
+        hidden: hidden channels of ``n``.
     """
 
-    def _factor(self, z: Tensor) -> Tensor:
-        return self._per_entry(1.0 / (1.0 + self.lam), z)
+    def __init__(self, lam_init: float = 0.1, levels: Optional[Tensor] = None, cond_channels: int = 0,
+                 hidden: int = 32):
+        super().__init__(lam_init, levels)
+        self.lam_net: Optional[nn.Sequential] = None
+        if cond_channels:
+            if levels is None:
+                raise ValueError("a lambda map read from a conditioning image needs levels (a latent with "
+                                 "the image's layout)")
+            last = nn.Conv2d(hidden, levels.shape[0], 3, padding=1)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.lam_net = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.ReLU(),
+                                         nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), last)
+            self.uses_cond = True
 
-    def forward(self, z: Tensor) -> Tensor:
-        return z * self._factor(z)
+    def _factor(self, z: Tensor, cond: Sequence[Tensor] = ()) -> Tensor:
+        if self.lam_net is None:
+            return self._per_entry(1.0 / (1.0 + self.lam), z)
+        if not cond or cond[-1].shape[-2:] != z.shape[-2:]:
+            raise ValueError(f"this shrinkage reads lambda from a conditioning image of height and width "
+                             f"{tuple(z.shape[-2:])} (its last cond tensor), got "
+                             f"{tuple(cond[-1].shape) if cond else 'none'}")
+        raw = self._per_entry(self.raw_lam, z) + self.lam_net(cond[-1].to(z.dtype))
+        return 1.0 / (1.0 + F.softplus(raw))
 
-    def inverse(self, y: Tensor) -> Tensor:
-        return y / self._factor(y)
+    def forward(self, z: Tensor, *cond: Tensor) -> Tensor:
+        return z * self._factor(z, cond)
 
-    def forward_and_logdet(self, z: Tensor):
-        c = self._factor(z)
+    def inverse(self, y: Tensor, *cond: Tensor) -> Tensor:
+        return y / self._factor(y, cond)
+
+    def forward_and_logdet(self, z: Tensor, *cond: Tensor):
+        c = self._factor(z, cond)
+        if c.dim() == z.dim():  # one map per image
+            return z * c, torch.log(c).flatten(1).sum(1)
         logc = torch.log(c).expand(z.shape[1:]).sum() if c.dim() else torch.log(c) * z[0].numel()
         return z * c, logc.expand(z.shape[0])
 

@@ -70,6 +70,8 @@ class TrainConfig:
                         choices=("level", "channel", "scalar"))
     cond_y: bool = _opt(False, "flow: every coupling network also reads A^T y (the measurement in image "
                         "space) through a zero-initialised 1x1 convolution: a conditional Glow per fold")
+    lam_y: bool = _opt(False, "flow: the shrinkage's lambda becomes a map over the latent read from A^T y "
+                       "by a small zero-initialised network (Gaussian shrinkage, --lam-per level or channel)")
     start: str = _opt("smooth", "x_0: smoothness-regularised least squares from y, or the paper's (flow: "
                       "g(0); CNNs: A^T y)", choices=("smooth", "paper"))
     init_from: Optional[str] = _opt(

@@ -176,6 +176,7 @@ def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.M
                               "lam_init": config.get("lam_init", 0.1),
                               "lam_per": config.get("lam_per", "scalar"),
                               "cond_y": bool(config.get("cond_y", False)),
+                              "lam_y": bool(config.get("lam_y", False)),
                               "memory_efficient": not config.get("standard_autograd", False)}
     else:
         kw = {"checkpoint": bool(config.get("checkpoint_folds"))}
@@ -281,7 +282,8 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
 
     Raises:
         FileNotFoundError: no such file. ValueError: not a solver file, another prox, image shape, task,
-        ``lam_per``, start or ``cond_y``, or a ``--flow`` of another architecture than the source's.
+        ``lam_per``, start, ``cond_y`` or ``lam_y``, or a ``--flow`` of another architecture than the
+        source's.
     """
     path = config["init_from"]
     source, scfg = load_solver(path)
@@ -289,9 +291,10 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
         if key in scfg and scfg[key] != config.get(key):
             raise ValueError(f"--init-from {path}: its {key} is {scfg[key]!r}, "
                              f"this run's {config.get(key)!r}")
-    if bool(scfg.get("cond_y", False)) != bool(config.get("cond_y", False)):
-        raise ValueError(f"--init-from {path}: its cond_y is {bool(scfg.get('cond_y', False))}, "
-                         f"this run's {bool(config.get('cond_y', False))}")
+    for key in ("cond_y", "lam_y"):
+        if bool(scfg.get(key, False)) != bool(config.get(key, False)):
+            raise ValueError(f"--init-from {path}: its {key} is {bool(scfg.get(key, False))}, "
+                             f"this run's {bool(config.get(key, False))}")
     flow = None
     if config["prox"] == "flow":
         flow = copy.deepcopy(source.flows[0])

@@ -181,8 +181,9 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     if cfg.get("keep_mu") and (cfg["prox"] != "flow" or not cfg["calibrate"]):
         raise ValueError("keep_mu keeps the flow prox's calibration off mu_k: it needs --prox flow and "
                          "--calibrate N > 0")
-    if cfg.get("cond_y") and cfg["prox"] != "flow":
-        raise ValueError(f"cond_y makes the flow prox's Glows conditional; prox {cfg['prox']!r} has none")
+    for key in ("cond_y", "lam_y"):
+        if cfg.get(key) and cfg["prox"] != "flow":
+            raise ValueError(f"{key} is an option of the flow prox, not of prox {cfg['prox']!r}")
     if cfg.get("lr_split") is not None and cfg["prox"] != "flow":
         raise ValueError(f"lr_split sets the flow's split priors' rate; prox {cfg['prox']!r} has none")
     if budget_clock not in ("cpu", "wall"):
