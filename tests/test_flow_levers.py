@@ -108,6 +108,18 @@ def _y(sigma=0.2):
     return x, x + sigma * torch.randn(x.shape, generator=g, dtype=DT)
 
 
+def _engine_matches_standard(solver, x, y, **options):
+    """The solver's gradients through the engine equal those of the same solver under standard autograd."""
+    standard = FlowProxSolver(glow2(), solver.physics, K=solver.K, memory_efficient=False, **options)
+    standard = standard.to(DT).eval()
+    standard.load_state_dict(solver.state_dict())
+    grads = []
+    for s in (solver, standard):
+        ((s(y) - x) ** 2).mean().backward()
+        grads.append([p.grad for p in s.parameters()])
+    assert testing.relative_error(*grads) < 1e-9
+
+
 def test_cond_y_solver_starts_as_the_plain_one_and_trains_exactly():
     op = make_physics("denoising", (1, 8, 8))
     x, y = _y()
@@ -120,13 +132,7 @@ def test_cond_y_solver_starts_as_the_plain_one_and_trains_exactly():
     rep_p, rep_c = plain.calibrate(y, x), cond.calibrate(y, x)  # the calibration sees the same folds
     assert rep_p["psnr"] == rep_c["psnr"]
     testing.randomize_parameters(cond.flows, 0.05, seed=4)
-    standard = FlowProxSolver(glow2(), op, K=2, cond_y=True, memory_efficient=False).to(DT).eval()
-    standard.load_state_dict(cond.state_dict())
-    grads = []
-    for s in (cond, standard):
-        ((s(y) - x) ** 2).mean().backward()
-        grads.append([p.grad for p in s.parameters()])
-    assert testing.relative_error(*grads) < 1e-9
+    _engine_matches_standard(cond, x, y, cond_y=True)
     inj = [p.grad for n, p in cond.named_parameters() if "inject" in n]
     assert all(gr is not None for gr in inj) and sum(float(gr.abs().sum()) for gr in inj) > 0
     with torch.no_grad():
@@ -220,14 +226,7 @@ def test_lam_y_reads_lambda_from_the_measurement(tiny_data, tmp_path):
         z = torch.randn(4, 1, 8, 8, dtype=DT)
         assert torch.allclose(s.inverse(s(z, c), c), z, atol=1e-12)
         testing.check_logdet(s, z, c)
-    standard = FlowProxSolver(glow2(), op, K=2, lam_y=True, memory_efficient=False)
-    standard = standard.to(DT).eval()
-    standard.load_state_dict(ly.state_dict())
-    grads = []
-    for m in (ly, standard):
-        ((m(y) - x) ** 2).mean().backward()
-        grads.append([p.grad for p in m.parameters()])
-    assert testing.relative_error(*grads) < 1e-9
+    _engine_matches_standard(ly, x, y, lam_y=True)
     assert ly.shrink[0].lam_net[-1].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="lam_y needs Gaussian"):
         FlowProxSolver(glow2(), op, K=1, lam_y=True, lam_per="scalar")
