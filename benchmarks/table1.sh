@@ -636,15 +636,17 @@ stage_tasks_cond() {
     local flow=(--prox flow --flow "$RES/glow_celeba32_more.pt" --standard-autograd --lr-net "$LR_FLOW"
                 --skip-nonfinite 10)
     local task
-    {   # two lanes of three runs, one per core
-        train flow_inpainting_cond_m2 "${common[@]}" "${inp[@]}" "${flow[@]}" --cond-y
-        train flow_inpainting_m2 "${common[@]}" "${inp[@]}" "${flow[@]}"
-        train unet_inpainting_m2 "${common[@]}" "${inp[@]}" "${UNET[@]}" --lr-net "$LR_CNN"
+    # two lanes of three runs, one per core; a run that stops on a non-finite loss keeps its best state
+    # (solver.pt) and its lane goes on
+    {
+        train flow_inpainting_cond_m2 "${common[@]}" "${inp[@]}" "${flow[@]}" --cond-y || true
+        train flow_inpainting_m2 "${common[@]}" "${inp[@]}" "${flow[@]}" || true
+        train unet_inpainting_m2 "${common[@]}" "${inp[@]}" "${UNET[@]}" --lr-net "$LR_CNN" || true
     } &
     {
-        train flow_deblurring_cond_m2 "${common[@]}" "${deb[@]}" "${flow[@]}" --cond-y
-        train flow_deblurring_m2 "${common[@]}" "${deb[@]}" "${flow[@]}"
-        train unet_deblurring_m2 "${common[@]}" "${deb[@]}" "${UNET[@]}" --lr-net "$LR_CNN"
+        train flow_deblurring_cond_m2 "${common[@]}" "${deb[@]}" "${flow[@]}" --cond-y || true
+        train flow_deblurring_m2 "${common[@]}" "${deb[@]}" "${flow[@]}" || true
+        train unet_deblurring_m2 "${common[@]}" "${deb[@]}" "${UNET[@]}" --lr-net "$LR_CNN" || true
     } &
     wait
     for task in inpainting deblurring; do
