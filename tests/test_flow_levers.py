@@ -235,3 +235,21 @@ def test_lam_y_reads_lambda_from_the_measurement(tiny_data, tmp_path):
     assert m["config"]["lam_y"] is True
     loaded = load_solver(tmp_path / "ly" / "solver.pt")[0]
     assert loaded.lam_y and loaded.cond_y
+
+
+def test_a_conditional_glow_switches_cond_y_on_and_grown_lam_y_folds_start_as_identities():
+    op = make_physics("denoising", (1, 8, 8))
+    _, y = _y()
+    s = FlowProxSolver(_cond_glow(), op, K=1).to(DT).eval()
+    assert s.cond_y  # a trained solver's conditional Glow in a new solver reads A^T y~ as in training
+    with torch.no_grad():
+        assert torch.allclose(s.iterates(y)[-1], s(y), atol=1e-12)
+    from invprox.solvers.grow import grow_solver
+
+    small = FlowProxSolver(glow2(), op, K=1, lam_y=True).to(DT).eval()
+    testing.randomize_parameters(small.shrink, 1.0, seed=3)
+    big = FlowProxSolver(glow2(), op, K=2, lam_y=True).to(DT).eval()
+    grow_solver(big, small)
+    assert big.shrink[1].lam_net[-1].weight.abs().sum() == 0  # the copied map is reset
+    with torch.no_grad():
+        assert float((big(y) - small(y)).abs().max()) < 0.01

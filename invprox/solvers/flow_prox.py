@@ -93,7 +93,8 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         cond_y: every coupling network of every fold's Glow also reads ``c = A^T y~`` (``y~``: the
             measurement in flow space) through a zero-initialised 1x1 convolution
             (:meth:`invprox.flows.Glow.with_condition`): until trained, each fold computes what it computes
-            without it. Needs a Glow with ``with_condition``.
+            without it. Needs a Glow with ``with_condition``; a Glow that is already conditional
+            (``cond_channels``, e.g. a trained solver's fold) switches it on.
         lam_y: the shrinkage's ``lambda`` becomes a map over the latent read from ``c = A^T y~`` by a small
             convolutional network that starts at zero (:class:`~invprox.solvers.shrinkage.LatentShrinkage`
             with ``cond_channels``): the fold can shrink each region by what the measurement shows there.
@@ -125,6 +126,7 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         if not isinstance(K, int) or K < 1:
             raise ValueError(f"K must be a positive int, got {K!r}")
         _flow_blocks(flow)  # raises TypeError for anything that is not an invertible flow
+        cond_y = cond_y or bool(getattr(flow, "cond_channels", 0))  # a conditional Glow reads A^T y~
         if cond_y:
             if not callable(getattr(flow, "with_condition", None)):
                 raise TypeError(f"cond_y needs a flow with with_condition() (an invprox.flows.Glow); "

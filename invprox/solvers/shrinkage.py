@@ -80,7 +80,7 @@ class _LearnedLambda(nn.Module):
 
     def extra_repr(self) -> str:
         lam = self.lam.detach().reshape(-1).tolist()
-        per = " (per level)" if self.levels is not None else ""
+        per = " (per group of latent entries)" if self.levels is not None else ""
         return "lam=" + ", ".join(f"{v:.4g}" for v in lam) + per
 
 
