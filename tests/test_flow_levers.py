@@ -138,7 +138,7 @@ def test_cond_y_solver_starts_as_the_plain_one_and_trains_exactly():
     with torch.no_grad():
         assert torch.allclose(cond.iterates(y)[-1], cond(y), atol=1e-12)
         # the conditioning image is A^T y~ of the call's operator
-        assert torch.equal(cond.flow_cond(cond.flow_measurement(y))[0], y - 0.5)
+        assert torch.equal(cond.fold_conds(cond.flow_measurement(y))[0][0], y - 0.5)
     mode = FlowProxSolver(glow2(), op, K=1, cond_y=True, start="mode").to(DT).eval()
     assert mode.start(y).shape == y.shape
     with pytest.raises(TypeError, match="with_condition"):

@@ -94,10 +94,9 @@ def calibrate_flow_solver(
         cur = solver.start(y, op)
         report["start_psnr"] = float(psnr((cur + 0.5).clamp(0, 1), x).mean())
         y_flow = solver.flow_measurement(y, op)
-        fc = solver.flow_cond(y_flow, op)
-        sc = solver.shrink_cond(y_flow, op) if callable(getattr(solver, "shrink_cond", None)) else ()
+        fc, sc = solver.fold_conds(y_flow, op)
         # one value per lambda group, or per level where several groups share a level (lam_per="channel")
-        groups = getattr(solver, "lam_group_level", None)
+        groups = solver.lam_group_level
         n_cal = solver.shrink[0].raw_lam.numel() if groups is None else max(groups) + 1
         expand = (lambda v: v) if groups is None else (lambda v: [v[g] for g in groups])
         folds_out: List[Dict[str, Any]] = []

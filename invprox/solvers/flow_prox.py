@@ -242,7 +242,7 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
             shape = self._image_shape(y, op)
             if self.cond_y:  # the mode of the conditional flow depends on y
                 z = torch.zeros((y.shape[0], *shape), dtype=y.dtype, device=y.device)
-                return self.flows[0].inverse(z, *self.flow_cond(self.flow_measurement(y, op), op))
+                return self.flows[0].inverse(z, *self.fold_conds(self.flow_measurement(y, op), op)[0])
             z = torch.zeros((1, *shape), dtype=y.dtype, device=y.device)
             return self.flows[0].inverse(z).expand(y.shape[0], *shape).contiguous()
 
@@ -277,21 +277,19 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
             return ()
         return ((self.physics if physics is None else physics).A_adjoint(y_flow),)
 
-    def flow_cond(self, y_flow: Tensor, physics: Any = None) -> Tuple[Tensor, ...]:
-        """What the Glows read besides their input: ``(A^T y~,)`` with ``cond_y``, else ``()``."""
-        return self.cond_image(y_flow, physics) if self.cond_y else ()
-
-    def shrink_cond(self, y_flow: Tensor, physics: Any = None) -> Tuple[Tensor, ...]:
-        """What the shrinkages read besides their input: ``(A^T y~,)`` with ``lam_y``, else ``()``."""
-        return self.cond_image(y_flow, physics) if self.lam_y else ()
+    def fold_conds(self, y_flow: Tensor, physics: Any = None
+                   ) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+        """What the Glows and what the shrinkages read besides their input: ``(A^T y~,)`` for the Glows
+        with ``cond_y`` and for the shrinkages with ``lam_y``, else ``()`` (``A^T`` applied once)."""
+        c = self.cond_image(y_flow, physics)
+        return (c if self.cond_y else ()), (c if self.lam_y else ())
 
     def fold(self, k: int, x: Tensor, y_flow: Tensor, physics: Any = None) -> Tensor:
         """One fold outside the engine's chain: ``g_k(shrink_k(f_k(x - mu_k A^T (A x - y~))))``, flow space
         in and out (``y_flow``: :meth:`flow_measurement`; ``A`` of ``physics``, default the solver's)."""
         flow = self.flows[0 if self.tied else k]
         dc = self.dc[k] if physics is None else self.dc[k].bind(physics)
-        c = self.cond_image(y_flow, physics)
-        fc, sc = (c if self.cond_y else ()), (c if self.lam_y else ())
+        fc, sc = self.fold_conds(y_flow, physics)
         return flow.inverse(self.shrink[k](flow(dc(x, y_flow), *fc), *sc), *fc)
 
     @torch.no_grad()
