@@ -1,6 +1,7 @@
 """The flow prox's levers: conditional Glows (`Glow.with_condition`, GlowStep's conditioning image) and the
 flow prox that reads A^T y in every coupling (`FlowProxSolver(cond_y=True)`, `train --cond-y`); one
-shrinkage per channel of the latent (`Glow.latent_channels`, `lam_per="channel"`)."""
+shrinkage per channel of the latent (`Glow.latent_channels`, `lam_per="channel"`); a Glow widened without
+changing its function (`Glow.widened`, `train --widen`)."""
 
 import pytest
 import torch
@@ -253,3 +254,41 @@ def test_a_conditional_glow_switches_cond_y_on_and_grown_lam_y_folds_start_as_id
     assert big.shrink[1].lam_net[-1].weight.abs().sum() == 0  # the copied map is reset
     with torch.no_grad():
         assert float((big(y) - small(y)).abs().max()) < 0.01
+
+
+@pytest.mark.parametrize("cond", [0, 1])
+def test_widened_glow_computes_the_same_flow_and_trains_its_new_units(cond):
+    g = glow2() if not cond else _cond_glow()
+    x, c = _xc()
+    cs = (c,) if cond else ()
+    w = g.widened(7)
+    assert w.config["hidden"] == 7 and g.config["hidden"] == 4
+    assert sum(p.numel() for p in w.parameters()) > sum(p.numel() for p in g.parameters())
+    with torch.no_grad():
+        z, ld = g.forward_and_logdet(x, *cs)
+        zw, ldw = w.forward_and_logdet(x, *cs)
+        assert testing.relative_error([zw, ldw], [z, ld]) < 1e-13
+        assert testing.relative_error([w.inverse(z, *cs)], [x]) < 1e-12
+    (w(x, *cs) ** 2).sum().backward()
+    last = w.flow_blocks()[1].coupling.net[-1]  # the output layer's weights from the new units learn at once
+    assert float(last.weight.grad[:, 4:].abs().sum()) > 0
+    assert g.widened(4).config == g.config  # the same width: a copy
+    with pytest.raises(ValueError, match="hidden must be an int >= the Glow's 4"):
+        g.widened(3)
+    err, _ = testing.check_chain_gradients(w.flow_blocks(), x, *cs, tol=1e-9)
+    assert err < 1e-9
+
+
+def test_train_widen_builds_on_the_wider_glow_and_resumes(tiny_data, tmp_path):
+    m = train_solver(out=str(tmp_path / "w"), **_kw(tiny_data, K=1, widen=6))
+    assert m["config"]["widen"] == 6
+    solver, _ = load_solver(tmp_path / "w" / "solver.pt")
+    assert solver.flows[0].config["hidden"] == 6
+    m2 = train_solver(out=str(tmp_path / "w"), resume=True, **_kw(tiny_data, K=1, widen=6, max_steps=3))
+    assert m2["steps"] == 3
+    with pytest.raises(ValueError, match="widen is an option of the flow prox"):
+        train_solver(out=str(tmp_path / "u"), **_kw(tiny_data, prox="unet", flow=None, features=4, depth=1,
+                                                    widen=6))
+    with pytest.raises(ValueError, match="keeps its source's Glow"):
+        train_solver(out=str(tmp_path / "g"), **_kw(tiny_data, K=2, widen=6,
+                                                    init_from=str(tmp_path / "w" / "solver.pt")))

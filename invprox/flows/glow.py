@@ -168,6 +168,13 @@ class Glow(ChainOwner, InvertibleModule):
                                f"{unexpected})")  # pragma: no cover - the layouts are ours
         return out.train(self.training)
 
+    def widened(self, hidden: int) -> Glow:
+        """A copy whose coupling networks have ``hidden`` channels and that computes exactly this Glow's
+        ``f`` and ``g`` until trained (:func:`invprox.flows.widen.widen_glow`)."""
+        from .widen import widen_glow
+
+        return widen_glow(self, hidden)
+
     def flow_blocks(self) -> List[nn.Module]:
         """The blocks of ``f`` in order (shared, not copied), to place in a larger chain."""
         return list(self.chain.blocks)

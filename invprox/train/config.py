@@ -72,6 +72,10 @@ class TrainConfig:
                         "space) through a zero-initialised 1x1 convolution: a conditional Glow per fold")
     lam_y: bool = _opt(False, "flow: the shrinkage's lambda becomes a map over the latent read from A^T y "
                        "by a small zero-initialised network (Gaussian shrinkage, --lam-per level or channel)")
+    widen: Optional[int] = _opt(None, "flow: widen the pre-trained Glow's coupling networks to N hidden "
+                                "channels before training; the new units start with zero weights into the "
+                                "trained ones, so the solver starts as with the pre-trained Glow", int,
+                                metavar="N")
     start: str = _opt("smooth", "x_0: smoothness-regularised least squares from y, or the paper's (flow: "
                       "g(0); CNNs: A^T y)", choices=("smooth", "paper"))
     init_from: Optional[str] = _opt(

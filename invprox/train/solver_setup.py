@@ -48,6 +48,41 @@ SOLVER_FORMAT = "invprox.solver/1"
 _STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4}
 
 
+#: options of the flow prox alone (refused for a CNN prox when set)
+FLOW_ONLY = ("cond_y", "lam_y", "widen", "lr_split", "keep_mu")
+
+
+def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
+    """Refuse a training config that cannot run, with the option named (``train_solver``'s checks).
+
+    Raises:
+        ValueError: what is wrong.
+    """
+    from .loop_utils import SCHEDULES
+
+    if cfg["prox"] not in PROX_KINDS:
+        raise ValueError(f"prox must be one of {PROX_KINDS}, got {cfg['prox']!r}")
+    for name in ("K", "batch", "epochs", "size"):
+        if isinstance(cfg[name], bool) or not isinstance(cfg[name], int) or cfg[name] < 1:
+            raise ValueError(f"{name} must be a positive int, got {cfg[name]!r}")
+    if cfg["lr_schedule"] not in SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {cfg['lr_schedule']!r}")
+    if not isinstance(cfg["warmup"], int) or cfg["warmup"] < 0:
+        raise ValueError(f"warmup must be a non-negative int (steps), got {cfg['warmup']!r}")
+    for key in FLOW_ONLY:
+        if cfg.get(key) not in (None, False) and cfg["prox"] != "flow":
+            raise ValueError(f"{key} is an option of the flow prox, not of prox {cfg['prox']!r}")
+    if cfg.get("keep_mu") and not cfg["calibrate"]:
+        raise ValueError("keep_mu keeps the flow prox's calibration off mu_k: it needs --calibrate N > 0")
+    if cfg.get("widen") is not None and cfg.get("init_from"):
+        raise ValueError("widen widens the pre-trained Glow of --flow PATH; a run grown with --init-from "
+                         "keeps its source's Glow")
+    if budget_clock not in ("cpu", "wall"):
+        raise ValueError(f"budget_clock must be 'cpu' or 'wall', got {budget_clock!r}")
+    if not cfg["sigma"] >= 0:
+        raise ValueError(f"sigma must be non-negative, got {cfg['sigma']!r}")
+
+
 def mix_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (independent streams for different tuples)."""
     words = [int(p) & 0xFFFFFFFF for p in parts] + [(int(p) >> 32) & 0xFFFFFFFF for p in parts]
@@ -327,5 +362,8 @@ def run_flow(config: Dict[str, Any], state: Optional[Dict[str, Any]] = None
         source, flow, record = load_source(config)
         return flow, source, record
     if config["prox"] == "flow":
-        return load_flow(config["flow"], config["size"], config["channels"]), None, None
+        flow = load_flow(config["flow"], config["size"], config["channels"])
+        if config.get("widen"):
+            flow = flow.widened(int(config["widen"]))
+        return flow, None, None
     return None, None, None

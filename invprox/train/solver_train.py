@@ -54,7 +54,6 @@ from ..physics import canonical_task
 from ..solvers.grow import grow_solver
 from .config import RUN_KEYS, TrainConfig
 from .loop_utils import (
-    SCHEDULES,
     NonFiniteSteps,
     Progress,
     epoch_order,
@@ -63,10 +62,10 @@ from .loop_utils import (
     write_json,
 )
 from .solver_setup import (
-    PROX_KINDS,
     RANDOM_TASKS,
     build_solver,
     calibrate_solver,
+    check_config,
     fixed_measurements,
     load_model_state,
     mix_seed,
@@ -169,27 +168,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     barrier()  # every rank has looked at OUT before rank 0 writes there
     cfg = dict(opts)
     cfg["task"] = canonical_task(cfg["task"])
-    if cfg["prox"] not in PROX_KINDS:
-        raise ValueError(f"prox must be one of {PROX_KINDS}, got {cfg['prox']!r}")
-    for name in ("K", "batch", "epochs", "size"):
-        if not isinstance(cfg[name], int) or cfg[name] < 1:
-            raise ValueError(f"{name} must be a positive int, got {cfg[name]!r}")
-    if cfg["lr_schedule"] not in SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {cfg['lr_schedule']!r}")
-    if not isinstance(cfg["warmup"], int) or cfg["warmup"] < 0:
-        raise ValueError(f"warmup must be a non-negative int (steps), got {cfg['warmup']!r}")
-    if cfg.get("keep_mu") and (cfg["prox"] != "flow" or not cfg["calibrate"]):
-        raise ValueError("keep_mu keeps the flow prox's calibration off mu_k: it needs --prox flow and "
-                         "--calibrate N > 0")
-    for key in ("cond_y", "lam_y"):
-        if cfg.get(key) and cfg["prox"] != "flow":
-            raise ValueError(f"{key} is an option of the flow prox, not of prox {cfg['prox']!r}")
-    if cfg.get("lr_split") is not None and cfg["prox"] != "flow":
-        raise ValueError(f"lr_split sets the flow's split priors' rate; prox {cfg['prox']!r} has none")
-    if budget_clock not in ("cpu", "wall"):
-        raise ValueError(f"budget_clock must be 'cpu' or 'wall', got {budget_clock!r}")
-    if not cfg["sigma"] >= 0:
-        raise ValueError(f"sigma must be non-negative, got {cfg['sigma']!r}")
+    check_config(cfg, budget_clock)
     cfg["physics_options"] = physics_options(cfg["task"], cfg["p_missing"], cfg["kernel"], cfg["blur_std"],
                                              cfg["factor"], cfg["cs_ratio"], cfg["seed"])
     dev = info.device if world > 1 and info.device.type == "cuda" else resolve_device(device)

@@ -1,0 +1,62 @@
+"""Widen a trained Glow's coupling networks without changing the function it computes.
+
+:func:`widen_glow` gives a copy of a Glow whose coupling networks have ``hidden`` channels instead of the
+trained ones (Net2Net-style): the trained units keep their weights, every new unit gets the fresh weights of
+a Glow built with the wider config, and every weight *from* a new unit *into* a trained unit or into the
+network's output is set to zero. So the copy computes exactly the trained ``f`` and ``g`` (and the same
+log-determinant) until it is trained, and the new units take part from the first gradient step on: the
+output layer's weights from them get gradients at once (their activations are not zero), and the rest
+follows. A solver fine-tuned end to end can so have more capacity than its prior was trained with, without
+a new pre-training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["widen_glow"]
+
+
+def _embed(old: Tensor, new: Tensor) -> Tensor:
+    """``new`` with ``old`` in its leading slice; for a weight whose input dimension grew, the weights from
+    the new inputs into the old outputs are zero (old units must not read new ones)."""
+    out = new.clone()
+    out[tuple(slice(0, s) for s in old.shape)] = old
+    if old.dim() >= 2 and new.shape[1] > old.shape[1]:
+        out[: old.shape[0], old.shape[1]:] = 0
+    return out
+
+
+def widen_glow(glow: Any, hidden: int) -> Any:
+    """A copy of ``glow`` whose coupling networks have ``hidden`` hidden channels (see the module).
+
+    Args:
+        glow: a :class:`~invprox.flows.Glow` (conditional or not).
+        hidden: hidden channels of the copy's coupling networks, at least the Glow's.
+
+    Raises:
+        ValueError: ``hidden`` is not an int, or fewer channels than the Glow has.
+    """
+    have = int(glow.config["hidden"])
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < have:
+        raise ValueError(f"hidden must be an int >= the Glow's {have} hidden channels, got {hidden!r}")
+    p = next(glow.parameters())
+    out = type(glow).from_config({**glow.config, "hidden": hidden}).to(p.device, p.dtype)
+    new_state = out.state_dict()
+    state = {}
+    for key, value in glow.state_dict().items():
+        if key not in new_state:  # pragma: no cover - the layouts are ours
+            raise RuntimeError(f"widen_glow: {key} has no place in the wider Glow")
+        target = new_state[key]
+        if target.shape == value.shape:
+            state[key] = value.clone()
+        elif target.dim() != value.dim() or any(n < o for n, o in zip(target.shape, value.shape)):
+            raise RuntimeError(f"widen_glow: {key} {tuple(value.shape)} -> {tuple(target.shape)}")  # pragma: no cover
+        else:
+            state[key] = _embed(value, target)
+    with torch.no_grad():
+        out.load_state_dict(state)
+    return out.train(glow.training)
