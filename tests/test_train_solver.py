@@ -182,10 +182,39 @@ def test_split_priors_get_their_own_rate(setup, tmp_path, lr_split):
     assert any(not torch.equal(a, b) for a, b in zip(rest, pre_rest))  # the rest of the flow trained
 
 
+@pytest.mark.parametrize("lr_coupling", [0.0, 3e-3])
+def test_couplings_get_their_own_rate(setup, tmp_path, lr_coupling):
+    """--lr-coupling: the couplings train at their own rate, --lr-net sets the rest of each flow; the
+    groups partition the solver's parameters; at 0 the couplings stay as pre-trained."""
+    from invprox.flows.glow import Glow
+
+    out = tmp_path / "coup"
+    train_solver(out=str(out), **_kw(setup, K=2, max_steps=2, lr_coupling=lr_coupling, lr_split=0.0,
+                                     standard_autograd=True))
+    groups = load_checkpoint(out / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2, lr_coupling, 0.0]
+    solver, _ = load_solver(out / "solver.pt")
+    ids = [id(p) for g in solver.param_groups(1.0, 2.0, 0.0, 3.0) for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in solver.parameters())  # each parameter in one group
+    pre = Glow.load(setup["flow"])
+    names = [n for n, _ in pre.named_parameters()]
+    fold = dict(solver.flows[0].named_parameters())
+    changed = {n: not torch.equal(fold[n], p) for n, p in pre.named_parameters()}
+    coup = [n for n in names if ".coupling." in n]
+    assert coup and len(coup) < len(names)
+    assert (not any(changed[n] for n in coup)) if lr_coupling == 0 else all(changed[n] for n in coup
+                                                                              if n.endswith("net.4.weight"))
+    assert any(changed[n] for n in names if ".coupling." not in n)  # ActNorm, 1x1 convs at --lr-net
+    with pytest.raises(ValueError, match="lr_coupling must be a non-negative"):
+        solver.param_groups(1e-3, 1e-2, lr_coupling=-1.0)
+
+
 @pytest.mark.parametrize("bad, match", [({"lr_schedule": "step"}, "lr_schedule"),
                                         ({"warmup": -1}, "warmup"),
                                         ({"lr_split": 1e-4, "prox": "resnet", "features": 4, "n_blocks": 1},
-                                         "lr_split")])
+                                         "lr_split"),
+                                        ({"lr_coupling": 1e-4, "prox": "unet", "features": 4, "depth": 1},
+                                         "lr_coupling is an option of the flow prox")])
 def test_bad_schedule_is_refused(setup, tmp_path, bad, match):
     with pytest.raises(ValueError, match=match):
         train_solver(out=str(tmp_path / "bad"), **_kw(setup, max_steps=1, **bad))

@@ -209,29 +209,47 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         the conditional mean and scale by which each factored-out latent is normalised."""
         from ..flows.layers import SplitPrior
 
+        return self._parameters_of(SplitPrior)
+
+    def coupling_parameters(self) -> List[nn.Parameter]:
+        """The parameters of the flows' coupling layers (their networks, and the injection of ``A^T y``
+        with ``cond_y``): everything of the flows but ActNorm, the 1x1 convolutions and the split priors."""
+        from ..flows.coupling import AdditiveCoupling, AffineCoupling
+
+        return self._parameters_of((AffineCoupling, AdditiveCoupling))
+
+    def _parameters_of(self, kinds) -> List[nn.Parameter]:
         seen, out = set(), []
         for m in self.modules():
-            if isinstance(m, SplitPrior):
+            if isinstance(m, kinds):
                 for p in m.parameters():
                     if id(p) not in seen:
                         seen.add(id(p))
                         out.append(p)
         return out
 
-    def param_groups(self, lr_net: float = 1e-5, lr_step: float = 1e-2,
-                     lr_split: Optional[float] = None) -> List[Dict[str, Any]]:
+    def param_groups(self, lr_net: float = 1e-5, lr_step: float = 1e-2, lr_split: Optional[float] = None,
+                     lr_coupling: Optional[float] = None) -> List[Dict[str, Any]]:
         """Optimizer groups as for every solver (networks at ``lr_net``, ``mu_k`` and ``lambda_k`` at
-        ``lr_step``); with ``lr_split``, the split priors' parameters form a third group at that rate (0:
-        they stay as pre-trained)."""
+        ``lr_step``); with ``lr_coupling``, the coupling layers' parameters (:meth:`coupling_parameters`)
+        form a group at that rate, and with ``lr_split`` the split priors' (0: kept as pre-trained), so
+        that ``lr_net`` is left to ActNorm, the 1x1 convolutions and any ``lam_y`` network.
+
+        Raises:
+            ValueError: a negative rate.
+        """
         groups = super().param_groups(lr_net, lr_step)
-        if lr_split is None:
-            return groups
-        if not lr_split >= 0:
-            raise ValueError(f"lr_split must be a non-negative learning rate, got {lr_split!r}")
-        split = self.split_prior_parameters()
-        ids = {id(p) for p in split}
-        groups[0]["params"] = [p for p in groups[0]["params"] if id(p) not in ids]
-        return groups + [{"params": split, "lr": lr_split}]
+        for name, lr, params in (("lr_coupling", lr_coupling, self.coupling_parameters),
+                                 ("lr_split", lr_split, self.split_prior_parameters)):
+            if lr is None:
+                continue
+            if not lr >= 0:
+                raise ValueError(f"{name} must be a non-negative learning rate, got {lr!r}")
+            own = params()
+            ids = {id(p) for p in own}
+            groups[0]["params"] = [p for p in groups[0]["params"] if id(p) not in ids]
+            groups.append({"params": own, "lr": lr})
+        return groups
 
     def start(self, y: Tensor, physics: Any = None) -> Tensor:
         """``x_0`` in flow space (see ``start``), shape ``(B, C, H, W)``; depends on ``y`` only."""

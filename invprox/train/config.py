@@ -99,6 +99,9 @@ class TrainConfig:
     lr_step: float = _opt(1e-2, "learning rate of mu_k, lambda_k (paper: 1e-2)", float)
     lr_split: Optional[float] = _opt(None, "flow: learning rate of the Glows' learned split priors (default: "
                                      "--lr-net; 0 keeps them as pre-trained)", float)
+    lr_coupling: Optional[float] = _opt(None, "flow: learning rate of the Glows' coupling layers (default: "
+                                        "--lr-net, which then sets ActNorm, the 1x1 convolutions and the "
+                                        "split priors)", float)
     lr_schedule: str = _opt("constant", "learning-rate schedule: constant, or a cosine decay to 0 over the "
                             "run (its budget, max steps or epochs, whichever ends it first)",
                             choices=("constant", "cosine"))

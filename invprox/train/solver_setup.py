@@ -49,7 +49,7 @@ _STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4}
 
 
 #: options of the flow prox alone (refused for a CNN prox when set)
-FLOW_ONLY = ("cond_y", "lam_y", "widen", "lr_split", "keep_mu")
+FLOW_ONLY = ("cond_y", "lam_y", "widen", "lr_split", "lr_coupling", "keep_mu")
 
 
 def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
