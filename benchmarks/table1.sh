@@ -52,6 +52,8 @@
 #     benchmarks/table1.sh k1_lr3           # one-fold flow prox at lr 3e-4 (second machine; one core)
 #     benchmarks/table1.sh wide             # one-fold flow prox on the prior widened to 128 hidden channels
 #                                           # (--widen 128; second machine; one core)
+#     benchmarks/table1.sh coupling         # one-fold flow prox, coupling layers at 3e-4, the rest of the
+#                                           # flow at 1e-4 (--lr-coupling; second machine; one core)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -706,14 +708,22 @@ stage_wide() {  # one fold (second machine), the prior's coupling networks widen
     eval_test flow_dn_k1_wide128
 }
 
+stage_coupling() {
+    # One fold (second machine) with the Glows' coupling layers at 3e-4 and the rest of each flow (ActNorm,
+    # 1x1 convolutions, split priors) at 1e-4: stage k1_lr3's rate where it is safe (one core)
+    train flow_dn_k1_coup3 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 \
+        --lr-coupling 3e-4
+    eval_test flow_dn_k1_coup3
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling)" >&2
            exit 2 ;;
     esac
 done
