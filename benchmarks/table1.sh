@@ -54,6 +54,7 @@
 #                                           # (--widen 128; second machine; one core)
 #     benchmarks/table1.sh coupling         # one-fold flow prox, coupling layers at 3e-4, the rest of the
 #                                           # flow at 1e-4 (--lr-coupling; second machine; one core)
+#     benchmarks/table1.sh tasks_coupling   # stage tasks_cond's flow prox runs with --lr-coupling (one core)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -716,14 +717,38 @@ stage_coupling() {
     eval_test flow_dn_k1_coup3
 }
 
+stage_tasks_coupling() {
+    # Stage tasks_cond's flow prox runs (K = 4, TASK_BUDGET minutes, prior of stage prior) with the coupling
+    # layers at LR_FLOW and the rest of each flow at 1e-4 (--lr-coupling), one lane (one core); compared with
+    # stage tasks_cond's runs on the same 64 test faces
+    local common=(--sigma 0.05 --budget-minutes "$TASK_BUDGET" --val-every 50 --n-val 64
+                  --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    local flow=(--prox flow --flow "$RES/glow_celeba32_more.pt" --standard-autograd --lr-net 1e-4
+                --lr-coupling "$LR_FLOW" --skip-nonfinite 10)
+    train flow_inpainting_coup3_m2 "${common[@]}" --task inpainting --p-missing 0.5 "${flow[@]}" || true
+    train flow_deblurring_coup3_m2 "${common[@]}" --task deblurring --kernel gaussian --blur-std 1.5 \
+        "${flow[@]}" || true
+    local task
+    for task in inpainting deblurring; do
+        rm -rf "$RUNS/eval_${task}_coup3_m2"
+        timed "eval $task coup3 m2" invprox eval --model "$RUNS/flow_${task}_coup3_m2/solver.pt" \
+            --name "flow prox, --lr-coupling" --data celeba64 --split val --limit "$TASK_LIMIT" \
+            --sigmas 0.05 --seed 0 --no-progress --out "$RUNS/eval_${task}_coup3_m2"
+        for f in results.md results.json; do
+            cp "$RUNS/eval_${task}_coup3_m2/$f" "$RES/tasks_${task}_coup3_m2_$f"
+        done
+        cp "$RUNS/flow_${task}_coup3_m2/metrics.json" "$RES/tasks_train_flow_${task}_coup3_m2.json"
+    done
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|tasks_coupling) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, tasks_coupling)" >&2
            exit 2 ;;
     esac
 done
