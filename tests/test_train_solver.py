@@ -188,15 +188,22 @@ def test_couplings_get_their_own_rate(setup, tmp_path, lr_coupling):
     groups partition the solver's parameters; at 0 the couplings stay as pre-trained."""
     from invprox.flows.glow import Glow
 
+    torch.manual_seed(0)
+    glow = Glow(in_channels=1, image_size=8, levels=2, steps=1, hidden=4)  # one split prior
+    with torch.no_grad():
+        glow.train()(glow.preprocess(torch.rand(8, 1, 8, 8)))
+    glow.save(tmp_path / "flow2.pt")
     out = tmp_path / "coup"
     train_solver(out=str(out), **_kw(setup, K=2, max_steps=2, lr_coupling=lr_coupling, lr_split=0.0,
-                                     standard_autograd=True))
+                                     flow=str(tmp_path / "flow2.pt"), standard_autograd=True))
     groups = load_checkpoint(out / "checkpoint.pt")["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == [1e-3, 1e-2, lr_coupling, 0.0]
     solver, _ = load_solver(out / "solver.pt")
     ids = [id(p) for g in solver.param_groups(1.0, 2.0, 0.0, 3.0) for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in solver.parameters())  # each parameter in one group
-    pre = Glow.load(setup["flow"])
+    split = {id(p) for p in solver.split_prior_parameters()}
+    assert split and not split & {id(p) for p in solver.coupling_parameters()}  # a SplitPrior is no step's
+    pre = Glow.load(tmp_path / "flow2.pt")
     names = [n for n, _ in pre.named_parameters()]
     fold = dict(solver.flows[0].named_parameters())
     changed = {n: not torch.equal(fold[n], p) for n, p in pre.named_parameters()}

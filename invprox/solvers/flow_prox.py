@@ -215,13 +215,14 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         """The parameters of the flows' coupling layers (their networks, and the injection of ``A^T y``
         with ``cond_y``): everything of the flows but ActNorm, the 1x1 convolutions and the split priors."""
         from ..flows.coupling import AdditiveCoupling, AffineCoupling
+        from ..flows.layers import SplitPrior
 
-        return self._parameters_of((AffineCoupling, AdditiveCoupling))
+        return self._parameters_of((AffineCoupling, AdditiveCoupling), but=SplitPrior)  # an affine coupling too
 
-    def _parameters_of(self, kinds) -> List[nn.Parameter]:
+    def _parameters_of(self, kinds, but=()) -> List[nn.Parameter]:
         seen, out = set(), []
         for m in self.modules():
-            if isinstance(m, kinds):
+            if isinstance(m, kinds) and not isinstance(m, but):
                 for p in m.parameters():
                     if id(p) not in seen:
                         seen.add(id(p))
