@@ -54,6 +54,7 @@
 #                                           # (--widen 128; second machine; one core)
 #     benchmarks/table1.sh coupling         # one-fold flow prox, coupling layers at 3e-4, the rest of the
 #                                           # flow at 1e-4 (--lr-coupling; second machine; one core)
+#     benchmarks/table1.sh coupling_split   # the same with the split priors at 3e-4 too (one core)
 #     benchmarks/table1.sh coupling_frozen  # the same with the rest of each flow kept as pre-trained
 #                                           # (--lr-net 0; one core)
 #     benchmarks/table1.sh tasks_coupling   # stage tasks_cond's flow prox runs with --lr-coupling (one core)
@@ -722,6 +723,12 @@ stage_coupling() {
 
 stage_coupling_eval() { eval_test flow_dn_k1_coup3; }  # stage coupling's test alone
 
+stage_coupling_split() {  # stage coupling with the split priors at the couplings' rate too (one core)
+    train flow_dn_k1_coup3_split "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 \
+        --lr-coupling 3e-4 --lr-split 3e-4 || true
+    eval_test flow_dn_k1_coup3_split
+}
+
 stage_coupling_frozen() {
     # Stage coupling with the rest of each flow kept as pre-trained (--lr-net 0: ActNorm, the 1x1
     # convolutions and the split priors, whose effects nearly cancel between f and g = f^-1, so that Adam
@@ -760,9 +767,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|coupling_eval|coupling_frozen|tasks_coupling) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|coupling_eval|coupling_split|coupling_frozen|tasks_coupling) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, coupling_eval, coupling_frozen, tasks_coupling)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, coupling_eval, coupling_split, coupling_frozen, tasks_coupling)" >&2
            exit 2 ;;
     esac
 done
