@@ -135,3 +135,17 @@ def test_fold_psnr_reports_every_fold(tiny_data, tmp_path):
     row = json.loads((tmp_path / "f.json").read_text())["rows"][0]
     assert row["K"] == 2 and len(row["folds"]) == 2 and all(v > 0 for v in [row["start"], *row["folds"]])
     assert "| flow | flow |" in (tmp_path / "f.md").read_text()
+
+
+def test_flow_drift_reports_each_kind_of_flow_parameter(tiny_data, tmp_path):
+    from invprox.train.solver_train import train_solver
+
+    train_solver(str(tiny_data["data"]), str(tmp_path / "flow"), size=8, channels=1, K=1, batch=4,
+                 max_steps=2, lr_net=1e-2, flow=tiny_data["flow"], calibrate=4, progress=False,
+                 log=lambda s: None)
+    out = run("flow_drift.py", str(tmp_path / "flow"), "--last", "--data",
+              str(Path(tiny_data["data"]) / "train"), "--batches", "1").stdout
+    rows = {line.split("|")[1].strip(): line.split("|")[3:5] for line in out.splitlines()
+            if line.startswith("| ") and "count" not in line}
+    assert set(rows) == {"coupling", "actnorm", "invconv"}  # the tiny Glow has one level: no split prior
+    assert all(float(drift) > 0 and float(grad) > 0 for drift, grad in rows.values())
