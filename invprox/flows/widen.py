@@ -54,7 +54,8 @@ def widen_glow(glow: Any, hidden: int) -> Any:
         if target.shape == value.shape:
             state[key] = value.clone()
         elif target.dim() != value.dim() or any(n < o for n, o in zip(target.shape, value.shape)):
-            raise RuntimeError(f"widen_glow: {key} {tuple(value.shape)} -> {tuple(target.shape)}")  # pragma: no cover
+            shapes = f"{tuple(value.shape)} -> {tuple(target.shape)}"  # pragma: no cover
+            raise RuntimeError(f"widen_glow: {key} {shapes}")  # pragma: no cover
         else:
             state[key] = _embed(value, target)
     with torch.no_grad():

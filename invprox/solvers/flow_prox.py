@@ -217,7 +217,8 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         from ..flows.coupling import AdditiveCoupling, AffineCoupling
         from ..flows.layers import SplitPrior
 
-        return self._parameters_of((AffineCoupling, AdditiveCoupling), but=SplitPrior)  # an affine coupling too
+        # a split prior is an affine coupling too, but not a step's
+        return self._parameters_of((AffineCoupling, AdditiveCoupling), but=SplitPrior)
 
     def _parameters_of(self, kinds, but=()) -> List[nn.Parameter]:
         seen, out = set(), []
