@@ -57,6 +57,7 @@
 #     benchmarks/table1.sh coupling_split   # the same with the split priors at 3e-4 too (one core)
 #     benchmarks/table1.sh coupling_frozen  # the same with the rest of each flow kept as pre-trained
 #                                           # (--lr-net 0; one core)
+#     benchmarks/table1.sh coupling_frozen5 # the same with the couplings at 5e-4 (one core)
 #     benchmarks/table1.sh tasks_coupling   # stage tasks_cond's flow prox runs with --lr-coupling (one core)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
@@ -739,6 +740,12 @@ stage_coupling_frozen() {
     eval_test flow_dn_k1_coup3_frozen
 }
 
+stage_coupling_frozen5() {  # stage coupling_frozen with the couplings at 5e-4 (one core)
+    train flow_dn_k1_coup5_frozen "${PROTOCOL[@]}" --prox flow --standard-autograd --skip-nonfinite 10 \
+        --flow "$RES/glow_celeba32_cos.pt" --K 1 --lr-net 0 --lr-coupling 5e-4 || true
+    eval_test flow_dn_k1_coup5_frozen
+}
+
 stage_tasks_coupling() {
     # Stage tasks_cond's flow prox runs (K = 4, TASK_BUDGET minutes, prior of stage prior) with the coupling
     # layers at LR_FLOW and the rest of each flow at 1e-4 (--lr-coupling), one lane (one core); compared with
@@ -768,9 +775,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|coupling_eval|coupling_split|coupling_frozen|tasks_coupling) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|coupling_eval|coupling_split|coupling_frozen|coupling_frozen5|tasks_coupling) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, coupling_eval, coupling_split, coupling_frozen, tasks_coupling)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, coupling_eval, coupling_split, coupling_frozen, coupling_frozen5, tasks_coupling)" >&2
            exit 2 ;;
     esac
 done
