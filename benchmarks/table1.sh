@@ -58,6 +58,7 @@
 #     benchmarks/table1.sh coupling_frozen  # the same with the rest of each flow kept as pre-trained
 #                                           # (--lr-net 0; one core)
 #     benchmarks/table1.sh coupling_frozen5 # the same with the couplings at 5e-4 (one core)
+#     benchmarks/table1.sh coupling_cosine  # stage coupling with a cosine decay of the rates (one core)
 #     benchmarks/table1.sh tasks_coupling   # stage tasks_cond's flow prox runs with --lr-coupling (one core)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
@@ -740,6 +741,15 @@ stage_coupling_frozen() {
     eval_test flow_dn_k1_coup3_frozen
 }
 
+stage_coupling_cosine() {
+    # Stage coupling (couplings at 3e-4, the rest of each flow at 1e-4) with every rate decayed along a
+    # cosine over the budget after 100 warm-up steps: the high rate early, where it learns fastest, and
+    # low late, where every constant rate >= 3e-4 met non-finite losses (one core)
+    train flow_dn_k1_coup3_cos "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 \
+        --lr-coupling 3e-4 --lr-schedule cosine --warmup 100 || true
+    eval_test flow_dn_k1_coup3_cos
+}
+
 stage_coupling_frozen5() {  # stage coupling_frozen with the couplings at 5e-4 (one core)
     train flow_dn_k1_coup5_frozen "${PROTOCOL[@]}" --prox flow --standard-autograd --skip-nonfinite 10 \
         --flow "$RES/glow_celeba32_cos.pt" --K 1 --lr-net 0 --lr-coupling 5e-4 || true
@@ -775,9 +785,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|coupling_eval|coupling_split|coupling_frozen|coupling_frozen5|tasks_coupling) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|coupling_eval|coupling_split|coupling_frozen|coupling_frozen5|coupling_cosine|tasks_coupling) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, coupling_eval, coupling_split, coupling_frozen, coupling_frozen5, tasks_coupling)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, coupling_eval, coupling_split, coupling_frozen, coupling_frozen5, coupling_cosine, tasks_coupling)" >&2
            exit 2 ;;
     esac
 done
