@@ -59,6 +59,8 @@
 #                                           # (--lr-net 0; one core)
 #     benchmarks/table1.sh coupling_frozen5 # the same with the couplings at 5e-4 (one core)
 #     benchmarks/table1.sh coupling_cosine  # stage coupling with a cosine decay of the rates (one core)
+#     benchmarks/table1.sh anchor           # stage coupling with the Glows pulled towards the prior
+#                                           # (--anchor 1e-4; one core)
 #     benchmarks/table1.sh tasks_coupling   # stage tasks_cond's flow prox runs with --lr-coupling (one core)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
@@ -750,6 +752,16 @@ stage_coupling_cosine() {
     eval_test flow_dn_k1_coup3_cos
 }
 
+stage_anchor() {
+    # Stage coupling (couplings at 3e-4, the rest of each flow at 1e-4; non-finite at step 5,900) with the
+    # Glows' weights pulled towards the prior (--anchor 1e-4): the coarsest level's couplings, whose
+    # shrinkage is ~0 so that f and g = f^-1 cancel there, get gradients ~10x smaller than the finest
+    # level's but drift as far under Adam, until the forward overflows (TABLE1.md; one core)
+    train flow_dn_k1_coup3_anchor "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 \
+        --lr-coupling 3e-4 --anchor 1e-4 || true
+    eval_test flow_dn_k1_coup3_anchor
+}
+
 stage_coupling_frozen5() {  # stage coupling_frozen with the couplings at 5e-4 (one core)
     train flow_dn_k1_coup5_frozen "${PROTOCOL[@]}" --prox flow --standard-autograd --skip-nonfinite 10 \
         --flow "$RES/glow_celeba32_cos.pt" --K 1 --lr-net 0 --lr-coupling 5e-4 || true
@@ -785,9 +797,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|coupling_eval|coupling_split|coupling_frozen|coupling_frozen5|coupling_cosine|tasks_coupling) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|coupling_eval|coupling_split|coupling_frozen|coupling_frozen5|coupling_cosine|anchor|tasks_coupling) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, coupling_eval, coupling_split, coupling_frozen, coupling_frozen5, coupling_cosine, tasks_coupling)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, coupling_eval, coupling_split, coupling_frozen, coupling_frozen5, coupling_cosine, anchor, tasks_coupling)" >&2
            exit 2 ;;
     esac
 done

@@ -399,3 +399,32 @@ def test_thread_count_follows_the_idle_cpus(monkeypatch):
     assert cli.pick_threads(3) == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert cli.pick_threads() == 1
+
+
+def test_anchor_pulls_the_flows_towards_their_start_and_resumes_exactly(setup, tmp_path):
+    """--anchor W adds W (theta - theta_0) to the Glows' gradients: the flows end nearer the prior, and a
+    resumed run keeps the anchor of its start (not the weights it resumed with)."""
+    from invprox.flows.glow import Glow
+
+    pre = [p.detach() for p in Glow.load(setup["flow"]).parameters()]
+
+    def drift(run):
+        state = load_checkpoint(tmp_path / run / "checkpoint.pt")["model"]
+        now = [state["flows.0." + n] for n, _ in Glow.load(setup["flow"]).named_parameters()]
+        return sum(float((p - q).pow(2).sum()) for p, q in zip(now, pre))
+
+    kw = dict(K=1, lr_net=3e-2, calibrate=0, standard_autograd=True, val_every=100)
+    train_solver(out=str(tmp_path / "free"), **_kw(setup, max_steps=6, **kw))
+    train_solver(out=str(tmp_path / "pulled"), **_kw(setup, max_steps=6, anchor=1e3, **kw))
+    assert 0 < drift("pulled") < 0.5 * drift("free")
+    train_solver(out=str(tmp_path / "resumed"), **_kw(setup, max_steps=3, anchor=1e3, **kw))
+    train_solver(out=str(tmp_path / "resumed"), resume=True, **_kw(setup, max_steps=6, anchor=1e3, **kw))
+    a = load_checkpoint(tmp_path / "pulled" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(p, q) for p, q in zip(b["anchor"], pre))
+    with pytest.raises(ValueError, match="anchor is an option of the flow prox"):
+        train_solver(out=str(tmp_path / "u"), **_kw(setup, prox="unet", flow=None, features=4, depth=1,
+                                                    anchor=1.0))
+    with pytest.raises(ValueError, match="anchor must be a non-negative"):
+        train_solver(out=str(tmp_path / "n"), **_kw(setup, anchor=-1.0))

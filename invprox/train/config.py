@@ -102,6 +102,10 @@ class TrainConfig:
     lr_coupling: Optional[float] = _opt(None, "flow: learning rate of the Glows' coupling layers (default: "
                                         "--lr-net, which then sets ActNorm, the 1x1 convolutions and the "
                                         "split priors)", float)
+    anchor: float = _opt(0.0, "flow: pull the Glows' weights towards those they started from (the prior) "
+                         "with the gradient of (W / 2) ||theta - theta_0||^2, so that weights the loss says "
+                         "little about stay near the prior instead of drifting at Adam's full rate; 0: off",
+                         float, metavar="W")
     lr_schedule: str = _opt("constant", "learning-rate schedule: constant, or a cosine decay to 0 over the "
                             "run (its budget, max steps or epochs, whichever ends it first)",
                             choices=("constant", "cosine"))

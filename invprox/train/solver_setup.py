@@ -48,8 +48,9 @@ SOLVER_FORMAT = "invprox.solver/1"
 _STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4}
 
 
-#: options of the flow prox alone (refused for a CNN prox when set)
-FLOW_ONLY = ("cond_y", "lam_y", "widen", "lr_split", "lr_coupling", "keep_mu")
+#: options of the flow prox alone and their defaults (refused for a CNN prox when set otherwise)
+FLOW_ONLY = {"cond_y": False, "lam_y": False, "widen": None, "lr_split": None, "lr_coupling": None,
+             "keep_mu": False, "anchor": 0.0}
 
 
 def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
@@ -69,14 +70,16 @@ def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
         raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {cfg['lr_schedule']!r}")
     if not isinstance(cfg["warmup"], int) or cfg["warmup"] < 0:
         raise ValueError(f"warmup must be a non-negative int (steps), got {cfg['warmup']!r}")
-    for key in FLOW_ONLY:
-        if cfg.get(key) not in (None, False) and cfg["prox"] != "flow":
+    for key, default in FLOW_ONLY.items():
+        if cfg.get(key, default) != default and cfg["prox"] != "flow":
             raise ValueError(f"{key} is an option of the flow prox, not of prox {cfg['prox']!r}")
     if cfg.get("keep_mu") and not cfg["calibrate"]:
         raise ValueError("keep_mu keeps the flow prox's calibration off mu_k: it needs --calibrate N > 0")
     if cfg.get("widen") is not None and cfg.get("init_from"):
         raise ValueError("widen widens the pre-trained Glow of --flow PATH; a run grown with --init-from "
                          "keeps its source's Glow")
+    if not cfg.get("anchor", 0.0) >= 0:
+        raise ValueError(f"anchor must be a non-negative weight, got {cfg.get('anchor')!r}")
     if budget_clock not in ("cpu", "wall"):
         raise ValueError(f"budget_clock must be 'cpu' or 'wall', got {budget_clock!r}")
     if not cfg["sigma"] >= 0:

@@ -230,6 +230,10 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
             r["calibration"] = calibrate_solver(solver, xt, cfg, first_op, dev, folds)
             log(f"calibrated on {cfg['calibrate']} training pairs: PSNR {r['calibration']['psnr']:.2f} dB "
                 f"(start {r['calibration']['start_psnr']:.2f} dB)")
+    # --anchor: the Glows' weights at the start (the prior, or the grown source's), kept with the checkpoint
+    pulled = [p for p in solver.flows.parameters() if p.requires_grad] if cfg.get("anchor") else []
+    anchor = state["anchor"] if state is not None and pulled else [p.detach().clone() for p in pulled]
+    anchor = [a.to(p.device) for a, p in zip(anchor, pulled)]
     if world > 1 and dev.type == "cuda":  # batch norm over the global batch, as in one process
         solver = torch.nn.SyncBatchNorm.convert_sync_batchnorm(solver)
     model = wrap_ddp(solver, dev) if world > 1 else solver  # DDP broadcasts rank 0's parameters
@@ -259,7 +263,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
             return
         save_checkpoint(ckpt_path, {"format": _CKPT, "config": cfg, "flow_config": flow_config,
                                     "model": solver.state_dict(), "optimizer": opt.state_dict(),
-                                    "run": dict(r), "rng": rng_state()})
+                                    "run": dict(r), "rng": rng_state(), "anchor": anchor})
         saved[0] = r["step"]
 
     def metrics(status: str) -> Dict[str, Any]:
@@ -334,6 +338,9 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         opt.zero_grad(set_to_none=True)
         if bad is None:
             loss.backward()
+            for p, p0 in zip(pulled, anchor):  # the gradient of (anchor / 2) ||theta - theta_0||^2
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - p0, alpha=cfg["anchor"])
             # the global norm, clipped when asked (an infinite bound only measures it)
             gnorm = float(torch.nn.utils.clip_grad_norm_(solver.parameters(), cfg["clip_grad"] or math.inf))
             bad = NonFiniteSteps.check(lv, gnorm)
