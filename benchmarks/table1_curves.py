@@ -56,7 +56,11 @@ def plot_curves(runs: Dict[str, Dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    colours = {"flow": "tab:blue", "unet": "tab:orange", "resnet": "tab:green"}
+    # one colour family per prox, a shade and a line style per run within it
+    maps = {"flow": "Blues", "unet": "Oranges", "resnet": "Greens"}
+    count: Dict[str, int] = {}
+    for m in runs.values():
+        count[m["config"]["prox"]] = count.get(m["config"]["prox"], 0) + 1
     styles, seen = ["-", "--", ":", "-."], {}
     lows = []
     for name, m in runs.items():
@@ -65,8 +69,10 @@ def plot_curves(runs: Dict[str, Dict[str, Any]], path: Path) -> None:
         if pts:
             prox = m["config"]["prox"]
             k = seen[prox] = seen.get(prox, -1) + 1
-            ax.plot(*zip(*pts), marker=".", label=name, color=colours.get(prox), ls=styles[k % len(styles)],
-                    lw=1.2)
+            shade = 0.85 - 0.5 * k / max(count[prox] - 1, 1)
+            colour = plt.get_cmap(maps.get(prox, "Greys"))(shade)
+            ax.plot(*zip(*pts), marker=".", ms=3, label=name, color=colour,
+                    ls=styles[k % len(styles)], lw=1.2)
             lows.append(sorted(p[1] for p in pts)[len(pts) // 4])
     if lows:  # a CNN's single bad validations would squash the rest: the axis starts near the low quartiles
         ax.set_ylim(bottom=min(lows) - 1.0)
