@@ -64,6 +64,7 @@
 #     benchmarks/table1.sh tasks_coupling   # stage tasks_cond's flow prox runs with --lr-coupling (one core)
 #     benchmarks/table1.sh unet_seed1_m2 coupling_cosine_seed1   # U-Net prox (stage k1_m2) and the flow
 #                                           # prox of stage coupling_cosine with seed 1 (one core each)
+#     benchmarks/table1.sh cosine_m2        # stage coupling_cosine's schedule with every network at 1e-4
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -777,6 +778,12 @@ stage_coupling_cosine_seed1() {  # stage coupling_cosine with another seed (one 
     eval_test flow_dn_k1_coup3_cos_seed1
 }
 
+stage_cosine_m2() {  # the control of stage coupling_cosine: the same schedule, every network at 1e-4 (one core)
+    train flow_dn_k1_cos_m2 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 \
+        --lr-schedule cosine --warmup 100 || true
+    eval_test flow_dn_k1_cos_m2
+}
+
 stage_coupling_frozen5() {  # stage coupling_frozen with the couplings at 5e-4 (one core)
     train flow_dn_k1_coup5_frozen "${PROTOCOL[@]}" --prox flow --standard-autograd --skip-nonfinite 10 \
         --flow "$RES/glow_celeba32_cos.pt" --K 1 --lr-net 0 --lr-coupling 5e-4 || true
@@ -812,9 +819,9 @@ stages=("$@")
 for s in "${stages[@]}"; do
     case $s in
         pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|coupling_eval|coupling_split|coupling_frozen|coupling_frozen5|coupling_cosine|anchor|tasks_coupling|unet_seed1_m2|coupling_cosine_seed1) "stage_$s" ;;
+        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|coupling_eval|coupling_split|coupling_frozen|coupling_frozen5|coupling_cosine|anchor|tasks_coupling|unet_seed1_m2|coupling_cosine_seed1|cosine_m2) "stage_$s" ;;
         *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, coupling_eval, coupling_split, coupling_frozen, coupling_frozen5, coupling_cosine, anchor, tasks_coupling, unet_seed1_m2, coupling_cosine_seed1)" >&2
+                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, coupling_eval, coupling_split, coupling_frozen, coupling_frozen5, coupling_cosine, anchor, tasks_coupling, unet_seed1_m2, coupling_cosine_seed1, cosine_m2)" >&2
            exit 2 ;;
     esac
 done
