@@ -331,3 +331,15 @@ def span_parts(sp: Dict[str, float]) -> Tuple[List[Tuple[str, float]], float]:
          max(0.0, sp["invprox.backward"] - inner)),
     ]
     return parts, sp["invprox.forward"] + sp["invprox.backward"]
+
+
+def load_trained_solver(run: str, last: bool = False) -> Tuple[nn.Module, Dict[str, Any]]:
+    """A run of ``invprox train``: its ``solver.pt`` (the best state) and config; with ``last``, the
+    weights of its ``checkpoint.pt`` (the last state, e.g. of a run stopped by a non-finite loss)."""
+    from invprox.checkpoint import load_checkpoint
+    from invprox.train.solver_setup import load_solver
+
+    solver, cfg = load_solver(os.path.join(run, "solver.pt"))
+    if last:
+        solver.load_state_dict(load_checkpoint(os.path.join(run, "checkpoint.pt"))["model"])
+    return solver, cfg

@@ -27,12 +27,14 @@ from typing import Dict, List
 
 import torch
 
-from invprox.checkpoint import load_checkpoint
 from invprox.data import make_dataset
 from invprox.flows import ActNorm, InvConv1x1
 from invprox.flows.coupling import AdditiveCoupling, AffineCoupling
 from invprox.flows.glow import Glow
 from invprox.flows.layers import SplitPrior
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import load_trained_solver  # noqa: E402
 
 KINDS = ("coupling", "actnorm", "invconv", "split")
 
@@ -70,11 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    from invprox.train.solver_setup import load_solver
-
-    solver, cfg = load_solver(os.path.join(args.run, "solver.pt"))
-    if args.last:
-        solver.load_state_dict(load_checkpoint(os.path.join(args.run, "checkpoint.pt"))["model"])
+    solver, cfg = load_trained_solver(args.run, args.last)
     if cfg["prox"] != "flow":
         raise SystemExit(f"{args.run} is a {cfg['prox']} prox run, not a flow prox")
     prior = Glow.load(args.prior or cfg["flow"])

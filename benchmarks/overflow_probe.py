@@ -24,10 +24,11 @@ from typing import Dict, Tuple
 
 import torch
 
-from invprox.checkpoint import load_checkpoint
 from invprox.data import make_dataset
 from invprox.flows.layers import SplitPrior
-from invprox.train.solver_setup import load_solver
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import load_trained_solver  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -43,9 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    solver, cfg = load_solver(os.path.join(args.run, "solver.pt"))
-    if args.last:
-        solver.load_state_dict(load_checkpoint(os.path.join(args.run, "checkpoint.pt"))["model"])
+    solver, cfg = load_trained_solver(args.run, args.last)
     solver.eval()
     solver.memory_efficient = False
     logs_range: Dict[str, Tuple[float, float]] = {}

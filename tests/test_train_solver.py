@@ -153,17 +153,24 @@ def test_cosine_schedule_follows_the_budget(setup, tmp_path):
     assert all(b <= a for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.25e-3, lrs
 
 
+def _two_level_flow(path):
+    """A two-level Glow on 1x8x8 images (one split prior), ActNorm initialised, saved to ``path``."""
+    from invprox.flows.glow import Glow
+
+    torch.manual_seed(0)
+    glow = Glow(in_channels=1, image_size=8, levels=2, steps=1, hidden=4)
+    with torch.no_grad():
+        glow.train()(glow.preprocess(torch.rand(8, 1, 8, 8)))
+    glow.save(path)
+
+
 @pytest.mark.parametrize("lr_split", [0.0, 1e-2])
 def test_split_priors_get_their_own_rate(setup, tmp_path, lr_split):
     """--lr-split: the flows' split priors train at their own rate; at 0 they stay as pre-trained while
     the rest of every flow trains."""
     from invprox.flows.glow import Glow
 
-    torch.manual_seed(0)
-    glow = Glow(in_channels=1, image_size=8, levels=2, steps=1, hidden=4)  # one split prior
-    with torch.no_grad():
-        glow.train()(glow.preprocess(torch.rand(8, 1, 8, 8)))
-    glow.save(tmp_path / "flow2.pt")
+    _two_level_flow(tmp_path / "flow2.pt")
     out = tmp_path / "split"
     train_solver(out=str(out), **_kw(setup, K=2, max_steps=2, flow=str(tmp_path / "flow2.pt"),
                                      lr_split=lr_split, standard_autograd=True))
@@ -188,11 +195,7 @@ def test_couplings_get_their_own_rate(setup, tmp_path, lr_coupling):
     groups partition the solver's parameters; at 0 the couplings stay as pre-trained."""
     from invprox.flows.glow import Glow
 
-    torch.manual_seed(0)
-    glow = Glow(in_channels=1, image_size=8, levels=2, steps=1, hidden=4)  # one split prior
-    with torch.no_grad():
-        glow.train()(glow.preprocess(torch.rand(8, 1, 8, 8)))
-    glow.save(tmp_path / "flow2.pt")
+    _two_level_flow(tmp_path / "flow2.pt")
     out = tmp_path / "coup"
     train_solver(out=str(out), **_kw(setup, K=2, max_steps=2, lr_coupling=lr_coupling, lr_split=0.0,
                                      flow=str(tmp_path / "flow2.pt"), standard_autograd=True))
