@@ -155,23 +155,14 @@ class Glow(ChainOwner, InvertibleModule):
             ValueError: ``cond_channels`` is not positive, or this Glow is conditional on another number
                 of channels.
         """
-        if not isinstance(cond_channels, int) or cond_channels < 1:
-            raise ValueError(f"cond_channels must be a positive int, got {cond_channels!r}")
-        if self.cond_channels and self.cond_channels != cond_channels:
-            raise ValueError(f"this Glow is conditional on {self.cond_channels} channels, "
-                             f"not {cond_channels}")
-        p = next(self.parameters())
-        out = Glow.from_config({**self.config, "cond_channels": cond_channels}).to(p.device, p.dtype)
-        missing, unexpected = out.load_state_dict(self.state_dict(), strict=False)
-        if unexpected or any(not k.endswith("coupling.inject.weight") for k in missing):
-            raise RuntimeError(f"with_condition: state does not map (missing {missing}, unexpected "
-                               f"{unexpected})")  # pragma: no cover - the layouts are ours
-        return out.train(self.training)
+        from .derive import condition_glow
+
+        return condition_glow(self, cond_channels)
 
     def widened(self, hidden: int) -> Glow:
         """A copy whose coupling networks have ``hidden`` channels and that computes exactly this Glow's
-        ``f`` and ``g`` until trained (:func:`invprox.flows.widen.widen_glow`)."""
-        from .widen import widen_glow
+        ``f`` and ``g`` until trained (:func:`invprox.flows.derive.widen_glow`)."""
+        from .derive import widen_glow
 
         return widen_glow(self, hidden)
 

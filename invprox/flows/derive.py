@@ -1,4 +1,8 @@
-"""Widen a trained Glow's coupling networks without changing the function it computes.
+"""Copies of a trained Glow that compute exactly its flow until they are trained.
+
+* :func:`condition_glow` (``Glow.with_condition``): every step's coupling network also reads a
+  conditioning image, through a zero-initialised 1x1 convolution into its first hidden layer.
+* :func:`widen_glow` (``Glow.widened``): wider coupling networks.
 
 :func:`widen_glow` gives a copy of a Glow whose coupling networks have ``hidden`` channels instead of the
 trained ones (Net2Net-style): the trained units keep their weights, every new unit gets the fresh weights of
@@ -17,7 +21,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["widen_glow"]
+__all__ = ["condition_glow", "widen_glow"]
+
+
+def condition_glow(glow: Any, cond_channels: int) -> Any:
+    """A conditional copy of ``glow`` (see :meth:`invprox.flows.Glow.with_condition`).
+
+    Raises:
+        ValueError: ``cond_channels`` is not positive, or the Glow is conditional on another number of
+            channels.
+    """
+    if not isinstance(cond_channels, int) or cond_channels < 1:
+        raise ValueError(f"cond_channels must be a positive int, got {cond_channels!r}")
+    if glow.cond_channels and glow.cond_channels != cond_channels:
+        raise ValueError(f"this Glow is conditional on {glow.cond_channels} channels, not {cond_channels}")
+    p = next(glow.parameters())
+    out = type(glow).from_config({**glow.config, "cond_channels": cond_channels}).to(p.device, p.dtype)
+    missing, unexpected = out.load_state_dict(glow.state_dict(), strict=False)
+    if unexpected or any(not k.endswith("coupling.inject.weight") for k in missing):
+        raise RuntimeError(f"with_condition: state does not map (missing {missing}, unexpected "
+                           f"{unexpected})")  # pragma: no cover - the layouts are ours
+    return out.train(glow.training)
 
 
 def _embed(old: Tensor, new: Tensor) -> Tensor:
