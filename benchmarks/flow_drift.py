@@ -23,43 +23,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Dict, List
 
 import torch
 
 from invprox.data import make_dataset
-from invprox.flows import ActNorm, InvConv1x1
-from invprox.flows.coupling import AdditiveCoupling, AffineCoupling
 from invprox.flows.glow import Glow
-from invprox.flows.layers import SplitPrior
+from invprox.flows.step import PARAMETER_KINDS, parameters_by_kind
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import load_trained_solver  # noqa: E402
-
-KINDS = ("coupling", "actnorm", "invconv", "split")
-
-
-def kind_of(module: torch.nn.Module) -> str:
-    """The kind of a Glow module that holds parameters ("" for none of :data:`KINDS`)."""
-    if isinstance(module, SplitPrior):  # an affine coupling too: test it first
-        return "split"
-    if isinstance(module, (AffineCoupling, AdditiveCoupling)):
-        return "coupling"
-    if isinstance(module, ActNorm):
-        return "actnorm"
-    if isinstance(module, InvConv1x1):
-        return "invconv"
-    return ""
-
-
-def kinds(glow: torch.nn.Module) -> Dict[str, List[torch.nn.Parameter]]:
-    """The Glow's trainable parameters by kind, in module order."""
-    out: Dict[str, List[torch.nn.Parameter]] = {k: [] for k in KINDS}
-    for m in glow.modules():
-        k = kind_of(m)
-        if k:
-            out[k].extend(m.parameters())
-    return out
 
 
 def main(argv=None) -> int:
@@ -90,12 +62,13 @@ def main(argv=None) -> int:
         xb = x[i : i + 8]
         y = xb + cfg["sigma"] * torch.randn(xb.shape, generator=g)
         (((solver(y) - xb) ** 2).mean() / args.batches).backward()
-    ref = kinds(prior)
+    ref = parameters_by_kind(prior)
+    folds = [parameters_by_kind(flow) for flow in solver.flows]
     rows = []
-    for k in KINDS:
+    for k in PARAMETER_KINDS:
         drift_num = drift_den = gsq = n = 0.0
-        for flow in solver.flows:
-            for p_new, p_old in zip(kinds(flow)[k], ref[k]):
+        for fold in folds:
+            for p_new, p_old in zip(fold[k], ref[k]):
                 drift_num += float((p_new.detach() - p_old.detach()).pow(2).sum())
                 drift_den += float(p_old.detach().pow(2).sum())
                 if p_new.grad is not None:

@@ -23,7 +23,7 @@ convolution (``inject_channels`` of :class:`~invprox.flows.AffineCoupling`).
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,7 @@ from ..core.block import InvertibleModule
 from .coupling import AdditiveCoupling, AffineCoupling, _Coupling
 from .layers import ActNorm, ChannelRange, InvConv1x1, SplitPrior, Squeeze, Unsqueeze
 
-__all__ = ["GlowStep", "build_glow_blocks", "upgrade_step_layout"]
+__all__ = ["GlowStep", "PARAMETER_KINDS", "build_glow_blocks", "parameters_by_kind", "upgrade_step_layout"]
 
 _COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
 
@@ -185,6 +185,35 @@ class GlowStep(InvertibleModule):
         if not self.cond_channels:
             return f"channels={self.channels}"
         return f"channels={self.channels}, cond_channels={self.cond_channels}, cond_factor={self.cond_factor}"
+
+
+#: the kinds of a Glow's trainable parameters (:func:`parameters_by_kind`)
+PARAMETER_KINDS = ("coupling", "actnorm", "invconv", "split")
+
+
+def parameters_by_kind(module: nn.Module) -> Dict[str, List[nn.Parameter]]:
+    """The parameters of the Glow layers inside ``module`` by kind, each once, in module order:
+    ``"coupling"`` (the flow steps' coupling layers: their networks, and an injected condition),
+    ``"actnorm"``, ``"invconv"`` (the 1x1 convolutions) and ``"split"`` (the learned split priors, which are
+    affine couplings too, but no step's)."""
+    out: Dict[str, List[nn.Parameter]] = {k: [] for k in PARAMETER_KINDS}
+    seen = set()
+    for m in module.modules():
+        if isinstance(m, SplitPrior):
+            kind = "split"
+        elif isinstance(m, (AffineCoupling, AdditiveCoupling)):
+            kind = "coupling"
+        elif isinstance(m, ActNorm):
+            kind = "actnorm"
+        elif isinstance(m, InvConv1x1):
+            kind = "invconv"
+        else:
+            continue
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out[kind].append(p)
+    return out
 
 
 def build_glow_blocks(

@@ -207,28 +207,16 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
     def split_prior_parameters(self) -> List[nn.Parameter]:
         """The parameters of the flows' learned split priors (:class:`~invprox.flows.layers.SplitPrior`):
         the conditional mean and scale by which each factored-out latent is normalised."""
-        from ..flows.layers import SplitPrior
+        from ..flows.step import parameters_by_kind
 
-        return self._parameters_of(SplitPrior)
+        return parameters_by_kind(self)["split"]
 
     def coupling_parameters(self) -> List[nn.Parameter]:
         """The parameters of the flows' coupling layers (their networks, and the injection of ``A^T y``
         with ``cond_y``): everything of the flows but ActNorm, the 1x1 convolutions and the split priors."""
-        from ..flows.coupling import AdditiveCoupling, AffineCoupling
-        from ..flows.layers import SplitPrior
+        from ..flows.step import parameters_by_kind
 
-        # a split prior is an affine coupling too, but not a step's
-        return self._parameters_of((AffineCoupling, AdditiveCoupling), but=SplitPrior)
-
-    def _parameters_of(self, kinds, but=()) -> List[nn.Parameter]:
-        seen, out = set(), []
-        for m in self.modules():
-            if isinstance(m, kinds) and not isinstance(m, but):
-                for p in m.parameters():
-                    if id(p) not in seen:
-                        seen.add(id(p))
-                        out.append(p)
-        return out
+        return parameters_by_kind(self)["coupling"]
 
     def param_groups(self, lr_net: float = 1e-5, lr_step: float = 1e-2, lr_split: Optional[float] = None,
                      lr_coupling: Optional[float] = None) -> List[Dict[str, Any]]:
