@@ -197,12 +197,11 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     flow_config = None if flow_net is None else dict(flow_net.config)
     rates = {k: cfg[k] for k in ("lr_split", "lr_coupling") if cfg.get(k) is not None}
     opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"], **rates))
-    for group in opt.param_groups:  # a group at rate 0 stays as pre-trained: no gradients (nor their
-        if group["lr"] == 0:  # share of the clipped norm)
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"]  # the schedule scales these (as torch's schedulers do)
+        if group["lr"] == 0:  # kept as pre-trained: no gradients (nor their share of the clipped norm)
             for p in group["params"]:
                 p.requires_grad_(False)
-    for group in opt.param_groups:  # the schedule scales these (as torch's schedulers do)
-        group["initial_lr"] = group["lr"]
     groups = fixed_measurements(xv, range(len(xv)), task, popts, sig, seed, "val", cfg["batch"], fixed_op)
     bsz = min(cfg["batch"], len(xt))
     if bsz % world:
