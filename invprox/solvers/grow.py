@@ -92,11 +92,8 @@ def grow_solver(solver: nn.Module, source: nn.Module) -> int:
         solver.dc[k].set_fraction(IDENTITY_MU)
         if isinstance(solver, FlowProxSolver):
             solver.shrink[k].set_lam(_LAM_MIN)
-            lam_net = getattr(solver.shrink[k], "lam_net", None)
-            if lam_net is not None:  # lam_y: the copied map would give lambda its trained values
-                with torch.no_grad():
-                    lam_net[-1].weight.zero_()
-                    lam_net[-1].bias.zero_()
+            if hasattr(solver.shrink[k], "reset_map"):  # lam_y: the copied map gives lambda trained values
+                solver.shrink[k].reset_map()
         else:
             _zero_residual(solver.prox[k])
     return K0

@@ -112,12 +112,20 @@ class LatentShrinkage(_LearnedLambda, InvertibleModule):
             if levels is None:
                 raise ValueError("a lambda map read from a conditioning image needs levels (a latent with "
                                  "the image's layout)")
+            # the last layer is made first, as it always was: the others draw the same seeded weights
             last = nn.Conv2d(hidden, levels.shape[0], 3, padding=1)
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
             self.lam_net = nn.Sequential(nn.Conv2d(cond_channels, hidden, 3, padding=1), nn.ReLU(),
                                          nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), last)
+            self.reset_map()
             self.uses_cond = True
+
+    @torch.no_grad()
+    def reset_map(self) -> None:
+        """Zero the last layer of the map read from the conditioning image, so that ``lambda`` is the
+        levels' values whatever the image (as at construction); nothing without ``cond_channels``."""
+        if self.lam_net is not None:
+            nn.init.zeros_(self.lam_net[-1].weight)
+            nn.init.zeros_(self.lam_net[-1].bias)
 
     def _factor(self, z: Tensor, cond: Sequence[Tensor] = ()) -> Tensor:
         if self.lam_net is None:
