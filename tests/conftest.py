@@ -56,3 +56,11 @@ def tiny_data(tmp_path_factory):
         glow.train()(glow.preprocess(torch.rand(8, 1, 8, 8)))
     glow.save(root / "flow.pt")
     return {"root": root, "data": str(root / "imgs"), "flow": str(root / "flow.pt")}
+
+
+def train_kw(tiny_data, **over):
+    """Keyword arguments of ``train_solver`` for a short run on ``tiny_data`` (one fold, its Glow)."""
+    kw = dict(data=tiny_data["data"], size=8, channels=1, K=1, batch=4, epochs=2, progress=False,
+              log=lambda s: None, flow=tiny_data["flow"], lr_net=1e-3)
+    kw.update(over)
+    return kw
