@@ -814,14 +814,31 @@ stage_tasks_coupling() {
     done
 }
 
+stage_coupling5_cosine() {
+    # Stage coupling_cosine with the couplings at 5e-4 (constant 5e-4 diverged at step 2,800 with the rest
+    # frozen): does the decay alone let a higher rate last? The control of stage eps (one core)
+    train flow_dn_k1_coup5_cos "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 \
+        --lr-coupling 5e-4 --lr-schedule cosine --warmup 100 || true
+    eval_test flow_dn_k1_coup5_cos
+}
+
+stage_eps() {
+    # Stage coupling5_cosine with Adam's epsilon at 1e-6 instead of 1e-8 (--adam-eps): the coarsest level's
+    # couplings, whose gradients are ~1e-6 and less because f and g cancel there, then take steps smaller
+    # than the learning rate instead of drifting at Adam's full step (TABLE1.md; one core)
+    train flow_dn_k1_coup5_cos_eps6 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
+        --K 1 --lr-coupling 5e-4 --lr-schedule cosine --warmup 100 --adam-eps 1e-6 || true
+    eval_test flow_dn_k1_coup5_cos_eps6
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
-    case $s in
-        pilot|denoise|denoise_train|denoise_eval|k_sweep|tasks|prior|denoise_more|tasks_prior|refs_prior|prior2|\
-        denoise_prior2|channels_last|batch4|cosine|cosine_eval|tied|longer|longer3|split|grow|grow_k1|grow_k4|grow_resnet|grow_unet_seed1|k1_screen|alive|tasks_grow|k1_full|k1_m2|k1_m2_resnet|cond_y|channel|channel_cond|lam_y|lam_y_cond|tasks_cond|k1_lr3|wide|coupling|coupling_eval|coupling_split|coupling_frozen|coupling_frozen5|coupling_cosine|anchor|tasks_coupling|unet_seed1_m2|coupling_cosine_seed1|cosine_m2) "stage_$s" ;;
-        *) echo "unknown stage $s (pilot, denoise, denoise_train, denoise_eval, k_sweep, tasks, prior," \
-                "denoise_more, tasks_prior, refs_prior, prior2, denoise_prior2, channels_last, batch4, cosine, cosine_eval, tied, longer, longer3, split, grow, grow_k1, grow_k4, grow_resnet, grow_unet_seed1, k1_screen, alive, tasks_grow, k1_full, k1_m2, k1_m2_resnet, cond_y, channel, channel_cond, lam_y, lam_y_cond, tasks_cond, k1_lr3, wide, coupling, coupling_eval, coupling_split, coupling_frozen, coupling_frozen5, coupling_cosine, anchor, tasks_coupling, unet_seed1_m2, coupling_cosine_seed1, cosine_m2)" >&2
-           exit 2 ;;
-    esac
+    if ! declare -F "stage_$s" > /dev/null; then
+        echo "unknown stage $s (one of: $(declare -F | sed -n 's/^declare -f stage_//p' | tr '\n' ' '))" >&2
+        exit 2
+    fi
+done
+for s in "${stages[@]}"; do
+    "stage_$s"
 done

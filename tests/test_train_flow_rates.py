@@ -1,6 +1,6 @@
 """`invprox train` options of the flow prox's optimisation: the split priors and the couplings at their own
 rates (`--lr-split`, `--lr-coupling`; 0 keeps them as pre-trained), and the pull towards the prior
-(`--anchor`)."""
+(`--anchor`); and Adam's epsilon (`--adam-eps`)."""
 
 import pytest
 import torch
@@ -109,3 +109,27 @@ def test_anchor_pulls_the_flows_towards_their_start_and_resumes_exactly(setup, t
                                                     anchor=1.0))
     with pytest.raises(ValueError, match="anchor must be a non-negative"):
         train_solver(out=str(tmp_path / "n"), **_kw(setup, anchor=-1.0))
+
+
+def test_adam_eps_sets_the_optimizer_and_damps_small_gradients(setup, tmp_path):
+    """--adam-eps: Adam's epsilon in every group (kept in the checkpoint); an epsilon far above the
+    gradients turns Adam's lr-sized steps into small ones; a non-positive one is refused."""
+    from invprox.flows.glow import Glow
+
+    pre = [p.detach() for p in Glow.load(setup["flow"]).parameters()]
+
+    def run(name, **over):
+        train_solver(out=str(tmp_path / name), **_kw(setup, max_steps=4, calibrate=0,
+                                                     standard_autograd=True, val_every=100, **over))
+        ck = load_checkpoint(tmp_path / name / "checkpoint.pt")
+        now = [ck["model"]["flows.0." + n] for n, _ in Glow.load(setup["flow"]).named_parameters()]
+        moved = sum(float((p - q).abs().sum()) for p, q in zip(now, pre))
+        return moved, {g["eps"] for g in ck["optimizer"]["param_groups"]}
+
+    moved, eps = run("default")
+    assert eps == {1e-8}
+    damped, eps = run("damped", adam_eps=1e2)
+    assert eps == {1e2}
+    assert 0 < damped < 0.01 * moved
+    with pytest.raises(ValueError, match="adam_eps must be a positive"):
+        train_solver(out=str(tmp_path / "bad"), **_kw(setup, adam_eps=0.0))

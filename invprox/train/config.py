@@ -106,6 +106,9 @@ class TrainConfig:
                          "with the gradient of (W / 2) ||theta - theta_0||^2, so that weights the loss says "
                          "little about stay near the prior instead of drifting at Adam's full rate; 0: off",
                          float, metavar="W")
+    adam_eps: float = _opt(1e-8, "Adam's epsilon (torch's default 1e-8); larger values shrink the steps of "
+                           "parameters whose gradients are smaller than it, instead of Adam's step of about "
+                           "the learning rate whatever the gradient's size", float, metavar="EPS")
     lr_schedule: str = _opt("constant", "learning-rate schedule: constant, or a cosine decay to 0 over the "
                             "run (its budget, max steps or epochs, whichever ends it first)",
                             choices=("constant", "cosine"))

@@ -80,6 +80,8 @@ def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
                          "keeps its source's Glow")
     if not cfg.get("anchor", 0.0) >= 0:
         raise ValueError(f"anchor must be a non-negative weight, got {cfg.get('anchor')!r}")
+    if not cfg.get("adam_eps", 1e-8) > 0:
+        raise ValueError(f"adam_eps must be a positive number, got {cfg.get('adam_eps')!r}")
     if budget_clock not in ("cpu", "wall"):
         raise ValueError(f"budget_clock must be 'cpu' or 'wall', got {budget_clock!r}")
     if not cfg["sigma"] >= 0:
