@@ -158,15 +158,19 @@ class _ChainFunction(torch.autograd.Function):
         cfg.replay_autocast = autocast_state() != ctx.autocast
         bounds = sorted(kept) + [len(cfg.blocks)]
         h, g = y.detach(), grad_y
-        for s, e in reversed(list(zip(bounds[:-1], bounds[1:]))):
-            inputs = _check_segment(cfg, ctx.states, s, e, h, kept[s], cond_leaves)
-            for j in range(e - 1, s - 1, -1):
-                block, st = cfg.blocks[j], ctx.states[j]
-                # buffers are restored after the vjp: batch norm saves its running stats for backward
-                with _recomputing(), _restore(cfg, j):
-                    x_leaf, g = _block_vjp(cfg, j, block, st, inputs.get(j), h, g, grad_ld,
-                                           cond_leaves, known, grad_cond, grad_params)
-                h = x_leaf.detach()
+        buffers = cfg.plan.buffers
+        with _recomputing():  # the whole backward recomputes
+            for s, e in reversed(list(zip(bounds[:-1], bounds[1:]))):
+                inputs = _check_segment(cfg, ctx.states, s, e, h, kept[s], cond_leaves)
+                for j in range(e - 1, s - 1, -1):
+                    args = (cfg, j, cfg.blocks[j], ctx.states[j], inputs.get(j), h, g, grad_ld, cond_leaves,
+                            known, grad_cond, grad_params)
+                    if buffers[j]:  # restored after the vjp: batch norm saves its running stats for it
+                        with _restore(cfg, j):
+                            x_leaf, g = _block_vjp(*args)
+                    else:
+                        x_leaf, g = _block_vjp(*args)
+                    h = x_leaf.detach()
         grad_x = g if needs[1] else None
         return (None, grad_x, *grad_cond, *grad_params)
 
@@ -245,7 +249,7 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
 
 
 def _rebuild_block(cfg, j, block, st, h, cond_leaves, want_ld):
-    replay = functools.partial(_replay, cfg, st)
+    replay = functools.partial(_replay, cfg, st) if st.needs_replay(cfg.replay_autocast) else None
     try:
         with span("invprox.rebuild"):
             return rebuild(block, h, *cond_leaves, logdet=want_ld, replay=replay)
