@@ -844,19 +844,26 @@ stage_coupling_cosine_cond() {  # stage coupling_cosine with conditional Glows (
 
 stage_ood() {
     # The one-fold solvers trained at sigma 0.20 (stages coupling_cosine, coupling_cosine_seed1,
-    # k1_m2_unet, unet_seed1_m2, k1_m2_resnet), tested further out of their training noise: sigma 0.25 ...
-    # 0.40 on all 600 test faces; the runs present are evaluated, the others listed as missing
+    # k1_m2_unet, unet_seed1_m2, k1_m2_resnet), tested further out of their training noise: sigma 0.20 ...
+    # 0.40 on all 600 test faces, as trained (start weight and lambda of sigma 0.20 at every level) and with
+    # the noise level known (`invprox eval --adapt-start P --adapt-lam Q`: the smooth start's alpha times
+    # (sigma / 0.20)^P for every solver, the flow prox's lambda times (sigma / 0.20)^Q; MAP scales both
+    # with the noise variance, P = Q = 2). The runs present are evaluated, the others listed as missing.
     local runs=(flow_dn_k1_coup3_cos flow_dn_k1_coup3_cos_seed1 unet_dn_k1_m2 unet_dn_k1_m2_seed1 resnet_dn_k1_m2)
-    local args=() m
+    local args=() m pq
     for m in "${runs[@]}"; do
         if [ -f "$RUNS/$m/solver.pt" ]; then args+=(--model "$RUNS/$m/solver.pt" --name "$m")
         else echo "stage ood: $RUNS/$m/solver.pt missing (run its stage first); left out" >&2; fi
     done
-    rm -rf "$RUNS/eval_ood"
-    timed "eval ood" invprox eval "${args[@]}" --data celeba64 --split val --sigmas 0.20 0.25 0.30 0.35 0.40 \
-        --seed 0 --no-progress --out "$RUNS/eval_ood"
-    cp "$RUNS/eval_ood/results.md" "$RES/table1_ood_results.md"
-    cp "$RUNS/eval_ood/results.json" "$RES/table1_ood_results.json"
+    for pq in 0,0 1,0 1,1 2,0 2,2; do
+        local tag="start${pq%,*}_lam${pq#*,}"
+        rm -rf "$RUNS/eval_ood_$tag"
+        timed "eval ood $tag" invprox eval "${args[@]}" --data celeba64 --split val \
+            --sigmas 0.10 0.15 0.20 0.25 0.30 0.35 0.40 --adapt-start "${pq%,*}" --adapt-lam "${pq#*,}" \
+            --seed 0 --no-progress --out "$RUNS/eval_ood_$tag"
+        cp "$RUNS/eval_ood_$tag/results.md" "$RES/table1_ood_${tag}_results.md"
+        cp "$RUNS/eval_ood_$tag/results.json" "$RES/table1_ood_${tag}_results.json"
+    done
 }
 
 stages=("$@")

@@ -108,3 +108,52 @@ def test_non_finite_outputs_are_counted_not_hidden(setup, tmp_path, monkeypatch)
     assert m["n_finite"] == 3 and m["n"] == 4 and np.isfinite(m["psnr"])
     assert m["psnr"] == pytest.approx(s["mean"]["noisy input"]["0.1"]["psnr"], abs=3)
     assert "[3/4 finite]" in (tmp_path / "results.md").read_text()
+
+
+def test_noise_adapted_scales_and_restores():
+    """noise_adapted: the start weight and each lambda scaled by ratio**power inside, restored after (also
+    after an error); refused where the solver lacks the part."""
+    from invprox.solvers import LatentShrinkage
+    from invprox.solvers.adapt import noise_adapted
+    from invprox.solvers.start import SmoothStart
+
+    solver = nn.Module()
+    solver.smooth_start = SmoothStart(alpha=2.0)
+    solver.shrink = nn.ModuleList([LatentShrinkage(0.5, levels=torch.tensor([0, 1, 1]))])
+    solver.shrink[0].set_lam([0.5, 3.0])
+    lam0 = solver.shrink[0].lam.detach().clone()
+    with noise_adapted(solver, 2.0, start=1.0, lam=2.0):
+        assert float(solver.smooth_start.alpha) == pytest.approx(4.0)
+        assert torch.allclose(solver.shrink[0].lam, lam0 * 4.0, rtol=1e-5)
+    assert float(solver.smooth_start.alpha) == 2.0 and torch.equal(solver.shrink[0].lam, lam0)
+    with pytest.raises(RuntimeError, match="inside"), noise_adapted(solver, 0.5, start=2.0, lam=1.0):
+        raise RuntimeError("inside")
+    assert float(solver.smooth_start.alpha) == 2.0 and torch.equal(solver.shrink[0].lam, lam0)
+    with noise_adapted(solver, 3.0):  # powers 0: nothing changes
+        assert float(solver.smooth_start.alpha) == 2.0
+    with pytest.raises(ValueError, match="positive noise-level ratio"), noise_adapted(solver, 0.0, start=1.0):
+        pass
+    bare = nn.Module()
+    with pytest.raises(ValueError, match="smooth start"), noise_adapted(bare, 2.0, start=1.0):
+        pass
+    with pytest.raises(ValueError, match="latent shrinkage"), noise_adapted(bare, 2.0, lam=1.0):
+        pass
+
+
+def test_eval_adapts_the_start_to_each_noise_level(setup, tmp_path, monkeypatch):
+    """--adapt-start P: at the training sigma nothing changes, elsewhere the outputs do; --adapt-lam leaves
+    a CNN solver alone; a model without the smooth start is refused before any run."""
+    kw = dict(sigmas=[0.1, 0.2], progress=False, log=lambda m: None, grid_n=2)
+    plain = evaluate([setup["model"]], str(tmp_path / "plain"), **kw)["mean"]["resnet"]
+    adapted = evaluate([setup["model"]], str(tmp_path / "adapted"), adapt_start=1.0, adapt_lam=2.0,
+                       **kw)["mean"]["resnet"]
+    assert adapted["0.2"] == plain["0.2"]
+    assert adapted["0.1"]["psnr"] != plain["0.1"]["psnr"]
+    rc = main(["eval", "--model", setup["model"], "--sigmas", "0.1", "--limit", "2", "--adapt-start", "1",
+               "--out", str(tmp_path / "cli"), "--no-progress"])
+    assert rc == 0
+    cfg = {"task": "denoising", "physics_options": {}, "size": 8, "channels": 1, "prox": "identity",
+           "data": setup["data"], "sigma": 0.2}
+    monkeypatch.setattr(ev, "load_solver", lambda path, dev: (_Identity(), dict(cfg)))
+    with pytest.raises(ValueError, match="smooth start"):
+        evaluate(["x"], str(tmp_path / "bare"), adapt_start=1.0, **kw)

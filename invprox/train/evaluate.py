@@ -34,6 +34,7 @@ from torch.nn import functional as F
 
 from ..metrics import psnr, ssim
 from ..physics import canonical_task
+from ..solvers.adapt import noise_adapted
 from .loop_utils import dataset_tensor, resolve_device, write_json
 from .solver_setup import fixed_measurements, load_solver, physics_options
 
@@ -63,9 +64,23 @@ def _display(y: Tensor, op: Any, like: Tensor) -> Tensor:
     return (x - lo) / (hi - lo).clamp(min=1e-12)
 
 
-def _model_method(solver) -> Method:
+def _model_method(solver, path, cfg: Dict[str, Any], adapt_start: float, adapt_lam: float) -> Method:
+    """``run(y, op, sigma)`` of a loaded solver; with adaptation, its start (and a flow prox's lambda)
+    scaled for each ``sigma`` (lambda adaptation leaves the CNN solvers as they are)."""
+    adapt_lam = adapt_lam if cfg["prox"] == "flow" else 0.0
+    if adapt_start or adapt_lam:
+        if not cfg["sigma"] > 0:
+            raise ValueError(f"{path}: noise adaptation needs a model trained at a positive sigma")
+        with noise_adapted(solver, 1.0, adapt_start, adapt_lam):  # refuses a model it cannot adapt
+            pass
+
     def run(y: Tensor, op: Any, sigma: float) -> Tensor:
-        with torch.no_grad():
+        if not (adapt_start or adapt_lam):
+            with torch.no_grad():
+                return solver(y, op)
+        if not sigma > 0:
+            raise ValueError(f"noise adaptation needs a positive test noise level, got {sigma}")
+        with torch.no_grad(), noise_adapted(solver, sigma / cfg["sigma"], adapt_start, adapt_lam):
             return solver(y, op)
 
     return run
@@ -139,6 +154,8 @@ def evaluate(
     lm_steps: Optional[int] = None,
     lm_lr: Optional[float] = None,
     classical: bool = False,
+    adapt_start: float = 0.0,
+    adapt_lam: float = 0.0,
     seed: int = 0,
     batch: int = 16,
     device: str = "cpu",
@@ -157,6 +174,9 @@ def evaluate(
         latent_map, flow, lm_gamma, lm_steps, lm_lr: add latent-space MAP with the Glow ``flow``
             (``lm_gamma`` default: ``sigma**2`` at each noise level, the Gaussian MAP weight).
         classical: add the classical reference of the task (e.g. BM3D for denoising).
+        adapt_start, adapt_lam: at each noise level ``sigma``, scale every model's smooth-start weight
+            (and the flow prox's latent shrinkage; CNN solvers have none) by ``(sigma / sigma_train) ** power``
+            (:func:`invprox.solvers.adapt.noise_adapted`; 0: the trained values at every level).
         seed: seed of measurements. batch: images per solver call. device: "cpu", "cuda", "auto".
         grid_n, grid_sigma: images per grid row, and the noise level shown (the one of ``sigmas``
             nearest ``grid_sigma``, by default nearest the training noise, or the middle one).
@@ -189,7 +209,7 @@ def evaluate(
         name = names[i] if i < len(names) else cfg["prox"]
         taken = [m[0] for m in methods]
         name = name if name not in taken else f"{name}#{sum(t.split('#')[0] == name for t in taken) + 1}"
-        methods.append((name, _model_method(solver)))
+        methods.append((name, _model_method(solver, path, cfg, adapt_start, adapt_lam)))
     if ref_cfg is not None:
         if task is not None and canonical_task(task) != ref_cfg["task"]:
             raise ValueError(f"--task {task} differs from the models' task {ref_cfg['task']}")
@@ -306,6 +326,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--lm-steps", type=int, default=None, help="latent MAP: optimisation steps")
     a("--lm-lr", type=float, default=None, help="latent MAP: learning rate")
     a("--classical", action="store_true", help="add the classical reference (e.g. BM3D for denoising)")
+    a("--adapt-start", type=float, default=0.0, metavar="P",
+      help="scale each model's smooth-start weight alpha by (sigma / training sigma)^P at each noise level")
+    a("--adapt-lam", type=float, default=0.0, metavar="P",
+      help="flow prox: scale its latent shrinkage lambda by (sigma / training sigma)^P")
     a("--seed", type=int, default=0, help="seed of the measurements")
     a("--batch", type=int, default=16)
     a("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
