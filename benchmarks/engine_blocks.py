@@ -24,8 +24,9 @@ from _common import ctx_held, storage_key
 from _harness import rel_err
 from methods import CheckpointSequential, memcnn_sequential
 
-#: the methods, in the order of the tables
-METHODS = ("standard", "checkpoint", "memcnn", "invprox", "invprox_keep")
+#: the methods, in the order of the tables (``rebuild_floor`` only on request: ``--methods``)
+METHODS = ("standard", "checkpoint", "memcnn", "invprox", "invprox_keep", "rebuild_floor")
+DEFAULT_METHODS = METHODS[:5]
 
 
 class FlipAfter(InvertibleModule):
@@ -56,6 +57,48 @@ class FlipAfter(InvertibleModule):
     def rebuild(self, y: Tensor, *cond: Tensor, logdet: bool = False):
         x, y_graph, ld = self.coupling.rebuild(y.flip(1), *cond, logdet=logdet)
         return x, y_graph.flip(1), ld
+
+
+class _RebuildFloorFunction(torch.autograd.Function):
+    """The least any engine that rebuilds activations by fused inversion does (the ``rebuild_floor``
+    method): the forward without a graph, keeping the output; per block in the backward, its fused
+    ``rebuild`` and one ``torch.autograd.grad``; the parameters' gradients returned through the Function
+    (as the engine does, so that ``autograd.grad(loss, params)`` works). No checks, no plan, no random or
+    autocast state, no buffers: correct only for blocks that need none of these (these couplings)."""
+
+    @staticmethod
+    def forward(ctx, blocks, x: Tensor, *params: Tensor) -> Tensor:
+        with torch.no_grad():
+            h = x
+            for b in blocks:
+                h = b(h)
+        ctx.blocks = blocks
+        ctx.save_for_backward(h)
+        return h
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        (h,) = ctx.saved_tensors
+        h, grads = h.detach(), []
+        for b in reversed(ctx.blocks):
+            with torch.enable_grad():
+                x, y, _ = b.rebuild(h)
+                gs = torch.autograd.grad(y, [x, *b.parameters()], g)
+            g, h = gs[0], x.detach()
+            grads.append(gs[1:])
+        return (None, g, *[t for gs in reversed(grads) for t in gs])
+
+
+class RebuildFloor(nn.Module):
+    """``blocks`` run through :class:`_RebuildFloorFunction` (a measurement of the design's floor, not an
+    engine: see its docstring)."""
+
+    def __init__(self, blocks: Sequence[nn.Module]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _RebuildFloorFunction.apply(list(self.blocks), x, *self.blocks.parameters())
 
 
 def build_blocks(args, depth: int) -> List[nn.Module]:
@@ -90,6 +133,8 @@ def make_model(method: str, blocks: Sequence[nn.Module], keep_every: int) -> Tup
         model = invprox.InvertibleChain(blocks)
     elif method == "invprox_keep":
         model = invprox.InvertibleChain(blocks, keep_every=keep_every)
+    elif method == "rebuild_floor":
+        model = RebuildFloor(blocks)
     else:
         raise ValueError(f"unknown method {method!r}")
     return model, blocks

@@ -95,6 +95,7 @@ from _common import (  # noqa: E402
 )
 from _harness import check_device, fmt_err, fmt_ratio, interleaved_times, rel_err, start  # noqa: E402
 from engine_blocks import (  # noqa: E402
+    DEFAULT_METHODS,
     METHODS,
     build_blocks,
     cuda_step_peak,
@@ -287,7 +288,9 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=64, help="hidden channels of the coupling networks")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--repeats", type=int, default=5, help="timed steps per method and depth (median)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS,
+                   help="rebuild_floor: the least a fused-rebuild engine does per block (a measurement, "
+                   "not an engine; engine_blocks.RebuildFloor)")
     p.add_argument("--keep-every", type=int, default=8, help="keep_every of the invprox_keep method")
     p.add_argument("--float64", action="store_true", help="run everything in float64")
     p.add_argument("--init", choices=["random", "zero"], default="random",

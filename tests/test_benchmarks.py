@@ -29,10 +29,10 @@ def run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProc
 def test_engine_depth_sweep_profile_and_drift(tmp_path):
     tiny = ["--batch", "2", "--size", "8", "--hidden", "8", "--out", str(tmp_path)]
     run("engine_depth.py", "--depths", "1", "3", "--repeats", "2", "--no-peak", "--profile", "2",
-        "--methods", "standard", "checkpoint", "invprox", "invprox_keep", *tiny)
+        "--methods", "standard", "checkpoint", "invprox", "invprox_keep", "rebuild_floor", *tiny)
     res = json.loads((tmp_path / "engine_depth_cpu.json").read_text())
     assert {(r["method"], r["depth"]) for r in res["rows"]} == {
-        (m, d) for m in ("standard", "checkpoint", "invprox", "invprox_keep8") for d in (1, 3)}
+        (m, d) for m in ("standard", "checkpoint", "invprox", "invprox_keep8", "rebuild_floor") for d in (1, 3)}
     for r in res["rows"]:
         assert len(r["cpu_times"]) == 2 and r["cpu_time"] > 0
         assert r["grad_err"] < 1e-5, r
