@@ -866,6 +866,22 @@ stage_ood() {
     done
 }
 
+stage_freeze() {
+    # The decayed couplings' rate (stage coupling_cosine) with the coarsest latent level kept as pre-trained
+    # (--freeze-levels 2: its flow steps, 55% of the Glow's parameters): the learned shrinkage leaves that
+    # level alone, so f and g cancel there, its weights get almost no gradient, and under Adam they drift
+    # until its last steps overflow (TABLE1.md; the same in the 5e-4 run of stage coupling5_cosine). At
+    # 3e-4 (does freezing it cost anything?) and 5e-4 (does it let the higher rate last?), one core each
+    local common=("${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1
+                  --lr-schedule cosine --warmup 100 --freeze-levels 2)
+    train flow_dn_k1_coup3_cos_frz2 "${common[@]}" --lr-coupling 3e-4 || true &
+    train flow_dn_k1_coup5_cos_frz2 "${common[@]}" --lr-coupling 5e-4 || true &
+    wait
+    eval_test flow_dn_k1_coup3_cos_frz2 &
+    eval_test flow_dn_k1_coup5_cos_frz2 &
+    wait
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do

@@ -133,3 +133,36 @@ def test_adam_eps_sets_the_optimizer_and_damps_small_gradients(setup, tmp_path):
     assert 0 < damped < 0.01 * moved
     with pytest.raises(ValueError, match="adam_eps must be a positive"):
         train_solver(out=str(tmp_path / "bad"), **_kw(setup, adam_eps=0.0))
+
+
+def test_freeze_levels_keeps_those_levels_as_pre_trained(setup, tmp_path):
+    """--freeze-levels: the chosen multi-scale levels (flow steps and split prior) of every fold's flow stay
+    as pre-trained while the other level trains; a level the flow lacks, and the option on a CNN prox, are
+    refused."""
+    from invprox.flows.glow import Glow
+    from invprox.flows.step import parameters_by_level
+
+    _two_level_flow(tmp_path / "flow2.pt")
+    pre = Glow.load(tmp_path / "flow2.pt")
+    by_level = parameters_by_level(pre.flow_blocks())
+    assert len(by_level) == 2 and sum(map(len, by_level)) == len(list(pre.parameters()))
+    names = {id(p): n for n, p in pre.named_parameters()}
+    out = tmp_path / "frozen"
+    train_solver(out=str(out), **_kw(setup, K=2, max_steps=2, freeze_levels=[1], lr_coupling=3e-3,
+                                     flow=str(tmp_path / "flow2.pt"), standard_autograd=True))
+    groups = load_checkpoint(out / "checkpoint.pt")["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == [1e-3, 1e-2, 3e-3, 0.0]
+    solver, cfg = load_solver(out / "solver.pt")
+    assert cfg["freeze_levels"] == [1]
+    for fold in solver.flows:
+        now = dict(fold.named_parameters())
+        for level, params in enumerate(by_level):
+            same = [torch.equal(now[names[id(p)]], p) for p in params]
+            assert all(same) if level == 1 else not all(same)
+    ids = [id(p) for g in solver.param_groups(1.0, 2.0, freeze_levels=[1]) for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in solver.parameters())  # each parameter in one group
+    with pytest.raises(ValueError, match="level 2 is not one of the flows' levels 0 ... 1"):
+        solver.param_groups(1.0, 2.0, freeze_levels=[2])
+    with pytest.raises(ValueError, match="freeze_levels is an option of the flow prox"):
+        train_solver(out=str(tmp_path / "u"), **_kw(setup, prox="unet", flow=None, features=4, depth=1,
+                                                    freeze_levels=[0]))

@@ -216,6 +216,24 @@ def parameters_by_kind(module: nn.Module) -> Dict[str, List[nn.Parameter]]:
     return out
 
 
+def parameters_by_level(blocks: Sequence[nn.Module]) -> List[List[nn.Parameter]]:
+    """The parameters of a Glow's blocks (:meth:`~invprox.flows.Glow.flow_blocks`) by multi-scale level,
+    each once: level ``l`` (0: the finest, as in :meth:`~invprox.flows.Glow.latent_levels`) holds the flow
+    steps after its squeeze and the split prior that factors out its latents."""
+    out: List[List[nn.Parameter]] = []
+    seen = set()
+    for b in blocks:
+        if isinstance(b, Squeeze):
+            out.append([])
+        if not out:
+            continue
+        for p in b.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out[-1].append(p)
+    return out
+
+
 def build_glow_blocks(
     in_channels: int,
     levels: int,

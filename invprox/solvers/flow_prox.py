@@ -27,7 +27,7 @@ the last fold's ``g_K(f_K(.))`` an identity).
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -218,12 +218,34 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
 
         return parameters_by_kind(self)["coupling"]
 
+    def level_parameters(self, levels: Sequence[int]) -> List[nn.Parameter]:
+        """The parameters of the given multi-scale levels of every fold's flow (0: the finest; each level's
+        flow steps and the split prior of its latents; :func:`~invprox.flows.step.parameters_by_level`).
+
+        Raises:
+            ValueError: a level the flows do not have.
+        """
+        from ..flows.step import parameters_by_level
+
+        out: List[nn.Parameter] = []
+        for flow in self.flows:
+            by_level = parameters_by_level(flow.flow_blocks())
+            for lv in levels:
+                if isinstance(lv, bool) or not isinstance(lv, int) or not 0 <= lv < len(by_level):
+                    raise ValueError(f"level {lv!r} is not one of the flows' levels 0 ... {len(by_level) - 1} "
+                                     "(0: the finest)")
+                out += by_level[lv]
+        return out
+
     def param_groups(self, lr_net: float = 1e-5, lr_step: float = 1e-2, lr_split: Optional[float] = None,
-                     lr_coupling: Optional[float] = None) -> List[Dict[str, Any]]:
+                     lr_coupling: Optional[float] = None,
+                     freeze_levels: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
         """Optimizer groups as for every solver (networks at ``lr_net``, ``mu_k`` and ``lambda_k`` at
         ``lr_step``); with ``lr_coupling``, the coupling layers' parameters (:meth:`coupling_parameters`)
         form a group at that rate, and with ``lr_split`` the split priors' (0: kept as pre-trained), so
-        that ``lr_net`` is left to ActNorm, the 1x1 convolutions and any ``lam_y`` network.
+        that ``lr_net`` is left to ActNorm, the 1x1 convolutions and any ``lam_y`` network. With
+        ``freeze_levels``, those levels' parameters (:meth:`level_parameters`) leave every other group for
+        one at rate 0 (kept as pre-trained).
 
         Raises:
             ValueError: a negative rate.
@@ -239,6 +261,12 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
             ids = {id(p) for p in own}
             groups[0]["params"] = [p for p in groups[0]["params"] if id(p) not in ids]
             groups.append({"params": own, "lr": lr})
+        if freeze_levels:
+            own = list({id(p): p for p in self.level_parameters(freeze_levels)}.values())
+            ids = {id(p) for p in own}
+            for g in groups:
+                g["params"] = [p for p in g["params"] if id(p) not in ids]
+            groups.append({"params": own, "lr": 0.0})
         return groups
 
     def start(self, y: Tensor, physics: Any = None) -> Tensor:

@@ -29,6 +29,16 @@ def _keep_every(text: str) -> Union[int, str, None]:
     return n
 
 
+def _levels(text: str) -> list:
+    try:
+        levels = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated level indices, got {text!r}") from None
+    if any(v < 0 for v in levels):
+        raise argparse.ArgumentTypeError(f"level indices are >= 0 (0: the finest), got {text!r}")
+    return levels
+
+
 def _opt(default: Any, help: str, parse: Optional[Callable[[str], Any]] = None, choices=None,
          metavar: Optional[str] = None) -> Any:
     meta = {"help": help, "parse": parse, "choices": choices, "metavar": metavar}
@@ -102,6 +112,10 @@ class TrainConfig:
     lr_coupling: Optional[float] = _opt(None, "flow: learning rate of the Glows' coupling layers (default: "
                                         "--lr-net, which then sets ActNorm, the 1x1 convolutions and the "
                                         "split priors)", float)
+    freeze_levels: Optional[list] = _opt(None, "flow: keep these multi-scale levels of the Glows (flow steps "
+                                         "and split prior; 0: the finest) as pre-trained, e.g. 2: the "
+                                         "coarsest of three, whose latents the learned shrinkage leaves "
+                                         "alone (f and g cancel there)", _levels, metavar="L[,L...]")
     anchor: float = _opt(0.0, "flow: pull the Glows' weights towards those they started from (the prior) "
                          "with the gradient of (W / 2) ||theta - theta_0||^2, so that weights the loss says "
                          "little about stay near the prior instead of drifting at Adam's full rate; 0: off",

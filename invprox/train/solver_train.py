@@ -195,7 +195,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     if layout is torch.channels_last:
         solver = solver.to(memory_format=layout)
     flow_config = None if flow_net is None else dict(flow_net.config)
-    rates = {k: cfg[k] for k in ("lr_split", "lr_coupling") if cfg.get(k) is not None}
+    rates = {k: cfg[k] for k in ("lr_split", "lr_coupling", "freeze_levels") if cfg.get(k) is not None}
     opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"], **rates),
                            eps=cfg.get("adam_eps", 1e-8))
     for group in opt.param_groups:
