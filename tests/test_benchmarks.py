@@ -32,7 +32,8 @@ def test_engine_depth_sweep_profile_and_drift(tmp_path):
         "--methods", "standard", "checkpoint", "invprox", "invprox_keep", "rebuild_floor", *tiny)
     res = json.loads((tmp_path / "engine_depth_cpu.json").read_text())
     assert {(r["method"], r["depth"]) for r in res["rows"]} == {
-        (m, d) for m in ("standard", "checkpoint", "invprox", "invprox_keep8", "rebuild_floor") for d in (1, 3)}
+        (m, d) for m in ("standard", "checkpoint", "invprox", "invprox_keep8", "rebuild_floor")
+        for d in (1, 3)}
     for r in res["rows"]:
         assert len(r["cpu_times"]) == 2 and r["cpu_time"] > 0
         assert r["grad_err"] < 1e-5, r

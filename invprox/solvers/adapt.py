@@ -26,7 +26,8 @@ __all__ = ["noise_adapted"]
 
 
 @contextlib.contextmanager
-def noise_adapted(solver: nn.Module, ratio: float, start: float = 0.0, lam: float = 0.0) -> Iterator[nn.Module]:
+def noise_adapted(solver: nn.Module, ratio: float, start: float = 0.0,
+                  lam: float = 0.0) -> Iterator[nn.Module]:
     """Within the block, ``solver``'s start weight is scaled by ``ratio ** start`` and (flow prox) its
     latent shrinkages by ``ratio ** lam``; restored on exit, whatever happens inside.
 
@@ -43,7 +44,8 @@ def noise_adapted(solver: nn.Module, ratio: float, start: float = 0.0, lam: floa
         raise ValueError(f"ratio must be a positive noise-level ratio, got {ratio!r}")
     smooth = getattr(solver, "smooth_start", None)
     if start and smooth is None:
-        raise ValueError("start adaptation needs a solver with the smooth start (trained with --start smooth)")
+        raise ValueError("start adaptation needs a solver with the smooth start (trained with --start "
+                         "smooth)")
     shrinks = list(getattr(solver, "shrink", None) or [])
     if lam and (not shrinks or not all(hasattr(s, "raw_lam") for s in shrinks)):
         raise ValueError("lambda adaptation needs the flow prox's latent shrinkage (lambda)")

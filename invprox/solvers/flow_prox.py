@@ -232,8 +232,8 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
             by_level = parameters_by_level(flow.flow_blocks())
             for lv in levels:
                 if isinstance(lv, bool) or not isinstance(lv, int) or not 0 <= lv < len(by_level):
-                    raise ValueError(f"level {lv!r} is not one of the flows' levels 0 ... {len(by_level) - 1} "
-                                     "(0: the finest)")
+                    raise ValueError(f"level {lv!r} is not one of the flows' levels 0 ... "
+                                     f"{len(by_level) - 1} (0: the finest)")
                 out += by_level[lv]
         return out
 

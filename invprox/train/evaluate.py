@@ -175,7 +175,8 @@ def evaluate(
             (``lm_gamma`` default: ``sigma**2`` at each noise level, the Gaussian MAP weight).
         classical: add the classical reference of the task (e.g. BM3D for denoising).
         adapt_start, adapt_lam: at each noise level ``sigma``, scale every model's smooth-start weight
-            (and the flow prox's latent shrinkage; CNN solvers have none) by ``(sigma / sigma_train) ** power``
+            (and the flow prox's latent shrinkage; CNN solvers have none) by
+            ``(sigma / sigma_train) ** power``
             (:func:`invprox.solvers.adapt.noise_adapted`; 0: the trained values at every level).
         seed: seed of measurements. batch: images per solver call. device: "cpu", "cuda", "auto".
         grid_n, grid_sigma: images per grid row, and the noise level shown (the one of ``sigmas``
