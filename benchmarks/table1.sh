@@ -882,6 +882,12 @@ stage_freeze() {
     wait
 }
 
+stage_freeze_cond() {  # stage freeze's 5e-4 run with conditional Glows (--cond-y; one core)
+    train flow_dn_k1_coup5_cos_frz2_cond "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
+        --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 --lr-coupling 5e-4 --cond-y || true
+    eval_test flow_dn_k1_coup5_cos_frz2_cond
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
