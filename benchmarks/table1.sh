@@ -894,6 +894,42 @@ stage_freeze10() {  # stage freeze with the couplings at 1e-3 (one core)
     eval_test flow_dn_k1_coup10_cos_frz2
 }
 
+stage_tasks_freeze() {
+    # Stage tasks_coupling's flow prox runs (K = 4, TASK_BUDGET minutes, prior of stage prior) with stage
+    # freeze's recipe: the coarsest level frozen, the couplings decayed from 5e-4 (one lane, one core)
+    local common=(--sigma 0.05 --budget-minutes "$TASK_BUDGET" --val-every 50 --n-val 64
+                  --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    local flow=(--prox flow --flow "$RES/glow_celeba32_more.pt" --standard-autograd --lr-net 1e-4
+                --lr-coupling 5e-4 --lr-schedule cosine --warmup 100 --freeze-levels 2 --skip-nonfinite 10)
+    train flow_inpainting_frz2_m2 "${common[@]}" --task inpainting --p-missing 0.5 "${flow[@]}" || true
+    train flow_deblurring_frz2_m2 "${common[@]}" --task deblurring --kernel gaussian --blur-std 1.5 \
+        "${flow[@]}" || true
+    local task
+    for task in inpainting deblurring; do
+        rm -rf "$RUNS/eval_${task}_frz2_m2"
+        timed "eval $task frz2 m2" invprox eval --model "$RUNS/flow_${task}_frz2_m2/solver.pt" \
+            --name "flow prox, --freeze-levels 2" --data celeba64 --split val --limit "$TASK_LIMIT" \
+            --sigmas 0.05 --seed 0 --no-progress --out "$RUNS/eval_${task}_frz2_m2"
+        for f in results.md results.json; do
+            cp "$RUNS/eval_${task}_frz2_m2/$f" "$RES/tasks_${task}_frz2_m2_$f"
+        done
+        cp "$RUNS/flow_${task}_frz2_m2/metrics.json" "$RES/tasks_train_flow_${task}_frz2_m2.json"
+    done
+}
+
+stage_freeze_cond_seed1() {  # stage freeze_cond with another seed (one core)
+    train flow_dn_k1_coup5_cos_frz2_cond_seed1 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" \
+        --flow "$RES/glow_celeba32_cos.pt" --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 \
+        --lr-coupling 5e-4 --cond-y --seed 1 || true
+    eval_test flow_dn_k1_coup5_cos_frz2_cond_seed1
+}
+
+stage_freeze10_cond() {  # stage freeze10 (couplings from 1e-3) with conditional Glows (one core)
+    train flow_dn_k1_coup10_cos_frz2_cond "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
+        --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 --lr-coupling 1e-3 --cond-y || true
+    eval_test flow_dn_k1_coup10_cos_frz2_cond
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
