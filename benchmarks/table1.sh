@@ -930,6 +930,12 @@ stage_freeze10_cond() {  # stage freeze10 (couplings from 1e-3) with conditional
     eval_test flow_dn_k1_coup10_cos_frz2_cond
 }
 
+stage_freeze20() {  # stage freeze with the couplings at 2e-3 (one core)
+    train flow_dn_k1_coup20_cos_frz2 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
+        --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 --lr-coupling 2e-3 || true
+    eval_test flow_dn_k1_coup20_cos_frz2
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
