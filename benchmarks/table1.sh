@@ -843,13 +843,14 @@ stage_coupling_cosine_cond() {  # stage coupling_cosine with conditional Glows (
 }
 
 stage_ood() {
-    # The one-fold solvers trained at sigma 0.20 (stages coupling_cosine, coupling_cosine_seed1,
+    # The one-fold solvers trained at sigma 0.20 (stages coupling_cosine, coupling_cosine_seed1, freeze10,
     # k1_m2_unet, unet_seed1_m2, k1_m2_resnet), tested further out of their training noise: sigma 0.20 ...
     # 0.40 on all 600 test faces, as trained (start weight and lambda of sigma 0.20 at every level) and with
     # the noise level known (`invprox eval --adapt-start P --adapt-lam Q`: the smooth start's alpha times
     # (sigma / 0.20)^P for every solver, the flow prox's lambda times (sigma / 0.20)^Q; MAP scales both
     # with the noise variance, P = Q = 2). The runs present are evaluated, the others listed as missing.
-    local runs=(flow_dn_k1_coup3_cos flow_dn_k1_coup3_cos_seed1 unet_dn_k1_m2 unet_dn_k1_m2_seed1 resnet_dn_k1_m2)
+    local runs=(flow_dn_k1_coup3_cos flow_dn_k1_coup3_cos_seed1 flow_dn_k1_coup10_cos_frz2 unet_dn_k1_m2
+                unet_dn_k1_m2_seed1 resnet_dn_k1_m2)
     local args=() m pq
     for m in "${runs[@]}"; do
         if [ -f "$RUNS/$m/solver.pt" ]; then args+=(--model "$RUNS/$m/solver.pt" --name "$m")
