@@ -937,6 +937,19 @@ stage_freeze20() {  # stage freeze with the couplings at 2e-3 (one core)
     eval_test flow_dn_k1_coup20_cos_frz2
 }
 
+stage_freeze10_seed1() {  # stage freeze10 with another seed (one core)
+    train flow_dn_k1_coup10_cos_frz2_seed1 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
+        --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 --lr-coupling 1e-3 --seed 1 || true
+    eval_test flow_dn_k1_coup10_cos_frz2_seed1
+}
+
+stage_freeze10_cond_seed1() {  # stage freeze10_cond with another seed (one core)
+    train flow_dn_k1_coup10_cos_frz2_cond_seed1 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" \
+        --flow "$RES/glow_celeba32_cos.pt" --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 \
+        --lr-coupling 1e-3 --cond-y --seed 1 || true
+    eval_test flow_dn_k1_coup10_cos_frz2_cond_seed1
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
