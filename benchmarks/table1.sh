@@ -790,28 +790,34 @@ stage_coupling_frozen5() {  # stage coupling_frozen with the couplings at 5e-4 (
     eval_test flow_dn_k1_coup5_frozen
 }
 
+tasks_flow_lane() {
+    # tasks_flow_lane TAG LABEL FLOW_ARGS...: the flow prox for inpainting, then deblurring (K = 4,
+    # TASK_BUDGET minutes, sigma 0.05, held-out validation; runs flow_<task>_TAG), tested on the first
+    # TASK_LIMIT test faces as LABEL (results/tasks_<task>_TAG_results.*); one lane (one core)
+    local tag=$1 label=$2; shift 2
+    local common=(--sigma 0.05 --budget-minutes "$TASK_BUDGET" --val-every 50 --n-val 64
+                  --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
+    train "flow_inpainting_$tag" "${common[@]}" --task inpainting --p-missing 0.5 "$@" || true
+    train "flow_deblurring_$tag" "${common[@]}" --task deblurring --kernel gaussian --blur-std 1.5 "$@" || true
+    local task
+    for task in inpainting deblurring; do
+        rm -rf "$RUNS/eval_${task}_$tag"
+        timed "eval $task ${tag//_/ }" invprox eval --model "$RUNS/flow_${task}_$tag/solver.pt" \
+            --name "$label" --data celeba64 --split val --limit "$TASK_LIMIT" \
+            --sigmas 0.05 --seed 0 --no-progress --out "$RUNS/eval_${task}_$tag"
+        for f in results.md results.json; do
+            cp "$RUNS/eval_${task}_$tag/$f" "$RES/tasks_${task}_${tag}_$f"
+        done
+        cp "$RUNS/flow_${task}_$tag/metrics.json" "$RES/tasks_train_flow_${task}_$tag.json"
+    done
+}
+
 stage_tasks_coupling() {
     # Stage tasks_cond's flow prox runs (K = 4, TASK_BUDGET minutes, prior of stage prior) with the coupling
     # layers at LR_FLOW and the rest of each flow at 1e-4 (--lr-coupling), one lane (one core); compared with
     # stage tasks_cond's runs on the same 64 test faces
-    local common=(--sigma 0.05 --budget-minutes "$TASK_BUDGET" --val-every 50 --n-val 64
-                  --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
-    local flow=(--prox flow --flow "$RES/glow_celeba32_more.pt" --standard-autograd --lr-net 1e-4
-                --lr-coupling "$LR_FLOW" --skip-nonfinite 10)
-    train flow_inpainting_coup3_m2 "${common[@]}" --task inpainting --p-missing 0.5 "${flow[@]}" || true
-    train flow_deblurring_coup3_m2 "${common[@]}" --task deblurring --kernel gaussian --blur-std 1.5 \
-        "${flow[@]}" || true
-    local task
-    for task in inpainting deblurring; do
-        rm -rf "$RUNS/eval_${task}_coup3_m2"
-        timed "eval $task coup3 m2" invprox eval --model "$RUNS/flow_${task}_coup3_m2/solver.pt" \
-            --name "flow prox, --lr-coupling" --data celeba64 --split val --limit "$TASK_LIMIT" \
-            --sigmas 0.05 --seed 0 --no-progress --out "$RUNS/eval_${task}_coup3_m2"
-        for f in results.md results.json; do
-            cp "$RUNS/eval_${task}_coup3_m2/$f" "$RES/tasks_${task}_coup3_m2_$f"
-        done
-        cp "$RUNS/flow_${task}_coup3_m2/metrics.json" "$RES/tasks_train_flow_${task}_coup3_m2.json"
-    done
+    tasks_flow_lane coup3_m2 "flow prox, --lr-coupling" --prox flow --flow "$RES/glow_celeba32_more.pt" \
+        --standard-autograd --lr-net 1e-4 --lr-coupling "$LR_FLOW" --skip-nonfinite 10
 }
 
 stage_coupling5_cosine() {
@@ -898,24 +904,9 @@ stage_freeze10() {  # stage freeze with the couplings at 1e-3 (one core)
 stage_tasks_freeze() {
     # Stage tasks_coupling's flow prox runs (K = 4, TASK_BUDGET minutes, prior of stage prior) with stage
     # freeze's recipe: the coarsest level frozen, the couplings decayed from 5e-4 (one lane, one core)
-    local common=(--sigma 0.05 --budget-minutes "$TASK_BUDGET" --val-every 50 --n-val 64
-                  --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
-    local flow=(--prox flow --flow "$RES/glow_celeba32_more.pt" --standard-autograd --lr-net 1e-4
-                --lr-coupling 5e-4 --lr-schedule cosine --warmup 100 --freeze-levels 2 --skip-nonfinite 10)
-    train flow_inpainting_frz2_m2 "${common[@]}" --task inpainting --p-missing 0.5 "${flow[@]}" || true
-    train flow_deblurring_frz2_m2 "${common[@]}" --task deblurring --kernel gaussian --blur-std 1.5 \
-        "${flow[@]}" || true
-    local task
-    for task in inpainting deblurring; do
-        rm -rf "$RUNS/eval_${task}_frz2_m2"
-        timed "eval $task frz2 m2" invprox eval --model "$RUNS/flow_${task}_frz2_m2/solver.pt" \
-            --name "flow prox, --freeze-levels 2" --data celeba64 --split val --limit "$TASK_LIMIT" \
-            --sigmas 0.05 --seed 0 --no-progress --out "$RUNS/eval_${task}_frz2_m2"
-        for f in results.md results.json; do
-            cp "$RUNS/eval_${task}_frz2_m2/$f" "$RES/tasks_${task}_frz2_m2_$f"
-        done
-        cp "$RUNS/flow_${task}_frz2_m2/metrics.json" "$RES/tasks_train_flow_${task}_frz2_m2.json"
-    done
+    tasks_flow_lane frz2_m2 "flow prox, --freeze-levels 2" --prox flow --flow "$RES/glow_celeba32_more.pt" \
+        --standard-autograd --lr-net 1e-4 --lr-coupling 5e-4 --lr-schedule cosine --warmup 100 \
+        --freeze-levels 2 --skip-nonfinite 10
 }
 
 stage_freeze_cond_seed1() {  # stage freeze_cond with another seed (one core)
