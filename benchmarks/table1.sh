@@ -889,16 +889,18 @@ stage_freeze() {
     wait
 }
 
+frozen_k1() {  # frozen_k1 NAME ARGS...: stage freeze's one-fold run (coarsest level frozen, rates decayed), tested
+    train "$1" "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 --lr-schedule cosine \
+        --warmup 100 --freeze-levels 2 "${@:2}" || true
+    eval_test "$1"
+}
+
 stage_freeze_cond() {  # stage freeze's 5e-4 run with conditional Glows (--cond-y; one core)
-    train flow_dn_k1_coup5_cos_frz2_cond "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
-        --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 --lr-coupling 5e-4 --cond-y || true
-    eval_test flow_dn_k1_coup5_cos_frz2_cond
+    frozen_k1 flow_dn_k1_coup5_cos_frz2_cond --lr-coupling 5e-4 --cond-y
 }
 
 stage_freeze10() {  # stage freeze with the couplings at 1e-3 (one core)
-    train flow_dn_k1_coup10_cos_frz2 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
-        --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 --lr-coupling 1e-3 || true
-    eval_test flow_dn_k1_coup10_cos_frz2
+    frozen_k1 flow_dn_k1_coup10_cos_frz2 --lr-coupling 1e-3
 }
 
 stage_tasks_freeze() {
@@ -910,35 +912,23 @@ stage_tasks_freeze() {
 }
 
 stage_freeze_cond_seed1() {  # stage freeze_cond with another seed (one core)
-    train flow_dn_k1_coup5_cos_frz2_cond_seed1 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" \
-        --flow "$RES/glow_celeba32_cos.pt" --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 \
-        --lr-coupling 5e-4 --cond-y --seed 1 || true
-    eval_test flow_dn_k1_coup5_cos_frz2_cond_seed1
+    frozen_k1 flow_dn_k1_coup5_cos_frz2_cond_seed1 --lr-coupling 5e-4 --cond-y --seed 1
 }
 
 stage_freeze10_cond() {  # stage freeze10 (couplings from 1e-3) with conditional Glows (one core)
-    train flow_dn_k1_coup10_cos_frz2_cond "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
-        --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 --lr-coupling 1e-3 --cond-y || true
-    eval_test flow_dn_k1_coup10_cos_frz2_cond
+    frozen_k1 flow_dn_k1_coup10_cos_frz2_cond --lr-coupling 1e-3 --cond-y
 }
 
 stage_freeze20() {  # stage freeze with the couplings at 2e-3 (one core)
-    train flow_dn_k1_coup20_cos_frz2 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
-        --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 --lr-coupling 2e-3 || true
-    eval_test flow_dn_k1_coup20_cos_frz2
+    frozen_k1 flow_dn_k1_coup20_cos_frz2 --lr-coupling 2e-3
 }
 
 stage_freeze10_seed1() {  # stage freeze10 with another seed (one core)
-    train flow_dn_k1_coup10_cos_frz2_seed1 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
-        --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 --lr-coupling 1e-3 --seed 1 || true
-    eval_test flow_dn_k1_coup10_cos_frz2_seed1
+    frozen_k1 flow_dn_k1_coup10_cos_frz2_seed1 --lr-coupling 1e-3 --seed 1
 }
 
 stage_freeze10_cond_seed1() {  # stage freeze10_cond with another seed (one core)
-    train flow_dn_k1_coup10_cos_frz2_cond_seed1 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" \
-        --flow "$RES/glow_celeba32_cos.pt" --K 1 --lr-schedule cosine --warmup 100 --freeze-levels 2 \
-        --lr-coupling 1e-3 --cond-y --seed 1 || true
-    eval_test flow_dn_k1_coup10_cos_frz2_cond_seed1
+    frozen_k1 flow_dn_k1_coup10_cos_frz2_cond_seed1 --lr-coupling 1e-3 --cond-y --seed 1
 }
 
 stages=("$@")
