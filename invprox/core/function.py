@@ -158,18 +158,15 @@ class _ChainFunction(torch.autograd.Function):
         cfg.replay_autocast = autocast_state() != ctx.autocast
         bounds = sorted(kept) + [len(cfg.blocks)]
         h, g = y.detach(), grad_y
-        buffers = cfg.plan.buffers
-        with _recomputing():  # the whole backward recomputes
+        with _recomputing():  # the whole backward recomputes (the drift check's passes too)
             for s, e in reversed(list(zip(bounds[:-1], bounds[1:]))):
                 inputs = _check_segment(cfg, ctx.states, s, e, h, kept[s], cond_leaves)
                 for j in range(e - 1, s - 1, -1):
-                    args = (cfg, j, cfg.blocks[j], ctx.states[j], inputs.get(j), h, g, grad_ld, cond_leaves,
-                            known, grad_cond, grad_params)
-                    if buffers[j]:  # restored after the vjp: batch norm saves its running stats for it
-                        with _restore(cfg, j):
-                            x_leaf, g = _block_vjp(*args)
-                    else:
-                        x_leaf, g = _block_vjp(*args)
+                    block, st = cfg.blocks[j], ctx.states[j]
+                    # buffers are restored after the vjp: batch norm saves its running stats for backward
+                    with _restore(cfg, j):
+                        x_leaf, g = _block_vjp(cfg, j, block, st, inputs.get(j), h, g, grad_ld,
+                                               cond_leaves, known, grad_cond, grad_params)
                     h = x_leaf.detach()
         grad_x = g if needs[1] else None
         return (None, grad_x, *grad_cond, *grad_params)
@@ -260,11 +257,13 @@ def _rebuild_block(cfg, j, block, st, h, cond_leaves, want_ld):
 
 
 def _invert_segment(cfg: _Config, states, s: int, e: int, h: Tensor, cond) -> Tensor:
+    """``h`` inverted through blocks ``[s, e)``; like :func:`_check_segment`, called only inside the
+    backward's ``_recomputing()`` (layers skip data initialisation and statistics updates there)."""
     with torch.no_grad():
         for j in range(e - 1, s - 1, -1):
             block, st = cfg.blocks[j], states[j]
             cb = cond if cfg.plan.uses_cond[j] else ()
-            with _recomputing(), _restore(cfg, j), _replay(cfg, st):
+            with _restore(cfg, j), _replay(cfg, st):
                 h = block.inverse(h, *cb)
     return h
 
@@ -276,7 +275,7 @@ def _check_segment(cfg: _Config, states, s, e, h, x_kept, cond) -> Dict[int, Ten
         return inputs
     x_rebuilt = _invert_segment(cfg, states, s + 1, e, h, cond)
     # the reference forward is a recompute too: no batch-norm statistics update, no data init
-    with torch.no_grad(), _recomputing(), _restore(cfg, s), _replay(cfg, states[s]):
+    with torch.no_grad(), _restore(cfg, s), _replay(cfg, states[s]):
         x_ref = cfg.blocks[s](x_kept, *(cond if cfg.plan.uses_cond[s] else ()))
     err = float((x_rebuilt - x_ref).norm() / x_ref.norm().clamp_min(1e-30))
     cfg.drift.append((s + 1, err))
@@ -296,7 +295,7 @@ def _check_segment(cfg: _Config, states, s, e, h, x_kept, cond) -> Dict[int, Ten
     with torch.no_grad():
         hh = x_kept
         for j in range(s, e - 1):
-            with _recomputing(), _restore(cfg, j), _replay(cfg, states[j]):
+            with _restore(cfg, j), _replay(cfg, states[j]):
                 hh = cfg.blocks[j](hh, *(cond if cfg.plan.uses_cond[j] else ()))
             inputs[j + 1] = hh
     return inputs
