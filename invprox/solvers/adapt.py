@@ -22,7 +22,24 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["noise_adapted"]
+__all__ = ["check_adaptable", "noise_adapted"]
+
+
+def check_adaptable(solver: nn.Module, start: float = 0.0, lam: float = 0.0) -> None:
+    """Refuse a power for a part that ``solver`` does not have (what :func:`noise_adapted` checks).
+
+    Raises:
+        ValueError: ``start`` without a smooth start, or ``lam`` without a per-level latent shrinkage.
+    """
+    if start and getattr(solver, "smooth_start", None) is None:
+        raise ValueError("start adaptation needs a solver with the smooth start (trained with --start "
+                         "smooth)")
+    shrinks = list(getattr(solver, "shrink", None) or [])
+    if lam and (not shrinks or not all(hasattr(s, "raw_lam") for s in shrinks)):
+        raise ValueError("lambda adaptation needs the flow prox's latent shrinkage (lambda)")
+    if lam and any(getattr(s, "lam_net", None) is not None for s in shrinks):
+        raise ValueError("lambda adaptation scales a lambda per level; this solver's lambda is a map read "
+                         "from y (--lam-y)")
 
 
 @contextlib.contextmanager
@@ -38,31 +55,25 @@ def noise_adapted(solver: nn.Module, ratio: float, start: float = 0.0,
         start, lam: the powers (0: that part unchanged).
 
     Raises:
-        ValueError: a non-positive ratio, or a power for a part the solver does not have.
+        ValueError: a non-positive ratio, or a power for a part the solver does not have
+            (:func:`check_adaptable`).
     """
     if not (math.isfinite(ratio) and ratio > 0):
         raise ValueError(f"ratio must be a positive noise-level ratio, got {ratio!r}")
-    smooth = getattr(solver, "smooth_start", None)
-    if start and smooth is None:
-        raise ValueError("start adaptation needs a solver with the smooth start (trained with --start "
-                         "smooth)")
-    shrinks = list(getattr(solver, "shrink", None) or [])
-    if lam and (not shrinks or not all(hasattr(s, "raw_lam") for s in shrinks)):
-        raise ValueError("lambda adaptation needs the flow prox's latent shrinkage (lambda)")
-    if lam and any(getattr(s, "lam_net", None) is not None for s in shrinks):
-        raise ValueError("lambda adaptation scales a lambda per level; this solver's lambda is a map read "
-                         "from y (--lam-y)")
+    check_adaptable(solver, start, lam)
+    smooth = solver.smooth_start if start else None
+    shrinks = list(solver.shrink) if lam else []
     saved_alpha = smooth.alpha.detach().clone() if start else None
-    saved_lam = [s.raw_lam.detach().clone() for s in shrinks] if lam else []
+    saved_lam = [s.raw_lam.detach().clone() for s in shrinks]
     try:
         if start:
             smooth.alpha.mul_(ratio**start)
-        for s in shrinks if lam else []:
+        for s in shrinks:
             s.set_lam((s.lam.detach() * ratio**lam).tolist())
         yield solver
     finally:
         if start:
             smooth.alpha.copy_(saved_alpha)
         with torch.no_grad():
-            for s, raw in zip(shrinks if lam else [], saved_lam):
+            for s, raw in zip(shrinks, saved_lam):
                 s.raw_lam.copy_(raw)

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from ..metrics import psnr, ssim
 from ..physics import canonical_task
-from ..solvers.adapt import noise_adapted
+from ..solvers.adapt import check_adaptable, noise_adapted
 from .loop_utils import dataset_tensor, resolve_device, write_json
 from .solver_setup import fixed_measurements, load_solver, physics_options
 
@@ -71,8 +71,7 @@ def _model_method(solver, path, cfg: Dict[str, Any], adapt_start: float, adapt_l
     if adapt_start or adapt_lam:
         if not cfg["sigma"] > 0:
             raise ValueError(f"{path}: noise adaptation needs a model trained at a positive sigma")
-        with noise_adapted(solver, 1.0, adapt_start, adapt_lam):  # refuses a model it cannot adapt
-            pass
+        check_adaptable(solver, adapt_start, adapt_lam)
 
     def run(y: Tensor, op: Any, sigma: float) -> Tensor:
         if not (adapt_start or adapt_lam):
