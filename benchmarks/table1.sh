@@ -746,13 +746,19 @@ stage_coupling_frozen() {
     eval_test flow_dn_k1_coup3_frozen
 }
 
+cosine_k1() {
+    # cosine_k1 NAME ARGS...: the one-fold flow prox on glow_celeba32_cos.pt (Table 1's protocol, every rate
+    # decayed along a cosine after 100 warm-up steps) with ARGS, then tested (runs/table1/NAME)
+    train "$1" "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 --lr-schedule cosine \
+        --warmup 100 "${@:2}" || true
+    eval_test "$1"
+}
+
 stage_coupling_cosine() {
     # Stage coupling (couplings at 3e-4, the rest of each flow at 1e-4) with every rate decayed along a
     # cosine over the budget after 100 warm-up steps: the high rate early, where it learns fastest, and
     # low late, where every constant rate >= 3e-4 met non-finite losses (one core)
-    train flow_dn_k1_coup3_cos "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 \
-        --lr-coupling 3e-4 --lr-schedule cosine --warmup 100 || true
-    eval_test flow_dn_k1_coup3_cos
+    cosine_k1 flow_dn_k1_coup3_cos --lr-coupling 3e-4
 }
 
 stage_anchor() {
@@ -773,15 +779,11 @@ stage_unet_seed1_m2() {  # stage k1_m2's U-Net prox with another seed (one core)
 }
 
 stage_coupling_cosine_seed1() {  # stage coupling_cosine with another seed (one core)
-    train flow_dn_k1_coup3_cos_seed1 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
-        --K 1 --lr-coupling 3e-4 --lr-schedule cosine --warmup 100 --seed 1 || true
-    eval_test flow_dn_k1_coup3_cos_seed1
+    cosine_k1 flow_dn_k1_coup3_cos_seed1 --lr-coupling 3e-4 --seed 1
 }
 
 stage_cosine_m2() {  # the control of stage coupling_cosine: the same schedule, every network at 1e-4 (one core)
-    train flow_dn_k1_cos_m2 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 \
-        --lr-schedule cosine --warmup 100 || true
-    eval_test flow_dn_k1_cos_m2
+    cosine_k1 flow_dn_k1_cos_m2
 }
 
 stage_coupling_frozen5() {  # stage coupling_frozen with the couplings at 5e-4 (one core)
@@ -823,18 +825,14 @@ stage_tasks_coupling() {
 stage_coupling5_cosine() {
     # Stage coupling_cosine with the couplings at 5e-4 (constant 5e-4 diverged at step 2,800 with the rest
     # frozen): does the decay alone let a higher rate last? The control of stage eps (one core)
-    train flow_dn_k1_coup5_cos "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 \
-        --lr-coupling 5e-4 --lr-schedule cosine --warmup 100 || true
-    eval_test flow_dn_k1_coup5_cos
+    cosine_k1 flow_dn_k1_coup5_cos --lr-coupling 5e-4
 }
 
 stage_eps() {
     # Stage coupling5_cosine with Adam's epsilon at 1e-6 instead of 1e-8 (--adam-eps): the coarsest level's
     # couplings, whose gradients are ~1e-6 and less because f and g cancel there, then take steps smaller
     # than the learning rate instead of drifting at Adam's full step (TABLE1.md; one core)
-    train flow_dn_k1_coup5_cos_eps6 "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
-        --K 1 --lr-coupling 5e-4 --lr-schedule cosine --warmup 100 --adam-eps 1e-6 || true
-    eval_test flow_dn_k1_coup5_cos_eps6
+    cosine_k1 flow_dn_k1_coup5_cos_eps6 --lr-coupling 5e-4 --adam-eps 1e-6
 }
 
 stage_k1_m2_unet() {  # stage k1_m2's U-Net prox alone (one core): a rerun, for the OOD stage's models
@@ -843,9 +841,7 @@ stage_k1_m2_unet() {  # stage k1_m2's U-Net prox alone (one core): a rerun, for 
 }
 
 stage_coupling_cosine_cond() {  # stage coupling_cosine with conditional Glows (--cond-y; one core)
-    train flow_dn_k1_coup3_cos_cond "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" \
-        --K 1 --cond-y --lr-coupling 3e-4 --lr-schedule cosine --warmup 100 || true
-    eval_test flow_dn_k1_coup3_cos_cond
+    cosine_k1 flow_dn_k1_coup3_cos_cond --cond-y --lr-coupling 3e-4
 }
 
 stage_ood() {
@@ -879,28 +875,17 @@ stage_freeze() {
     # level alone, so f and g cancel there, its weights get almost no gradient, and under Adam they drift
     # until its last steps overflow (TABLE1.md; the same in the 5e-4 run of stage coupling5_cosine). At
     # 3e-4 (does freezing it cost anything?) and 5e-4 (does it let the higher rate last?), one core each
-    local common=("${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1
-                  --lr-schedule cosine --warmup 100 --freeze-levels 2)
-    train flow_dn_k1_coup3_cos_frz2 "${common[@]}" --lr-coupling 3e-4 || true &
-    train flow_dn_k1_coup5_cos_frz2 "${common[@]}" --lr-coupling 5e-4 || true &
+    cosine_k1 flow_dn_k1_coup3_cos_frz2 --freeze-levels 2 --lr-coupling 3e-4 &
+    cosine_k1 flow_dn_k1_coup5_cos_frz2 --freeze-levels 2 --lr-coupling 5e-4 &
     wait
-    eval_test flow_dn_k1_coup3_cos_frz2 &
-    eval_test flow_dn_k1_coup5_cos_frz2 &
-    wait
-}
-
-frozen_k1() {  # frozen_k1 NAME ARGS...: stage freeze's one-fold run (coarsest level frozen, rates decayed), tested
-    train "$1" "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 --lr-schedule cosine \
-        --warmup 100 --freeze-levels 2 "${@:2}" || true
-    eval_test "$1"
 }
 
 stage_freeze_cond() {  # stage freeze's 5e-4 run with conditional Glows (--cond-y; one core)
-    frozen_k1 flow_dn_k1_coup5_cos_frz2_cond --lr-coupling 5e-4 --cond-y
+    cosine_k1 flow_dn_k1_coup5_cos_frz2_cond --freeze-levels 2 --lr-coupling 5e-4 --cond-y
 }
 
 stage_freeze10() {  # stage freeze with the couplings at 1e-3 (one core)
-    frozen_k1 flow_dn_k1_coup10_cos_frz2 --lr-coupling 1e-3
+    cosine_k1 flow_dn_k1_coup10_cos_frz2 --freeze-levels 2 --lr-coupling 1e-3
 }
 
 stage_tasks_freeze() {
@@ -912,23 +897,23 @@ stage_tasks_freeze() {
 }
 
 stage_freeze_cond_seed1() {  # stage freeze_cond with another seed (one core)
-    frozen_k1 flow_dn_k1_coup5_cos_frz2_cond_seed1 --lr-coupling 5e-4 --cond-y --seed 1
+    cosine_k1 flow_dn_k1_coup5_cos_frz2_cond_seed1 --freeze-levels 2 --lr-coupling 5e-4 --cond-y --seed 1
 }
 
 stage_freeze10_cond() {  # stage freeze10 (couplings from 1e-3) with conditional Glows (one core)
-    frozen_k1 flow_dn_k1_coup10_cos_frz2_cond --lr-coupling 1e-3 --cond-y
+    cosine_k1 flow_dn_k1_coup10_cos_frz2_cond --freeze-levels 2 --lr-coupling 1e-3 --cond-y
 }
 
 stage_freeze20() {  # stage freeze with the couplings at 2e-3 (one core)
-    frozen_k1 flow_dn_k1_coup20_cos_frz2 --lr-coupling 2e-3
+    cosine_k1 flow_dn_k1_coup20_cos_frz2 --freeze-levels 2 --lr-coupling 2e-3
 }
 
 stage_freeze10_seed1() {  # stage freeze10 with another seed (one core)
-    frozen_k1 flow_dn_k1_coup10_cos_frz2_seed1 --lr-coupling 1e-3 --seed 1
+    cosine_k1 flow_dn_k1_coup10_cos_frz2_seed1 --freeze-levels 2 --lr-coupling 1e-3 --seed 1
 }
 
 stage_freeze10_cond_seed1() {  # stage freeze10_cond with another seed (one core)
-    frozen_k1 flow_dn_k1_coup10_cos_frz2_cond_seed1 --lr-coupling 1e-3 --cond-y --seed 1
+    cosine_k1 flow_dn_k1_coup10_cos_frz2_cond_seed1 --freeze-levels 2 --lr-coupling 1e-3 --cond-y --seed 1
 }
 
 stages=("$@")
