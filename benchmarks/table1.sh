@@ -890,9 +890,9 @@ stage_freeze10() {  # stage freeze with the couplings at 1e-3 (one core)
 
 stage_tasks_freeze() {
     # Stage tasks_coupling's flow prox runs (K = 4, TASK_BUDGET minutes, prior of stage prior) with stage
-    # freeze's recipe: the coarsest level frozen, the couplings decayed from 5e-4 (one lane, one core)
+    # freeze10's recipe: the coarsest level frozen, the couplings decayed from 1e-3 (one lane, one core)
     tasks_flow_lane frz2_m2 "flow prox, --freeze-levels 2" --prox flow --flow "$RES/glow_celeba32_more.pt" \
-        --standard-autograd --lr-net 1e-4 --lr-coupling 5e-4 --lr-schedule cosine --warmup 100 \
+        --standard-autograd --lr-net 1e-4 --lr-coupling 1e-3 --lr-schedule cosine --warmup 100 \
         --freeze-levels 2 --skip-nonfinite 10
 }
 
@@ -914,6 +914,20 @@ stage_freeze10_seed1() {  # stage freeze10 with another seed (one core)
 
 stage_freeze10_cond_seed1() {  # stage freeze10_cond with another seed (one core)
     cosine_k1 flow_dn_k1_coup10_cos_frz2_cond_seed1 --freeze-levels 2 --lr-coupling 1e-3 --cond-y --seed 1
+}
+
+stage_unet_cosine() {
+    # The fairness check of the flow prox's schedule: U-Net prox (stage k1_m2_unet) with its rate warmed
+    # up over 100 steps and decayed along a cosine over the budget, as every flow run since stage
+    # coupling_cosine (one core)
+    train unet_dn_k1_cos_m2 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --lr-schedule cosine \
+        --warmup 100
+    eval_test unet_dn_k1_cos_m2
+}
+
+stage_tasks_freeze_resnet() {  # stage tasks_freeze, then stage k1_m2_resnet (one lane, one core)
+    stage_tasks_freeze
+    stage_k1_m2_resnet
 }
 
 stages=("$@")
