@@ -930,6 +930,18 @@ stage_tasks_freeze_resnet() {  # stage tasks_freeze, then stage k1_m2_resnet (on
     stage_k1_m2_resnet
 }
 
+stage_drop2_cond() {
+    # Stage freeze10_cond (couplings decayed from 1e-3, conditional Glows) with the coarsest level's flow
+    # steps dropped instead of frozen (--level-steps 8,8,0: Glow.with_steps): the shrinkage leaves that
+    # level almost alone (lambda 0.03), so f and g nearly cancel there, yet its 16 steps of f and g cost
+    # 23% of a training step; another, cheaper flow, whose coarsest latents are its input, squeezed (one core)
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y
+}
+
+stage_drop2_cond_seed1() {  # stage drop2_cond with another seed (one core)
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_seed1 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y --seed 1
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do

@@ -1,7 +1,8 @@
 """The flow prox's levers: conditional Glows (`Glow.with_condition`, GlowStep's conditioning image) and the
 flow prox that reads A^T y in every coupling (`FlowProxSolver(cond_y=True)`, `train --cond-y`); one
 shrinkage per channel of the latent (`Glow.latent_channels`, `lam_per="channel"`); a Glow widened without
-changing its function (`Glow.widened`, `train --widen`)."""
+changing its function (`Glow.widened`, `train --widen`); a Glow with a level's flow steps dropped
+(`Glow.with_steps`, `train --level-steps`)."""
 
 import pytest
 import torch
@@ -292,3 +293,56 @@ def test_train_widen_builds_on_the_wider_glow_and_resumes(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="keeps its source's Glow"):
         train_solver(out=str(tmp_path / "g"), **_kw(tiny_data, K=2, widen=6,
                                                     init_from=str(tmp_path / "w" / "solver.pt")))
+
+
+def test_glow_with_steps_drops_a_levels_steps_and_a_fold_that_leaves_it_alone_is_unchanged():
+    g = glow2()
+    x, _ = _xc()
+    t = g.with_steps([1, 0])
+    assert t.config["steps"] == [1, 0] and len(t.flow_blocks()) == len(g.flow_blocks()) - 1
+    assert g.with_steps([1, 1]).config["steps"] == [1, 1]
+    levels = g.latent_levels()
+    with torch.no_grad():
+        z, zt = g(x), t(x)
+        fine = (levels == 0).expand_as(z)
+        assert torch.equal(z[fine], zt[fine])  # the finest level's latents do not see the coarsest's steps
+        assert not torch.allclose(z, zt)  # another flow
+        assert testing.relative_error([t.inverse(zt)], [x]) < 1e-12
+    err, _ = testing.check_chain_gradients(t.flow_blocks(), x, tol=1e-9)
+    assert err < 1e-9
+    # a fold whose shrinkage leaves the dropped level alone: g and f cancel there, so the fold is the same
+    y = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=DT)
+    outs = []
+    for flow in (g, t):
+        s = FlowProxSolver(flow, make_physics("denoising", (1, 8, 8)), K=1).to(DT)
+        with torch.no_grad():
+            s.shrink[0].raw_lam.copy_(torch.tensor([0.5, -60.0], dtype=DT))  # lambda_1 = 1e-26
+            outs.append(s(y))
+    assert testing.relative_error([outs[1]], [outs[0]]) < 1e-12
+    for bad, msg in (([2, 0], "more flow steps than the Glow has"), ([0, 0], "at least one step"),
+                     ([1], "2 non-negative counts"), ([1, -1], "2 non-negative counts")):
+        with pytest.raises(ValueError, match=msg):
+            g.with_steps(bad)
+    with pytest.raises(ValueError, match="steps must be a positive int or one count per level, got 0"):
+        Glow(in_channels=1, image_size=8, levels=2, steps=0)
+
+
+def test_train_level_steps_builds_on_the_truncated_glow_and_resumes(tiny_data, tmp_path):
+    torch.manual_seed(0)
+    two = Glow(in_channels=1, image_size=8, levels=2, steps=1, hidden=4)
+    with torch.no_grad():
+        two.train()(two.preprocess(torch.rand(8, 1, 8, 8)))
+    two.save(tmp_path / "flow2.pt")
+    tiny_data = {**tiny_data, "flow": str(tmp_path / "flow2.pt")}
+    m = train_solver(out=str(tmp_path / "t"), **_kw(tiny_data, K=1, level_steps=[1, 0], freeze_levels=[1]))
+    assert m["config"]["level_steps"] == [1, 0]
+    solver, _ = load_solver(tmp_path / "t" / "solver.pt")
+    assert solver.flows[0].config["steps"] == [1, 0]
+    m2 = train_solver(out=str(tmp_path / "t"), resume=True,
+                      **_kw(tiny_data, K=1, level_steps=[1, 0], freeze_levels=[1], max_steps=3))
+    assert m2["steps"] == 3
+    with pytest.raises(ValueError, match="level_steps is an option of the flow prox"):
+        train_solver(out=str(tmp_path / "u"), **_kw(tiny_data, prox="unet", flow=None, features=4, depth=1,
+                                                    level_steps=[1, 0]))
+    with pytest.raises(ValueError, match="more flow steps than the Glow has"):
+        train_solver(out=str(tmp_path / "v"), **_kw(tiny_data, K=1, level_steps=[3, 0]))

@@ -1,8 +1,13 @@
-"""Copies of a trained Glow that compute exactly its flow until they are trained.
+"""Copies of a trained Glow: two that compute exactly its flow until they are trained, and a cheaper one.
 
 * :func:`condition_glow` (``Glow.with_condition``): every step's coupling network also reads a
   conditioning image, through a zero-initialised 1x1 convolution into its first hidden layer.
 * :func:`widen_glow` (``Glow.widened``): wider coupling networks.
+* :func:`truncate_glow` (``Glow.with_steps``): the first flow steps of each level only. This one is another
+  flow: a level whose steps are all dropped hands on its input (squeezed, and normalised by its split prior
+  where it has one) as its latents. An unrolled solver whose shrinkage leaves a level's latents almost
+  alone (the coarsest, in the trained flow prox of ``benchmarks/TABLE1.md``) spends a third of its flow
+  steps there, where ``f`` and ``g = f^-1`` cancel; dropping them makes its step that much cheaper.
 
 :func:`widen_glow` gives a copy of a Glow whose coupling networks have ``hidden`` channels instead of the
 trained ones (Net2Net-style): the trained units keep their weights, every new unit gets the fresh weights of
@@ -16,16 +21,17 @@ a new pre-training.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["condition_glow", "widen_glow"]
+__all__ = ["condition_glow", "truncate_glow", "widen_glow"]
 
 
 def condition_glow(glow: Any, cond_channels: int) -> Any:
-    """A conditional copy of ``glow`` (see :meth:`invprox.flows.Glow.with_condition`).
+    """A conditional copy of ``glow`` (see :meth:`invprox.flows.Glow.with_condition`); a Glow already
+    conditional on ``cond_channels`` channels is copied as it is.
 
     Raises:
         ValueError: ``cond_channels`` is not positive, or the Glow is conditional on another number of
@@ -84,4 +90,42 @@ def widen_glow(glow: Any, hidden: int) -> Any:
             state[key] = _embed(value, target)
     with torch.no_grad():
         out.load_state_dict(state)
+    return out.train(glow.training)
+
+
+def truncate_glow(glow: Any, steps: Sequence[int]) -> Any:
+    """A copy of ``glow`` with the first ``steps[l]`` flow steps of each level ``l`` and every other block
+    (squeezes, split priors), their weights and buffers copied (see the module).
+
+    Args:
+        glow: a :class:`~invprox.flows.Glow` (conditional or not).
+        steps: one count per level, each at most the level's steps (0: none of them).
+
+    Raises:
+        ValueError: not one count per level, a count above the level's steps, or no step in all.
+    """
+    from .layers import Squeeze
+    from .step import GlowStep, level_step_counts
+
+    levels = int(glow.config["levels"])
+    have = level_step_counts(glow.config["steps"], levels)
+    want = level_step_counts(list(steps) if isinstance(steps, (list, tuple)) else steps, levels)
+    if any(w > h for w, h in zip(want, have)):
+        raise ValueError(f"steps {list(want)} asks for more flow steps than the Glow has ({have} per level)")
+    kept, level, taken = [], -1, 0
+    for block in glow.chain.blocks:
+        if isinstance(block, Squeeze):
+            level, taken = level + 1, 0
+        if isinstance(block, GlowStep):
+            taken += 1
+            if taken > want[level]:
+                continue
+        kept.append(block)
+    p = next(glow.parameters())
+    out = type(glow).from_config({**glow.config, "steps": want}).to(p.device, p.dtype)
+    if len(out.chain.blocks) != len(kept):  # pragma: no cover - the layouts are ours
+        raise RuntimeError("truncate_glow: the blocks do not map")
+    with torch.no_grad():
+        for new, old in zip(out.chain.blocks, kept):
+            new.load_state_dict(old.state_dict())
     return out.train(glow.training)

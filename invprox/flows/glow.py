@@ -55,7 +55,7 @@ class Glow(ChainOwner, InvertibleModule):
         image_size: ``H`` (square) or ``(H, W)``, each divisible by ``2**levels``; used by :meth:`sample`
             and :meth:`mode`. :meth:`forward` accepts any size divisible by ``2**levels``.
         levels: multi-scale levels.
-        steps: flow steps (ActNorm, 1x1 conv, coupling) per level.
+        steps: flow steps (ActNorm, 1x1 conv, coupling) per level, or one count per level (0: none).
         hidden: hidden channels of the coupling networks.
         coupling: ``"affine"`` (sigmoid scale) or ``"additive"``.
         prior: latent prior, ``"gaussian"`` or ``"laplace"`` (unit variance).
@@ -115,7 +115,8 @@ class Glow(ChainOwner, InvertibleModule):
                 f"image_size {image_size!r} must be positive and divisible by 2**levels = {2**levels}"
             )
         self.config: Dict[str, Any] = dict(
-            in_channels=in_channels, image_size=list(hw), levels=levels, steps=steps, hidden=hidden,
+            in_channels=in_channels, image_size=list(hw), levels=levels, hidden=hidden,
+            steps=list(steps) if isinstance(steps, (list, tuple)) else steps,
             coupling=coupling, prior=prior, n_bits=n_bits, memory_efficient=memory_efficient,
             keep_every=keep_every, check=check, seed=seed, scale_min=scale_min,
         )
@@ -146,15 +147,9 @@ class Glow(ChainOwner, InvertibleModule):
         return cls(**config)
 
     def with_condition(self, cond_channels: int) -> Glow:
-        """A conditional copy of this Glow: every step's coupling network also reads a conditioning
-        image of ``cond_channels`` channels (``forward(x, c)``) through a zero-initialised 1x1 convolution,
-        so the copy computes exactly this Glow's ``f`` and ``g`` whatever ``c`` until it is trained. A Glow
-        that already reads ``cond_channels`` channels is copied as it is.
-
-        Raises:
-            ValueError: ``cond_channels`` is not positive, or this Glow is conditional on another number
-                of channels.
-        """
+        """A conditional copy: every step's coupling network also reads a conditioning image of
+        ``cond_channels`` channels (``forward(x, c)``), so the copy computes exactly this Glow's ``f``
+        and ``g`` whatever ``c`` until it is trained (:func:`invprox.flows.derive.condition_glow`)."""
         from .derive import condition_glow
 
         return condition_glow(self, cond_channels)
@@ -165,6 +160,13 @@ class Glow(ChainOwner, InvertibleModule):
         from .derive import widen_glow
 
         return widen_glow(self, hidden)
+
+    def with_steps(self, steps: Sequence[int]) -> Glow:
+        """A copy with the first ``steps[l]`` flow steps of each level ``l`` (another, cheaper flow where
+        it drops any; :func:`invprox.flows.derive.truncate_glow`)."""
+        from .derive import truncate_glow
+
+        return truncate_glow(self, steps)
 
     def flow_blocks(self) -> List[nn.Module]:
         """The blocks of ``f`` in order (shared, not copied), to place in a larger chain."""

@@ -23,7 +23,7 @@ convolution (``inject_channels`` of :class:`~invprox.flows.AffineCoupling`).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,8 @@ from ..core.block import InvertibleModule
 from .coupling import AdditiveCoupling, AffineCoupling, _Coupling
 from .layers import ActNorm, ChannelRange, InvConv1x1, SplitPrior, Squeeze, Unsqueeze
 
-__all__ = ["GlowStep", "PARAMETER_KINDS", "build_glow_blocks", "parameters_by_kind", "upgrade_step_layout"]
+__all__ = ["GlowStep", "PARAMETER_KINDS", "build_glow_blocks", "level_step_counts", "parameters_by_kind",
+           "upgrade_step_layout"]
 
 _COUPLINGS = {"affine": AffineCoupling, "additive": AdditiveCoupling}
 
@@ -234,10 +235,29 @@ def parameters_by_level(blocks: Sequence[nn.Module]) -> List[List[nn.Parameter]]
     return out
 
 
+def level_step_counts(steps: Union[int, Sequence[int]], levels: int) -> List[int]:
+    """The flow steps of each level: ``steps`` for every level (a positive int), or one count per level
+    (non-negative ints, at least one step in all).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        if steps < 1:
+            raise ValueError(f"steps must be a positive int or one count per level, got {steps!r}")
+        return [steps] * levels
+    counts = list(steps) if isinstance(steps, (list, tuple)) else []
+    valid = all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts)
+    if not valid or len(counts) != levels or sum(counts) < 1:
+        raise ValueError(f"steps must be a positive int or {levels} non-negative counts (one per level, "
+                         f"at least one step in all), got {steps!r}")
+    return counts
+
+
 def build_glow_blocks(
     in_channels: int,
     levels: int,
-    steps: int,
+    steps: Union[int, Sequence[int]],
     hidden: int,
     coupling: str = "affine",
     seed: int = 0,
@@ -249,7 +269,8 @@ def build_glow_blocks(
     Args:
         in_channels: image channels ``C``.
         levels: multi-scale levels ``L`` (each squeezes once).
-        steps: flow steps ``K`` per level.
+        steps: flow steps ``K`` per level, or one count per level (0: a level of its squeeze and split
+            prior only, whose latents are its input).
         hidden: hidden channels of each coupling network.
         coupling: ``"affine"`` or ``"additive"``.
         seed: seed of the random rotations that initialise the 1x1 convolutions.
@@ -259,16 +280,17 @@ def build_glow_blocks(
     """
     if coupling not in _COUPLINGS:
         raise ValueError(f"coupling must be one of {tuple(_COUPLINGS)}, got {coupling!r}")
-    for name, v in (("in_channels", in_channels), ("levels", levels), ("steps", steps), ("hidden", hidden)):
+    for name, v in (("in_channels", in_channels), ("levels", levels), ("hidden", hidden)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+    per_level = level_step_counts(steps, levels)
     gen = torch.Generator().manual_seed(int(seed))
     blocks: List[nn.Module] = []
     total = active = in_channels
     for level in range(levels):
         blocks.append(Squeeze())
         total, active = 4 * total, 4 * active
-        for _ in range(steps):
+        for _ in range(per_level[level]):
             blocks.append(GlowStep(active, hidden, coupling, scale_min, generator=gen,
                                    cond_channels=cond_channels, cond_factor=2 ** (level + 1)))
         if level < levels - 1:

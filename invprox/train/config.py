@@ -39,6 +39,16 @@ def _levels(text: str) -> list:
     return levels
 
 
+def _counts(text: str) -> list:
+    try:
+        counts = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated step counts, got {text!r}") from None
+    if any(v < 0 for v in counts):
+        raise argparse.ArgumentTypeError(f"step counts are >= 0, got {text!r}")
+    return counts
+
+
 def _opt(default: Any, help: str, parse: Optional[Callable[[str], Any]] = None, choices=None,
          metavar: Optional[str] = None) -> Any:
     meta = {"help": help, "parse": parse, "choices": choices, "metavar": metavar}
@@ -86,6 +96,11 @@ class TrainConfig:
                                 "channels before training; the new units start with zero weights into the "
                                 "trained ones, so the solver starts as with the pre-trained Glow", int,
                                 metavar="N")
+    level_steps: Optional[list] = _opt(None, "flow: keep the first N_l flow steps of each level of the "
+                                       "pre-trained Glow, e.g. 8,8,0 drops the coarsest level's steps (its "
+                                       "latents are then its input, squeezed): another, cheaper flow; for "
+                                       "a level the shrinkage leaves alone, where f and g cancel", _counts,
+                                       metavar="N0,N1,...")
     start: str = _opt("smooth", "x_0: smoothness-regularised least squares from y, or the paper's (flow: "
                       "g(0); CNNs: A^T y)", choices=("smooth", "paper"))
     init_from: Optional[str] = _opt(

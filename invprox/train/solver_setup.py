@@ -49,7 +49,7 @@ _STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4}
 
 
 #: options of the flow prox alone and their defaults (refused for a CNN prox when set otherwise)
-FLOW_ONLY = {"cond_y": False, "lam_y": False, "widen": None, "lr_split": None, "lr_coupling": None,
+FLOW_ONLY = {"cond_y": False, "lam_y": False, "widen": None, "level_steps": None, "lr_split": None, "lr_coupling": None,
              "keep_mu": False, "anchor": 0.0, "freeze_levels": None}
 
 
@@ -75,9 +75,10 @@ def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
             raise ValueError(f"{key} is an option of the flow prox, not of prox {cfg['prox']!r}")
     if cfg.get("keep_mu") and not cfg["calibrate"]:
         raise ValueError("keep_mu keeps the flow prox's calibration off mu_k: it needs --calibrate N > 0")
-    if cfg.get("widen") is not None and cfg.get("init_from"):
-        raise ValueError("widen widens the pre-trained Glow of --flow PATH; a run grown with --init-from "
-                         "keeps its source's Glow")
+    for key, what in (("widen", "widens"), ("level_steps", "drops flow steps of")):
+        if cfg.get(key) is not None and cfg.get("init_from"):
+            raise ValueError(f"{key} {what} the pre-trained Glow of --flow PATH; a run grown with "
+                             f"--init-from keeps its source's Glow")
     if not cfg.get("anchor", 0.0) >= 0:
         raise ValueError(f"anchor must be a non-negative weight, got {cfg.get('anchor')!r}")
     if not cfg.get("adam_eps", 1e-8) > 0:
@@ -368,6 +369,8 @@ def run_flow(config: Dict[str, Any], state: Optional[Dict[str, Any]] = None
         return flow, source, record
     if config["prox"] == "flow":
         flow = load_flow(config["flow"], config["size"], config["channels"])
+        if config.get("level_steps") is not None:
+            flow = flow.with_steps(list(config["level_steps"]))
         if config.get("widen"):
             flow = flow.widened(int(config["widen"]))
         return flow, None, None
