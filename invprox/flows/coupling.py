@@ -131,25 +131,30 @@ class _Coupling(InvertibleModule):
         return torch.log(s).flatten(1).sum(1)
 
     # -- forward / inverse ---------------------------------------------------------------------------
-    def forward_and_logdet(self, x: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
+    def _map(self, x: Tensor, cond: Sequence[Tensor], forward: bool) -> Tuple[Tensor, Optional[Tensor]]:
+        """The forward (or inverse) map of ``x`` and the scale it used (``None``: additive)."""
         self._check(x)
         x1, x2 = x[:, : self.c1], x[:, self.c1 :]
         t, s = self._params(x1, cond)
-        y2 = x2 + t if s is None else (x2 + t) * s
-        return torch.cat([x1, y2], dim=1), self._logdet(s, x)
+        if forward:
+            y2 = x2 + t if s is None else (x2 + t) * s
+        else:
+            y2 = x2 - t if s is None else x2 / s - t
+        return torch.cat([x1, y2], dim=1), s
 
-    def forward(self, x: Tensor, *cond: Tensor) -> Tensor:
-        return self.forward_and_logdet(x, *cond)[0]
+    def forward_and_logdet(self, x: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
+        y, s = self._map(x, cond, True)
+        return y, self._logdet(s, x)
+
+    def forward(self, x: Tensor, *cond: Tensor) -> Tensor:  # no log-determinant computed
+        return self._map(x, cond, True)[0]
 
     def inverse_and_logdet(self, y: Tensor, *cond: Tensor) -> Tuple[Tensor, Tensor]:
-        self._check(y)
-        y1, y2 = y[:, : self.c1], y[:, self.c1 :]
-        t, s = self._params(y1, cond)
-        x2 = y2 - t if s is None else y2 / s - t
-        return torch.cat([y1, x2], dim=1), -self._logdet(s, y)
+        x, s = self._map(y, cond, False)
+        return x, -self._logdet(s, y)
 
     def inverse(self, y: Tensor, *cond: Tensor) -> Tensor:
-        return self.inverse_and_logdet(y, *cond)[0]
+        return self._map(y, cond, False)[0]
 
     # -- fused rebuilds for the engine ---------------------------------------------------------------
     def _fused(self, out: Tensor, cond: Sequence[Tensor], logdet: bool, forward: bool):

@@ -87,22 +87,22 @@ class ActNorm(InvertibleModule):
         return ld.expand(x.shape[0])
 
     def forward_and_logdet(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.forward(x), self._logdet(x)
+
+    def forward(self, x: Tensor) -> Tensor:
         _check_4d(self, x, self.channels)
         if self.training and self.initialized._version != self._seen_version and not is_recomputing():
             if not bool(self.initialized):
                 self.initialize(x)
             self._seen_version = self.initialized._version
-        return (x + self.loc) * torch.exp(self.log_scale), self._logdet(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_and_logdet(x)[0]
+        return (x + self.loc) * torch.exp(self.log_scale)
 
     def inverse_and_logdet(self, y: Tensor) -> Tuple[Tensor, Tensor]:
-        _check_4d(self, y, self.channels)
-        return y * torch.exp(-self.log_scale) - self.loc, -self._logdet(y)
+        return self.inverse(y), -self._logdet(y)
 
     def inverse(self, y: Tensor) -> Tensor:
-        return self.inverse_and_logdet(y)[0]
+        _check_4d(self, y, self.channels)
+        return y * torch.exp(-self.log_scale) - self.loc
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
@@ -198,22 +198,22 @@ class InvConv1x1(InvertibleModule):
         return F.conv2d(x, w.view(self.channels, self.channels, 1, 1))
 
     def forward_and_logdet(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.forward(x), self._logdet(x)
+
+    def forward(self, x: Tensor) -> Tensor:
         _check_4d(self, x, self.channels)
         ctx, x = self._full_precision(x)
         with ctx:
-            return self._apply_matrix(x, self.matrix()), self._logdet(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_and_logdet(x)[0]
+            return self._apply_matrix(x, self.matrix())
 
     def inverse_and_logdet(self, y: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.inverse(y), -self._logdet(y)
+
+    def inverse(self, y: Tensor) -> Tensor:
         _check_4d(self, y, self.channels)
         ctx, y = self._full_precision(y)
         with ctx:
-            return self._apply_matrix(y, self.matrix(inverse=True)), -self._logdet(y)
-
-    def inverse(self, y: Tensor) -> Tensor:
-        return self.inverse_and_logdet(y)[0]
+            return self._apply_matrix(y, self.matrix(inverse=True))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}"
