@@ -11,7 +11,9 @@ broadcast) and the data-dependent-initialisation pitfall of DDP (ActNorm initial
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import signal
 import time
 import warnings
 
@@ -77,6 +79,10 @@ def _train(opt_name: str, batch: int, memory_efficient: bool = True) -> FlowProx
 
 
 def _worker(rank: int, world: int, tmp: str) -> None:
+    # a worker that hangs dumps its Python stacks on SIGUSR1 (what _spawn's timeout reports)
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, file=open(os.path.join(tmp, f"stacks{rank}.txt"), "w"),
+                              all_threads=True)
     torch.set_num_threads(1)
     info = D.init_distributed("gloo", f"file://{tmp}/rendezvous", rank=rank, world_size=world, timeout_s=60)
     assert (info.rank, info.world_size, info.backend) == (rank, world, "gloo")
@@ -117,6 +123,20 @@ def _start_method() -> str:
     return "spawn"
 
 
+def _stacks(processes, tmp: str) -> str:
+    """The Python stacks of the workers still alive (faulthandler, on SIGUSR1)."""
+    for p in processes:
+        if p.is_alive() and hasattr(signal, "SIGUSR1"):
+            os.kill(p.pid, signal.SIGUSR1)
+    time.sleep(1.0)
+    out = []
+    for rank, p in enumerate(processes):
+        path = os.path.join(tmp, f"stacks{rank}.txt")
+        text = open(path).read() if os.path.exists(path) else "(no stack file)"
+        out.append(f"rank {rank} ({'alive' if p.is_alive() else f'exit {p.exitcode}'}):\n{text}")
+    return "\n".join(out)
+
+
 def _spawn(tmp: str, timeout: float = 120.0) -> None:
     ctx = mp.start_processes(_worker, args=(WORLD, tmp), nprocs=WORLD, join=False,
                              start_method=_start_method())
@@ -124,7 +144,8 @@ def _spawn(tmp: str, timeout: float = 120.0) -> None:
     try:
         while not ctx.join(timeout=1.0):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"distributed workers did not finish in {timeout} s")
+                raise TimeoutError(f"distributed workers did not finish in {timeout} s; their stacks:\n"
+                                   + _stacks(ctx.processes, tmp))
     finally:
         for p in ctx.processes:
             if p.is_alive():
