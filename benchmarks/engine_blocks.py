@@ -25,7 +25,7 @@ from _harness import rel_err
 from methods import CheckpointSequential, memcnn_sequential
 
 #: the methods, in the order of the tables (``rebuild_floor`` only on request: ``--methods``)
-METHODS = ("standard", "checkpoint", "memcnn", "invprox", "invprox_keep", "rebuild_floor")
+METHODS = ("standard", "checkpoint", "memcnn", "invprox", "invprox_keep", "rebuild_floor", "invprox_vjp")
 DEFAULT_METHODS = METHODS[:5]
 
 
@@ -120,7 +120,8 @@ def make_input(args, batch: Optional[int] = None, size: Optional[int] = None) ->
     return torch.randn(shape, generator=g, dtype=args.dtype).to(args.device)
 
 
-def make_model(method: str, blocks: Sequence[nn.Module], keep_every: int) -> Tuple[nn.Module, list]:
+def make_model(method: str, blocks: Sequence[nn.Module], keep_every: int, vjp_blocks: int = 8
+               ) -> Tuple[nn.Module, list]:
     """``(model, its blocks)``; the blocks are a deep copy of ``blocks`` (same weights for every method)."""
     blocks = copy.deepcopy(list(blocks))
     if method == "standard":
@@ -135,12 +136,16 @@ def make_model(method: str, blocks: Sequence[nn.Module], keep_every: int) -> Tup
         model = invprox.InvertibleChain(blocks, keep_every=keep_every)
     elif method == "rebuild_floor":
         model = RebuildFloor(blocks)
+    elif method == "invprox_vjp":
+        model = invprox.InvertibleChain(blocks, vjp_blocks=vjp_blocks)
     else:
         raise ValueError(f"unknown method {method!r}")
     return model, blocks
 
 
-def method_label(method: str, keep_every: int) -> str:
+def method_label(method: str, keep_every: int, vjp_blocks: int = 8) -> str:
+    if method == "invprox_vjp":
+        return f"invprox_vjp{vjp_blocks}"
     return f"invprox_keep{keep_every}" if method == "invprox_keep" else method
 
 

@@ -14,6 +14,8 @@ same weights (a deep copy of one model) and the same input for every method:
                    per block (memcnn 1.5: invert, then recompute, then backward)
     invprox        ``invprox.InvertibleChain(blocks)``: pure inversion, fused coupling rebuilds
     invprox_keep8  ``invprox.InvertibleChain(blocks, keep_every=8)`` (``--keep-every``)
+    invprox_vjp8   ``invprox.InvertibleChain(blocks, vjp_blocks=8)`` (``--vjp-blocks``): one vector-Jacobian
+                   product per 8 blocks, activation memory 8 blocks deep in the backward
 
 Reported per method and depth:
 
@@ -120,7 +122,8 @@ def child_args(args, method: str, depth: int) -> List[str]:
     a = [
         "--child", method, "--depths", str(depth), "--batch", str(args.batch),
         "--channels", str(args.channels), "--size", str(args.size), "--hidden", str(args.hidden),
-        "--keep-every", str(args.keep_every), "--seed", str(args.seed), "--init", args.init,
+        "--keep-every", str(args.keep_every), "--vjp-blocks", str(args.vjp_blocks), "--seed", str(args.seed),
+        "--init", args.init,
         "--device", "cpu", "--threads", str(torch.get_num_threads()),
     ]
     if args.float64:
@@ -138,7 +141,7 @@ def child_main(args) -> None:
     later training step costs, and is the number reported. The peak is reset before each.
     """
     depth = args.depths[0]
-    model, blocks = make_model(args.child, build_blocks(args, depth), args.keep_every)
+    model, blocks = make_model(args.child, build_blocks(args, depth), args.keep_every, args.vjp_blocks)
     params = params_of(blocks)
     train_step(model, make_input(args, batch=1, size=4).requires_grad_())  # warm-up; .grad allocated
     out: Dict[str, Any] = {"method": args.child, "depth": depth}
@@ -164,7 +167,7 @@ def sweep(args) -> Dict[str, Any]:
         t_depth = time.perf_counter()
         blocks = build_blocks(args, depth)
         x0 = make_input(args)
-        models = {m: make_model(m, blocks, args.keep_every) for m in methods}
+        models = {m: make_model(m, blocks, args.keep_every, args.vjp_blocks) for m in methods}
         res: Dict[str, Dict[str, Any]] = {m: {} for m in methods}
         for m in methods:
             res[m].update(measure_step(*models[m], x0))
@@ -201,7 +204,7 @@ def sweep(args) -> Dict[str, Any]:
         c_std = res["standard"]["cpu_time"] if "standard" in res else None
         for m in methods:
             r = res[m]
-            r.update(method=method_label(m, args.keep_every), depth=depth)
+            r.update(method=method_label(m, args.keep_every, args.vjp_blocks), depth=depth)
             r["time_ratio"] = r["time"] / t_std if t_std else None
             r["cpu_time_ratio"] = r["cpu_time"] / c_std if c_std else None
             rows.append(r)
@@ -210,10 +213,10 @@ def sweep(args) -> Dict[str, Any]:
             "seconds": time.perf_counter() - t_depth,
         })
         print(f"depth {depth}: " + ", ".join(
-            f"{method_label(m, args.keep_every)} {res[m]['time'] * 1e3:.0f} ms "
+            f"{method_label(m, args.keep_every, args.vjp_blocks)} {res[m]['time'] * 1e3:.0f} ms "
             f"({res[m]['cpu_time'] * 1e3:.0f} ms CPU)" for m in methods
         ) + f" ({time.perf_counter() - t_depth:.0f} s)", file=sys.stderr, flush=True)
-    labels = [method_label(m, args.keep_every) for m in methods]
+    labels = [method_label(m, args.keep_every, args.vjp_blocks) for m in methods]
     return {"rows": rows, "depths": depth_info, "methods": labels}
 
 
@@ -292,6 +295,8 @@ def parse_args(argv=None):
                    help="rebuild_floor: the least a fused-rebuild engine does per block (a measurement, "
                    "not an engine; engine_blocks.RebuildFloor)")
     p.add_argument("--keep-every", type=int, default=8, help="keep_every of the invprox_keep method")
+    p.add_argument("--vjp-blocks", type=int, default=8,
+                   help="vjp_blocks of the invprox_vjp method (one vector-Jacobian product per N blocks)")
     p.add_argument("--float64", action="store_true", help="run everything in float64")
     p.add_argument("--init", choices=["random", "zero"], default="random",
                    help="last layer of each coupling network: PyTorch default init or Glow's zeros")

@@ -54,6 +54,12 @@ class InvertibleChain(InvertibleModule):
             rebuilt input could be wrong; it is recomputed from the kept input instead.
         memory_efficient: ``False`` runs the blocks under standard autograd (for comparison).
         check_finite: raise ``ValueError`` when ``x`` or a ``cond`` tensor holds NaN or Inf.
+        vjp_blocks: in the backward, up to this many consecutive blocks that need no bookkeeping
+            (invertible, declared self-contained, no buffers to restore, no random state) are inverted,
+            recomputed with one graph and share one ``torch.autograd.grad`` call; activation memory is
+            then that many blocks deep. ``1`` (the default): one block at a time, with its fused
+            rebuild where it has one. Larger values pay where blocks are tiny and Python's cost per
+            call dominates (``benchmarks/ENGINE.md``), not where a fused rebuild saves a network pass.
 
     Shapes:
         x: any shape whose first dimension is the batch, ``(B, ...)``. The log-determinant is ``(B,)``.
@@ -77,6 +83,7 @@ class InvertibleChain(InvertibleModule):
         preserve_rng_state: bool = True,
         memory_efficient: bool = True,
         check_finite: bool = True,
+        vjp_blocks: int = 1,
     ):
         super().__init__()
         blocks = list(blocks)
@@ -92,6 +99,9 @@ class InvertibleChain(InvertibleModule):
             raise ValueError("check needs kept states to compare with: set keep_every as well")
         if not check_tol > 0:
             raise ValueError(f"check_tol must be positive, got {check_tol!r}")
+        if isinstance(vjp_blocks, bool) or not isinstance(vjp_blocks, int) or vjp_blocks < 1:
+            raise ValueError(f"vjp_blocks must be a positive int, got {vjp_blocks!r}")
+        self.vjp_blocks = vjp_blocks
         self.blocks = nn.ModuleList(blocks)
         self.keep_every = keep_every
         self.check = check
@@ -138,7 +148,7 @@ class InvertibleChain(InvertibleModule):
         cfg = _Config(
             blocks=list(self.blocks), plan=plan, params=params, n_cond=len(cond), logdet=logdet,
             keep_every=self.keep_every, check=self.check, check_tol=self.check_tol,
-            preserve_rng_state=self.preserve_rng_state, drift=[],
+            preserve_rng_state=self.preserve_rng_state, drift=[], vjp_blocks=self.vjp_blocks,
         )
         self.last_drift = cfg.drift
         return _apply(cfg, x, *cond, *params)
@@ -205,7 +215,7 @@ class InvertibleChain(InvertibleModule):
         from .block import Inverse
 
         key = (tuple(id(b) for b in self.blocks), self.keep_every, self.check, self.check_tol,
-               self.preserve_rng_state, self.memory_efficient, self.check_finite)
+               self.preserve_rng_state, self.memory_efficient, self.check_finite, self.vjp_blocks)
         cached = self.__dict__.get("_inverse_cache")
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -213,6 +223,7 @@ class InvertibleChain(InvertibleModule):
             [Inverse(b) for b in reversed(self.blocks)], keep_every=self.keep_every, check=self.check,
             check_tol=self.check_tol, preserve_rng_state=self.preserve_rng_state,
             memory_efficient=self.memory_efficient, check_finite=self.check_finite,
+            vjp_blocks=self.vjp_blocks,
         )
         self.__dict__["_inverse_cache"] = (key, inv)
         return inv

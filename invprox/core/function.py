@@ -36,6 +36,8 @@ class _Config:
     check_tol: float
     preserve_rng_state: bool
     drift: List[Tuple[int, float]] = field(default_factory=list)
+    #: at most this many consecutive blocks share one vector-Jacobian product (1: one per block)
+    vjp_blocks: int = 1
     #: set by the backward: whether recomputes must re-enter the forward's autocast state
     replay_autocast: bool = True
 
@@ -161,13 +163,20 @@ class _ChainFunction(torch.autograd.Function):
         with _recomputing():  # the whole backward recomputes (the drift check's passes too)
             for s, e in reversed(list(zip(bounds[:-1], bounds[1:]))):
                 inputs = _check_segment(cfg, ctx.states, s, e, h, kept[s], cond_leaves)
-                for j in range(e - 1, s - 1, -1):
-                    block, st = cfg.blocks[j], ctx.states[j]
-                    # buffers are restored after the vjp: batch norm saves its running stats for backward
-                    with _restore(cfg, j):
-                        x_leaf, g = _block_vjp(cfg, j, block, st, inputs.get(j), h, g, grad_ld,
-                                               cond_leaves, known, grad_cond, grad_params)
-                    h = x_leaf.detach()
+                j = e - 1
+                while j >= s:
+                    a = _group_start(cfg, ctx.states, s, j, inputs)
+                    if a < j:
+                        x_leaf, g = _group_vjp(cfg, a, j, ctx.states, inputs.get(a), h, g, grad_ld,
+                                               cond_leaves, grad_cond, grad_params, known)
+                    else:
+                        block, st = cfg.blocks[j], ctx.states[j]
+                        # buffers are restored after the vjp: batch norm saves its running stats for
+                        # backward
+                        with _restore(cfg, j):
+                            x_leaf, g = _block_vjp(cfg, j, block, st, inputs.get(j), h, g, grad_ld,
+                                                   cond_leaves, known, grad_cond, grad_params)
+                    h, j = x_leaf.detach(), a - 1
         grad_x = g if needs[1] else None
         return (None, grad_x, *grad_cond, *grad_params)
 
@@ -242,6 +251,69 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
         kind, k = known[id(t)]
         acc = grad_cond if kind == "cond" else grad_params
         acc[k] = gt if acc[k] is None else acc[k] + gt
+    return x_leaf, (grads[0] if grads[0] is not None else torch.zeros_like(x_leaf))
+
+
+def _group_start(cfg: _Config, states, s: int, j: int, inputs: Dict[int, Tensor]) -> int:
+    """The first block of the group that ends at block ``j``: up to ``cfg.vjp_blocks`` blocks of segment
+    ``[s, j]`` in a row that need no bookkeeping (invertible, self-contained, no buffers to restore, no
+    random or autocast state to replay); a block whose input is known starts its group."""
+    plan, k = cfg.plan, j
+    while cfg.vjp_blocks > 1:
+        if not (plan.invertible[k] and plan.self_contained[k] and not plan.buffers[k]
+                and not states[k].needs_replay(cfg.replay_autocast)):
+            return k + 1 if k < j else j
+        if k in inputs or k == s or j - k + 1 >= cfg.vjp_blocks:
+            return k
+        k -= 1
+    return j
+
+
+def _group_vjp(cfg, a, j, states, x_in, h, g, grad_ld, cond_leaves, grad_cond, grad_params, known):
+    """One vector-Jacobian product for blocks ``[a, j]``: their input rebuilt by inverting them from ``h``
+    (or taken as ``x_in``), then recomputed with one graph (activation memory: these blocks); returns
+    ``(x_leaf, grad_x)``."""
+    uses = cfg.plan.uses_cond
+    if x_in is None:
+        x_in = h
+        for k in range(j, a - 1, -1):
+            block = cfg.blocks[k]
+            try:
+                x_in = block.inverse(x_in, *(cond_leaves if uses[k] else ()))
+            except Exception as e:
+                raise BlockError(f"{_name(k, block)} failed to invert its output: {e}") from e
+            if x_in.shape != states[k].shape:
+                raise BlockError(f"{_name(k, block)}: inverse returned shape {tuple(x_in.shape)}, but "
+                                 f"the block's input had shape {tuple(states[k].shape)}")
+    x_leaf = x_in.detach().requires_grad_()
+    want_ld = grad_ld is not None
+    with torch.enable_grad(), span("invprox.vjp"):
+        y, ld = x_leaf, None
+        for k in range(a, j + 1):
+            cb = cond_leaves if uses[k] else ()
+            if want_ld:
+                y, ld_k = forward_logdet(cfg.blocks[k], y, *cb)
+                ld = ld_k if ld is None else ld + ld_k
+            else:
+                y = cfg.blocks[k](y, *cb)
+        outs, gouts = [y], [g]
+        if ld is not None and ld.requires_grad:
+            outs.append(ld)
+            gouts.append(grad_ld)
+        seen, leaves = set(), []
+        for k in range(a, j + 1):
+            for t in [*cfg.plan.block_params[k], *(cond_leaves if uses[k] else ())]:
+                if t.requires_grad and id(t) not in seen:
+                    seen.add(id(t))
+                    leaves.append(t)
+        if not any(o.requires_grad for o in outs):
+            return x_leaf, torch.zeros_like(x_leaf)
+        grads = torch.autograd.grad(outs, [x_leaf, *leaves], gouts, allow_unused=True)
+    for t, gt in zip(leaves, grads[1:]):
+        if gt is not None:
+            kind, k = known[id(t)]
+            acc = grad_cond if kind == "cond" else grad_params
+            acc[k] = gt if acc[k] is None else acc[k] + gt
     return x_leaf, (grads[0] if grads[0] is not None else torch.zeros_like(x_leaf))
 
 
