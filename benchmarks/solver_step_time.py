@@ -31,7 +31,7 @@ from _harness import interleaved_times  # noqa: E402
 
 
 def measure(hidden: int, batch: int, K: int, size: int, repeats: int, keep_every, levels: int = 2,
-            steps: int = 4) -> dict:
+            steps: int = 4, vjp_blocks: int = 1) -> dict:
     torch.manual_seed(0)
     glow = Glow(in_channels=3, image_size=size, levels=levels, steps=steps, hidden=hidden)
     x = torch.rand(batch, 3, size, size)
@@ -39,6 +39,7 @@ def measure(hidden: int, batch: int, K: int, size: int, repeats: int, keep_every
     with torch.no_grad():
         glow(x - 0.5)  # ActNorm init
     eng = FlowProxSolver(glow, make_physics("denoising", (3, size, size)), K=K, keep_every=keep_every)
+    eng.chain.vjp_blocks = vjp_blocks  # the engine's grouping of vector-Jacobian products
     std = copy.deepcopy(eng)
     std.memory_efficient = False
     y = x + 0.2 * torch.randn_like(x)
@@ -63,6 +64,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--levels", type=int, default=2, help="Glow levels")
     p.add_argument("--steps", type=int, default=4, help="Glow steps per level")
+    p.add_argument("--vjp-blocks", type=int, default=1,
+                   help="the engine's vjp_blocks (InvertibleChain: one vector-Jacobian product per N blocks)")
     p.add_argument("--tag", default="", help="suffix of the output files' names")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args(argv)
@@ -71,8 +74,9 @@ def main(argv=None) -> int:
     for cfg in args.configs:
         hidden, batch = (int(v) for v in cfg.split(":"))
         for keep, label in ((None, "pure inversion"), ("fold", "one state per fold")):
-            r = measure(hidden, batch, args.K, args.size, args.repeats, keep, args.levels, args.steps)
-            r["policy"] = label
+            r = measure(hidden, batch, args.K, args.size, args.repeats, keep, args.levels, args.steps,
+                        args.vjp_blocks)
+            r["policy"] = label + (f", vjp_blocks {args.vjp_blocks}" if args.vjp_blocks > 1 else "")
             rows.append(r)
             print(f"hidden {hidden:4d} batch {batch:3d} {label:20s} invprox {r['invprox_s']:.3f} s  "
                   f"standard {r['standard_s']:.3f} s  ratio {r['ratio']:.2f}", flush=True)

@@ -157,3 +157,27 @@ def test_eval_adapts_the_start_to_each_noise_level(setup, tmp_path, monkeypatch)
     monkeypatch.setattr(ev, "load_solver", lambda path, dev: (_Identity(), dict(cfg)))
     with pytest.raises(ValueError, match="smooth start"):
         evaluate(["x"], str(tmp_path / "bare"), adapt_start=1.0, **kw)
+
+
+def test_eval_on_the_models_own_validation_images(tiny_data, tmp_path):
+    from invprox.train.pretrain import solver_images
+    from invprox.train.solver_setup import load_solver
+
+    out = tmp_path / "h"
+    train_solver(tiny_data["data"], str(out), prox="resnet", size=8, channels=1, K=1, features=4,
+                 n_blocks=1, batch=4, max_steps=1, val_data="holdout", n_val=3, progress=False,
+                 log=lambda s: None)
+    _, cfg = load_solver(out / "solver.pt")
+    xt, xv = solver_images(cfg)
+    assert (len(xt), len(xv)) == (13, 3)  # 16 training images, the last 3 held out
+    s = evaluate([str(out / "solver.pt")], str(tmp_path / "ev"), split="validation", sigmas=[0.1],
+                 progress=False, log=lambda m: None)
+    assert s["n_images"] == 3 and s["split"] == "validation"
+    from invprox.data import make_dataset
+    from invprox.train.loop_utils import dataset_tensor
+
+    train = dataset_tensor(make_dataset(tiny_data["data"], size=8, channels=1, split="train"))
+    assert torch.equal(xv, train[-3:]) and torch.equal(xt, train[:-3])
+    with pytest.raises(ValueError, match="pass --model"):
+        evaluate([], str(tmp_path / "e0"), split="validation", classical=True, progress=False,
+                 log=lambda m: None)

@@ -168,7 +168,9 @@ def evaluate(
     Args:
         models: ``solver.pt`` files of ``invprox train``. names: one label per model (default: prox type).
         out: output folder. sigmas: noise levels.
-        data, split, limit: data spec (default: the first model's), split, and at most this many images.
+        data, split, limit: data spec (default: the first model's), split, and at most this many images;
+            split ``"validation"``: the images the first model was validated on in its training run
+            (:func:`invprox.train.pretrain.solver_images`).
         task, size, channels: the problem when no model is given (else they must match the models').
         latent_map, flow, lm_gamma, lm_steps, lm_lr: add latent-space MAP with the Glow ``flow``
             (``lm_gamma`` default: ``sigma**2`` at each noise level, the Gaussian MAP weight).
@@ -222,10 +224,18 @@ def evaluate(
         size, channels, data = size or 64, channels or 3, data or "embedded"
     methods += _references(task, latent_map, flow, {"gamma": lm_gamma, "steps": lm_steps, "lr": lm_lr},
                            classical, dev)
-    from ..data import make_dataset
+    if split == "validation":  # the first model's own validation images (e.g. its held-out training slice)
+        if ref_cfg is None:
+            raise ValueError("split 'validation' is the validation images of the first model's training "
+                             "run: pass --model")
+        from .pretrain import solver_images
 
-    kw: Dict[str, Any] = {"seed": seed, "n": limit} if data == "embedded" else {}
-    x_all = dataset_tensor(make_dataset(data, size=size, channels=channels, split=split, **kw), limit)
+        x_all = solver_images({**ref_cfg, "data": data})[1][:limit]
+    else:
+        from ..data import make_dataset
+
+        kw: Dict[str, Any] = {"seed": seed, "n": limit} if data == "embedded" else {}
+        x_all = dataset_tensor(make_dataset(data, size=size, channels=channels, split=split, **kw), limit)
     n = len(x_all)
     train_sigma = ref_cfg["sigma"] if ref_cfg else sigmas[len(sigmas) // 2]
     gs = min(sigmas, key=lambda s: abs(s - (train_sigma if grid_sigma is None else grid_sigma)))
@@ -315,7 +325,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     a("--name", action="append", default=[], help="label of the matching --model (default: prox type)")
     a("--sigmas", type=float, nargs="+", default=[0.10, 0.15, 0.20, 0.25], help="noise levels")
     a("--data", default=None, help="data spec (default: the first model's training data)")
-    a("--split", default="val", choices=("train", "val"))
+    a("--split", default="val", choices=("train", "val", "validation"),
+      help="validation: the images the first model was validated on in training (with --val-data holdout, "
+      "the held-out slice of its training data)")
     a("--limit", type=int, default=None, help="evaluate at most this many images")
     a("--task", default=None, help="the task when no --model is given (default: denoising)")
     a("--size", type=int, default=None, help="image side when no --model is given (default: 64)")

@@ -72,6 +72,27 @@ def load_images(
     return xt, dataset_tensor(val_ds, n_val)
 
 
+def solver_images(cfg: Dict[str, Any]) -> Tuple[Tensor, Tensor]:
+    """The training and validation images of an ``invprox train`` run with config ``cfg`` (its data, size,
+    channels, ``n_train``, ``val_data``, ``n_val``, seed): with ``val_data="holdout"`` the last ``n_val``
+    (64 when unset) training images are the validation images and are not trained on.
+
+    Raises:
+        ValueError: ``holdout`` with no more training images than ``n_val``.
+    """
+    holdout = cfg["val_data"] == "holdout"
+    n_hold = cfg["n_val"] or 64
+    n_load = cfg["n_train"] + n_hold if holdout and cfg["n_train"] else cfg["n_train"]
+    xt, xv = load_images(cfg["data"], cfg["size"], cfg["channels"], None if holdout else cfg["val_data"],
+                         n_load, cfg["n_val"], cfg["seed"])
+    if holdout:
+        if len(xt) <= n_hold:
+            raise ValueError(f"val_data='holdout' needs more than n_val={n_hold} training images, "
+                             f"got {len(xt)}")
+        xt, xv = xt[:-n_hold], xt[-n_hold:]
+    return xt, xv
+
+
 @torch.no_grad()
 def _val_bpd(glow: Glow, xv: Tensor, batch: int, device, seed: int) -> float:
     was = glow.training

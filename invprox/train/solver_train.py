@@ -173,18 +173,9 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
                                              cfg["factor"], cfg["cs_ratio"], cfg["seed"])
     dev = info.device if world > 1 and info.device.type == "cuda" else resolve_device(device)
     flow_net, source, grown_from = run_flow(cfg, state)
-    from .pretrain import load_images
+    from .pretrain import solver_images
 
-    holdout = cfg["val_data"] == "holdout"
-    n_hold = cfg["n_val"] or 64
-    n_load = cfg["n_train"] + n_hold if holdout and cfg["n_train"] else cfg["n_train"]
-    xt, xv = load_images(cfg["data"], cfg["size"], cfg["channels"], None if holdout else cfg["val_data"],
-                         n_load, cfg["n_val"], cfg["seed"])
-    if holdout:
-        if len(xt) <= n_hold:
-            raise ValueError(f"val_data='holdout' needs more than n_val={n_hold} training images, "
-                             f"got {len(xt)}")
-        xt, xv = xt[:-n_hold], xt[-n_hold:]
+    xt, xv = solver_images(cfg)
     shape = tuple(xt.shape[1:])
     task, popts, sig, seed = cfg["task"], cfg["physics_options"], float(cfg["sigma"]), int(cfg["seed"])
     fixed_op = None if task in RANDOM_TASKS else task_physics(task, shape, popts)
