@@ -150,3 +150,25 @@ def test_flow_drift_reports_each_kind_of_flow_parameter(tiny_data, tmp_path):
             if line.startswith("| ") and "count" not in line}
     assert set(rows) == {"coupling", "actnorm", "invconv"}  # the tiny Glow has one level: no split prior
     assert all(float(drift) > 0 and float(grad) > 0 for drift, grad in rows.values())
+
+
+def test_adapt_choice_picks_exponents_on_validation_images_and_tests_them(tiny_data, tmp_path):
+    from invprox.train.solver_train import train_solver
+
+    common = dict(size=8, channels=1, K=1, batch=4, max_steps=1, val_data="holdout", n_val=4,
+                  progress=False, log=lambda s: None)
+    train_solver(str(tiny_data["data"]), str(tmp_path / "flow"), flow=tiny_data["flow"], calibrate=4,
+                 **common)
+    train_solver(str(tiny_data["data"]), str(tmp_path / "res"), prox="resnet", features=4, n_blocks=1,
+                 **common)
+    run("adapt_choice.py", "--model", f"flow={tmp_path / 'flow' / 'solver.pt'}", "--model",
+        f"res={tmp_path / 'res' / 'solver.pt'}", "--sigmas", "0.1", "0.3", "--grid", "0", "1",
+        "--out", str(tmp_path), "--stem", "a")
+    res = json.loads((tmp_path / "a.json").read_text())
+    flow, resnet = res["models"]["flow"], res["models"]["res"]
+    assert len(flow["validation"]) == 4 and len(resnet["validation"]) == 2  # (P, Q) grid; P only
+    best = max(r["mean"] for r in flow["validation"])
+    chosen = [r for r in flow["validation"] if (r["P"], r["Q"]) == (flow["chosen"]["P"], flow["chosen"]["Q"])]
+    assert chosen[0]["mean"] == best
+    assert set(flow["test"]) == {"as trained", f"P = {flow['chosen']['P']:g}, Q = {flow['chosen']['Q']:g}"}
+    assert "| flow | as trained |" in (tmp_path / "a.md").read_text()
