@@ -29,24 +29,23 @@ def _keep_every(text: str) -> Union[int, str, None]:
     return n
 
 
-def _levels(text: str) -> list:
-    try:
-        levels = [int(t) for t in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated level indices, got {text!r}") from None
-    if any(v < 0 for v in levels):
-        raise argparse.ArgumentTypeError(f"level indices are >= 0 (0: the finest), got {text!r}")
-    return levels
+def _int_list(what: str) -> Callable[[str], list]:
+    """A parser of comma-separated non-negative ints (``what`` names them in its errors)."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [int(t) for t in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if any(v < 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{what} are >= 0, got {text!r}")
+        return values
+
+    return parse
 
 
-def _counts(text: str) -> list:
-    try:
-        counts = [int(t) for t in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated step counts, got {text!r}") from None
-    if any(v < 0 for v in counts):
-        raise argparse.ArgumentTypeError(f"step counts are >= 0, got {text!r}")
-    return counts
+_levels = _int_list("level indices (0: the finest)")
+_counts = _int_list("step counts")
 
 
 def _opt(default: Any, help: str, parse: Optional[Callable[[str], Any]] = None, choices=None,
