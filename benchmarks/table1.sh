@@ -942,6 +942,23 @@ stage_drop2_cond_seed1() {  # stage drop2_cond with another seed (one core)
     cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_seed1 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y --seed 1
 }
 
+stage_ood_heldout() {
+    # Stage ood with the adaptation's exponents chosen, not probed: per solver, the start's P and the flow
+    # prox's lambda Q from {0, 0.5, 1, 1.5, 2} by the mean PSNR at sigma 0.10 ... 0.40 on its own 64 held-out
+    # training faces (benchmarks/adapt_choice.py, invprox eval --split validation), then all 600 test faces
+    # as trained and as chosen. The runs present are used, the others listed as missing (one core)
+    local runs=(flow_dn_k1_coup10_cos_frz2_cond flow_dn_k1_coup10_cos_frz2_cond_seed1
+                flow_dn_k1_coup10_cos_drop2_cond flow_dn_k1_coup10_cos_drop2_cond_seed1 unet_dn_k1_m2
+                unet_dn_k1_m2_seed1 unet_dn_k1_cos_m2 resnet_dn_k1_m2)
+    local args=() m
+    for m in "${runs[@]}"; do
+        if [ -f "$RUNS/$m/solver.pt" ]; then args+=(--model "$m=$RUNS/$m/solver.pt")
+        else echo "stage ood_heldout: $RUNS/$m/solver.pt missing (run its stage first); left out" >&2; fi
+    done
+    timed "ood heldout" "$PY" benchmarks/adapt_choice.py "${args[@]}" \
+        --sigmas 0.10 0.15 0.20 0.25 0.30 0.35 0.40 --stem table1_ood_heldout
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
