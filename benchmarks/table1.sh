@@ -977,6 +977,15 @@ stage_tasks_freeze5_inpainting() {
     cp "$RUNS/flow_inpainting_frz2_5_m2/metrics.json" "$RES/tasks_train_flow_inpainting_frz2_5_m2.json"
 }
 
+stage_untrained_k1() {
+    # The one-fold flow prox of the freeze/drop stages before any training step (--max-steps 0: the
+    # calibrated start, mu and lambda per level, conditional Glows whose injections start at zero), tested
+    # as the trained runs are (one core, about a minute)
+    train flow_dn_k1_untrained "${PROTOCOL[@]}" "${GROW_FLOW[@]}" --flow "$RES/glow_celeba32_cos.pt" --K 1 \
+        --cond-y --max-steps 0
+    eval_test flow_dn_k1_untrained
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
