@@ -986,6 +986,19 @@ stage_untrained_k1() {
     eval_test flow_dn_k1_untrained
 }
 
+stage_drop2_net3() {
+    # Stage drop2_cond with the rest of each flow (ActNorm, 1x1 convolutions, split priors) at 3e-4 instead
+    # of 1e-4 (decayed too): every constant rate >= 3e-4 diverged while the coarsest level trained (one core)
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_net3 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
+        --lr-net 3e-4
+}
+
+stage_unet_cosine_seed1() {  # stage unet_cosine with another seed (one core)
+    train unet_dn_k1_cos_m2_seed1 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --lr-schedule cosine \
+        --warmup 100 --seed 1
+    eval_test unet_dn_k1_cos_m2_seed1
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
