@@ -30,8 +30,8 @@ from invprox.train.solver_setup import load_solver
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def measure(runs_dir: Path, K: int, n_test: int, sigma: float) -> Dict[str, Any]:
-    run = runs_dir / f"k{K}"
+def measure(runs_dir: Path, K: int, n_test: int, sigma: float, prefix: str = "k") -> Dict[str, Any]:
+    run = runs_dir / f"{prefix}{K}"
     solver, cfg = load_solver(run / "solver.pt")
     metrics = json.loads((run / "metrics.json").read_text())
     ds = make_dataset("celeba64", size=cfg["size"], channels=cfg["channels"], split="val")
@@ -104,13 +104,15 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=64)
     p.add_argument("--sigma", type=float, default=0.2)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--prefix", default="k", help="the runs are RUNS_DIR/<prefix><K>")
+    p.add_argument("--stem", default="psnr_memory_k", help="name of the output files")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    rows = [measure(Path(args.runs_dir), K, args.n_test, args.sigma) for K in args.ks]
+    rows = [measure(Path(args.runs_dir), K, args.n_test, args.sigma, args.prefix) for K in args.ks]
     out = Path(args.out)
-    (out / "psnr_memory_k.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "psnr_memory_k.md").write_text(render(rows, args.n_test, args.sigma))
-    plot(rows, out / "psnr_memory_k.png")
+    (out / f"{args.stem}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / f"{args.stem}.md").write_text(render(rows, args.n_test, args.sigma))
+    plot(rows, out / f"{args.stem}.png")
     print(render(rows, args.n_test, args.sigma))
     return 0
 
