@@ -1015,6 +1015,19 @@ stage_k_sweep_drop2() {
         --stem psnr_memory_k_drop2
 }
 
+stage_drop2_net3_seed1() {  # stage drop2_net3 with another seed (one core)
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_net3_seed1 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
+        --lr-net 3e-4 --seed 1
+}
+
+stage_drop2_half1_net3() {
+    # Stage drop2_net3 with half of the middle level's flow steps dropped too (--level-steps 8,4,0): its
+    # shrinkage is 0.27 (the finest level's 2.9), so it does some of the denoising; what do 12% cheaper
+    # steps buy against it? (one core)
+    cosine_k1 flow_dn_k1_coup10_cos_drop2h1_cond_net3 --level-steps 8,4,0 --lr-coupling 1e-3 --cond-y \
+        --lr-net 3e-4
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
