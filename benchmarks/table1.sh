@@ -1022,8 +1022,8 @@ stage_drop2_net3_seed1() {  # stage drop2_net3 with another seed (one core)
 
 stage_drop2_half1_net3() {
     # Stage drop2_net3 with half of the middle level's flow steps dropped too (--level-steps 8,4,0): its
-    # shrinkage is 0.27 (the finest level's 2.9), so it does some of the denoising; what do 12% cheaper
-    # steps buy against it? (one core)
+    # shrinkage was 0.27 in stage freeze10_cond's run (the finest level's 2.9), so it does some of the
+    # denoising; what do the cheaper steps buy against that? (one core)
     cosine_k1 flow_dn_k1_coup10_cos_drop2h1_cond_net3 --level-steps 8,4,0 --lr-coupling 1e-3 --cond-y \
         --lr-net 3e-4
 }
