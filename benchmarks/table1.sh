@@ -1028,6 +1028,24 @@ stage_drop2_half1_net3() {
         --lr-net 3e-4
 }
 
+stage_refs_k1() {
+    # Issue 10's "above BM3D and latent MAP", for the one-fold solvers of the last section: the references
+    # on the first REF_LIMIT test faces (BM3D, latent MAP with the prior the one-fold runs fine-tune),
+    # beside those solvers on the same faces (one core)
+    local runs=(flow_dn_k1_coup10_cos_drop2_cond flow_dn_k1_coup10_cos_drop2_cond_seed1 unet_dn_k1_cos_m2
+                unet_dn_k1_cos_m2_seed1 resnet_dn_k1_m2)
+    local args=() m
+    for m in "${runs[@]}"; do
+        if [ -f "$RUNS/$m/solver.pt" ]; then args+=(--model "$RUNS/$m/solver.pt" --name "$m")
+        else echo "stage refs_k1: $RUNS/$m/solver.pt missing (run its stage first); left out" >&2; fi
+    done
+    rm -rf "$RUNS/eval_ref_k1"
+    timed "eval references, one fold" invprox eval "${args[@]}" --latent-map --flow "$RES/glow_celeba32_cos.pt" \
+        --classical --data celeba64 --split val --limit "$REF_LIMIT" --sigmas 0.10 0.15 0.20 0.25 \
+        --grid-sigma 0.2 --seed 0 --no-progress --out "$RUNS/eval_ref_k1"
+    for f in results.md results.json; do cp "$RUNS/eval_ref_k1/$f" "$RES/table1_references_k1_$f"; done
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
