@@ -999,18 +999,24 @@ stage_unet_cosine_seed1() {  # stage unet_cosine with another seed (one core)
     eval_test unet_dn_k1_cos_m2_seed1
 }
 
-stage_k_sweep_drop2() {
-    # Stage k_sweep with stage drop2_cond's recipe (the coarsest level's flow steps dropped, couplings
-    # decayed from 1e-3 after 100 warm-up steps, the rest at 1e-4, conditional Glows) on the prior of the
-    # one-fold runs: every K trains for K_BUDGET CPU minutes, K = 1, 2, 4, 8, 16 one after the other on
-    # one core; then psnr_memory_k.py (64 test faces, activation memory with and without the engine)
+kd_run() {  # kd_run K...: stage k_sweep_drop2's runs for these K, one after the other (one core)
     local K
-    for K in 1 2 4 8 16; do
+    for K in "$@"; do
         train "kd$K" --sigma 0.2 --budget-minutes "$K_BUDGET" --val-every 50 --n-val 64 --val-data holdout \
             --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32 "${GROW_FLOW[@]}" \
             --flow "$RES/glow_celeba32_cos.pt" --K "$K" --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
             --lr-schedule cosine --warmup 100 || true
     done
+}
+
+stage_k_sweep_drop2() {
+    # Stage k_sweep with stage drop2_cond's recipe (the coarsest level's flow steps dropped, couplings
+    # decayed from 1e-3 after 100 warm-up steps, the rest at 1e-4, conditional Glows) on the prior of the
+    # one-fold runs: every K trains for K_BUDGET CPU minutes (K = 1 and 16 on one core, 2, 4 and 8 on the
+    # other); then psnr_memory_k.py (64 test faces, activation memory with and without the engine)
+    kd_run 1 16 &
+    kd_run 2 4 8 &
+    wait
     timed "psnr_memory_k drop2" "$PY" benchmarks/psnr_memory_k.py --ks 1 2 4 8 16 --prefix kd \
         --stem psnr_memory_k_drop2
 }
