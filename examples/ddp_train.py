@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     if args.checkpoint:
         D.save_on_main(args.checkpoint, {"solver": solver.state_dict(), "step": step})
         D.print0(f"checkpoint written to {args.checkpoint}")
+    del model  # before cleanup: the DDP reducer must not hold the process group's last reference
     D.cleanup()
     return 0 if diff == 0.0 else 1
 

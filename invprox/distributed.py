@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import builtins
 import datetime
+import gc
 import os
 import warnings
 from dataclasses import dataclass
@@ -175,8 +176,18 @@ def init_distributed(
 
 
 def cleanup() -> None:
-    """Destroy the default process group, if any (call at the end of a distributed script)."""
+    """Destroy the default process group, if any (call at the end of a distributed script).
+
+    Drop your references to the ``DistributedDataParallel`` wrappers first (``del model``): the process
+    group's last reference must go with :func:`torch.distributed.destroy_process_group`, whose destructor
+    releases the GIL, not with a DDP reducer, whose destructor holds it while it waits for gloo's worker
+    threads, one of which may be waiting for the GIL to free a tensor: the process then hangs at exit
+    (seen here in about one ``torchrun`` run in seven; pytorch/pytorch#56297). A barrier first lets every
+    rank's last collectives finish, and a garbage collection frees the wrappers' reference cycles.
+    """
     if is_distributed():
+        dist.barrier()
+        gc.collect()
         dist.destroy_process_group()
 
 

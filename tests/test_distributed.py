@@ -111,6 +111,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
     D.broadcast_module(model)
     out["after_broadcast"] = D.max_parameter_difference(solver)
     torch.save(out, os.path.join(tmp, f"rank{rank}.pt"))
+    del model  # before cleanup: the DDP reducer must not hold the process group's last reference
     D.cleanup()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,8 +29,22 @@ def _train(args, out, nproc):
         cmd += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
                 f"--master_port={_free_port()}"]
     cmd += ["-m", "invprox", "train", *args, "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    # faulthandler in every process: a run that hangs is sent SIGABRT and prints its Python stacks
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{' '.join(cmd[:6])} ... hung for 300 s; its output and stacks:\n{out[-3000:]}\n"
+                    f"{err[-12000:]}")
+    res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return res
 

@@ -373,6 +373,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     log(f"{status}: {r['step']} steps, best val loss {r['best_val']:.5g} at step {r['best_step']}; "
         f"wrote {out_dir}")
     if own_group:
+        del model  # the DDP reducer must not hold the process group's last reference (see cleanup)
         cleanup()
     return m
 
