@@ -799,10 +799,13 @@ tasks_flow_lane() {
     local tag=$1 label=$2; shift 2
     local common=(--sigma 0.05 --budget-minutes "$TASK_BUDGET" --val-every 50 --n-val 64
                   --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
-    train "flow_inpainting_$tag" "${common[@]}" --task inpainting --p-missing 0.5 "$@" || true
-    train "flow_deblurring_$tag" "${common[@]}" --task deblurring --kernel gaussian --blur-std 1.5 "$@" || true
-    local task
-    for task in inpainting deblurring; do
+    local task tasks=(${LANE_TASKS:-inpainting deblurring})  # LANE_TASKS=inpainting: that task alone
+    for task in "${tasks[@]}"; do
+        local opts=(--task inpainting --p-missing 0.5)
+        [ "$task" = deblurring ] && opts=(--task deblurring --kernel gaussian --blur-std 1.5)
+        train "flow_${task}_$tag" "${common[@]}" "${opts[@]}" "$@" || true
+    done
+    for task in "${tasks[@]}"; do
         rm -rf "$RUNS/eval_${task}_$tag"
         timed "eval $task ${tag//_/ }" invprox eval --model "$RUNS/flow_${task}_$tag/solver.pt" \
             --name "$label" --data celeba64 --split val --limit "$TASK_LIMIT" \
@@ -962,19 +965,9 @@ stage_ood_heldout() {
 stage_tasks_freeze5_inpainting() {
     # Stage tasks_freeze's inpainting run (its couplings from 1e-3 met a NaN loss at step 261 and stopped
     # with the state of step 250) with the couplings decayed from 5e-4, stage freeze's lower rate (one core)
-    local common=(--sigma 0.05 --budget-minutes "$TASK_BUDGET" --val-every 50 --n-val 64
-                  --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32)
-    train flow_inpainting_frz2_5_m2 "${common[@]}" --task inpainting --p-missing 0.5 --prox flow \
+    LANE_TASKS=inpainting tasks_flow_lane frz2_5_m2 "flow prox, --freeze-levels 2, 5e-4" --prox flow \
         --flow "$RES/glow_celeba32_more.pt" --standard-autograd --lr-net 1e-4 --lr-coupling 5e-4 \
-        --lr-schedule cosine --warmup 100 --freeze-levels 2 --skip-nonfinite 10 || true
-    rm -rf "$RUNS/eval_inpainting_frz2_5_m2"
-    timed "eval inpainting frz2 5e-4" invprox eval --model "$RUNS/flow_inpainting_frz2_5_m2/solver.pt" \
-        --name "flow prox, --freeze-levels 2, 5e-4" --data celeba64 --split val --limit "$TASK_LIMIT" \
-        --sigmas 0.05 --seed 0 --no-progress --out "$RUNS/eval_inpainting_frz2_5_m2"
-    for f in results.md results.json; do
-        cp "$RUNS/eval_inpainting_frz2_5_m2/$f" "$RES/tasks_inpainting_frz2_5_m2_$f"
-    done
-    cp "$RUNS/flow_inpainting_frz2_5_m2/metrics.json" "$RES/tasks_train_flow_inpainting_frz2_5_m2.json"
+        --lr-schedule cosine --warmup 100 --freeze-levels 2 --skip-nonfinite 10
 }
 
 stage_untrained_k1() {
