@@ -176,7 +176,8 @@ def init_distributed(
 
 
 def cleanup() -> None:
-    """Destroy the default process group, if any (call at the end of a distributed script).
+    """Destroy the default process group, if any (call at the end of a distributed script, on every rank:
+    it begins with a barrier).
 
     Drop your references to the ``DistributedDataParallel`` wrappers first (``del model``): the process
     group's last reference must go with :func:`torch.distributed.destroy_process_group`, whose destructor
