@@ -216,15 +216,8 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
                 y_graph, ld_graph = block(x_leaf, *cond_leaves), None
     else:
         x_leaf, y_graph, ld_graph = _rebuild_block(cfg, j, block, st, h, cond_leaves, want_ld)
-    if x_leaf.shape != st.shape:
-        raise BlockError(
-            f"{_name(j, block)}: inverse returned shape {tuple(x_leaf.shape)}, but the "
-            f"block's input had shape {tuple(st.shape)}"
-        )
-    outs, gouts = [y_graph], [g]
-    if ld_graph is not None and ld_graph.requires_grad:
-        outs.append(ld_graph)
-        gouts.append(grad_ld)
+    _check_shape(j, block, x_leaf, st.shape)
+    outs, gouts = _outputs(y_graph, ld_graph, g, grad_ld)
     if cfg.plan.self_contained[j]:  # declared: its own parameters and cond are all it reads
         leaves = [p for p in cfg.plan.block_params[j] if p.requires_grad]
         leaves += [c for c in cond_leaves if c.requires_grad]
@@ -240,6 +233,29 @@ def _block_vjp(cfg, j, block, st, x_in, h, g, grad_ld, cond_leaves, known, grad_
                 "would be lost. Pass them as cond: chain(x, *cond), or register them in a module "
                 "of the chain."
             )
+    return _take_vjp(x_leaf, outs, gouts, leaves, known, grad_cond, grad_params)
+
+
+def _check_shape(j: int, block: nn.Module, x: Tensor, shape) -> None:
+    """Name the block whose inverse rebuilt an input of another shape than the forward's."""
+    if x.shape != shape:
+        raise BlockError(f"{_name(j, block)}: inverse returned shape {tuple(x.shape)}, but the block's "
+                         f"input had shape {tuple(shape)}")
+
+
+def _outputs(y: Tensor, ld: Optional[Tensor], g: Tensor, grad_ld: Optional[Tensor]):
+    """The recomputed outputs to differentiate, with their gradients (the log-det where it has a graph)."""
+    outs, gouts = [y], [g]
+    if ld is not None and ld.requires_grad:
+        outs.append(ld)
+        gouts.append(grad_ld)
+    return outs, gouts
+
+
+def _take_vjp(x_leaf, outs, gouts, leaves, known, grad_cond, grad_params):
+    """One ``torch.autograd.grad`` of ``outs`` for ``x_leaf`` and ``leaves`` (parameters and cond of the
+    chain, found in ``known``), the latter accumulated into ``grad_cond`` / ``grad_params``; returns
+    ``(x_leaf, grad_x)``."""
     targets = [x_leaf] + [t for t in leaves if t is not x_leaf]
     if not any(o.requires_grad for o in outs):
         return x_leaf, torch.zeros_like(x_leaf)
@@ -282,39 +298,25 @@ def _group_vjp(cfg, a, j, states, x_in, h, g, grad_ld, cond_leaves, grad_cond, g
                 x_in = block.inverse(x_in, *(cond_leaves if uses[k] else ()))
             except Exception as e:
                 raise BlockError(f"{_name(k, block)} failed to invert its output: {e}") from e
-            if x_in.shape != states[k].shape:
-                raise BlockError(f"{_name(k, block)}: inverse returned shape {tuple(x_in.shape)}, but "
-                                 f"the block's input had shape {tuple(states[k].shape)}")
+            _check_shape(k, block, x_in, states[k].shape)
     x_leaf = x_in.detach().requires_grad_()
-    want_ld = grad_ld is not None
-    with torch.enable_grad(), span("invprox.vjp"):
-        y, ld = x_leaf, None
+    y, ld = x_leaf, None
+    with torch.enable_grad():
         for k in range(a, j + 1):
             cb = cond_leaves if uses[k] else ()
-            if want_ld:
+            if grad_ld is not None:
                 y, ld_k = forward_logdet(cfg.blocks[k], y, *cb)
                 ld = ld_k if ld is None else ld + ld_k
             else:
                 y = cfg.blocks[k](y, *cb)
-        outs, gouts = [y], [g]
-        if ld is not None and ld.requires_grad:
-            outs.append(ld)
-            gouts.append(grad_ld)
-        seen, leaves = set(), []
-        for k in range(a, j + 1):
-            for t in [*cfg.plan.block_params[k], *(cond_leaves if uses[k] else ())]:
-                if t.requires_grad and id(t) not in seen:
-                    seen.add(id(t))
-                    leaves.append(t)
-        if not any(o.requires_grad for o in outs):
-            return x_leaf, torch.zeros_like(x_leaf)
-        grads = torch.autograd.grad(outs, [x_leaf, *leaves], gouts, allow_unused=True)
-    for t, gt in zip(leaves, grads[1:]):
-        if gt is not None:
-            kind, k = known[id(t)]
-            acc = grad_cond if kind == "cond" else grad_params
-            acc[k] = gt if acc[k] is None else acc[k] + gt
-    return x_leaf, (grads[0] if grads[0] is not None else torch.zeros_like(x_leaf))
+    seen, leaves = set(), []
+    for k in range(a, j + 1):
+        for t in [*cfg.plan.block_params[k], *(cond_leaves if uses[k] else ())]:
+            if t.requires_grad and id(t) not in seen:
+                seen.add(id(t))
+                leaves.append(t)
+    outs, gouts = _outputs(y, ld, g, grad_ld)
+    return _take_vjp(x_leaf, outs, gouts, leaves, known, grad_cond, grad_params)
 
 
 def _rebuild_block(cfg, j, block, st, h, cond_leaves, want_ld):
