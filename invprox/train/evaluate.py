@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -41,6 +43,21 @@ from .solver_setup import fixed_measurements, load_solver, physics_options
 __all__ = ["evaluate", "add_parser"]
 
 Method = Callable[[Tensor, Any, float], Tensor]
+
+
+#: the config entries that pick a training run's images (:func:`invprox.train.pretrain.solver_images`)
+_IMAGE_KEYS = ("data", "size", "channels", "n_train", "val_data", "n_val", "seed")
+
+
+@functools.lru_cache(maxsize=4)
+def _validation_images(key: Tuple[Tuple[str, Any], ...], data_root: Optional[str]) -> Tensor:
+    """A run's validation images, loaded once per process (``key``: its :data:`_IMAGE_KEYS`; ``data_root``:
+    ``$INVPROX_DATA``, where a named data set is looked up): finding a held-out slice loads the whole
+    training set, and a caller that evaluates one model many times (``benchmarks/adapt_choice.py``) would
+    load it on every call."""
+    from .pretrain import solver_images
+
+    return solver_images(dict(key))[1]
 
 
 def _ssim(out: Tensor, ref: Tensor) -> Tensor:
@@ -228,9 +245,8 @@ def evaluate(
         if ref_cfg is None:
             raise ValueError("split 'validation' is the validation images of the first model's training "
                              "run: pass --model")
-        from .pretrain import solver_images
-
-        x_all = solver_images({**ref_cfg, "data": data})[1][:limit]
+        x_all = _validation_images(tuple((k, ({**ref_cfg, "data": data})[k]) for k in _IMAGE_KEYS),
+                                   os.environ.get("INVPROX_DATA"))[:limit]
     else:
         from ..data import make_dataset
 
