@@ -109,7 +109,7 @@ def truncate_glow(glow: Any, steps: Sequence[int]) -> Any:
 
     levels = int(glow.config["levels"])
     have = level_step_counts(glow.config["steps"], levels)
-    want = level_step_counts(list(steps) if isinstance(steps, (list, tuple)) else steps, levels)
+    want = level_step_counts(steps, levels)
     if any(w > h for w, h in zip(want, have)):
         raise ValueError(f"steps {list(want)} asks for more flow steps than the Glow has ({have} per level)")
     kept, level, taken = [], -1, 0

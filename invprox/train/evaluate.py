@@ -245,8 +245,9 @@ def evaluate(
         if ref_cfg is None:
             raise ValueError("split 'validation' is the validation images of the first model's training "
                              "run: pass --model")
-        x_all = _validation_images(tuple((k, ({**ref_cfg, "data": data})[k]) for k in _IMAGE_KEYS),
-                                   os.environ.get("INVPROX_DATA"))[:limit]
+        run = {**ref_cfg, "data": data}
+        x_all = _validation_images(tuple((k, run[k]) for k in _IMAGE_KEYS), os.environ.get("INVPROX_DATA"))
+        x_all = x_all[:limit]
     else:
         from ..data import make_dataset
 
