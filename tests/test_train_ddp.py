@@ -23,6 +23,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _descendants(pid: int) -> list:
+    """The processes below ``pid`` (read from /proc: torchrun starts its workers in their own sessions,
+    so its process group does not reach them)."""
+    children = {}
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _send(pids, sig: int) -> None:
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+
+
 def _train(args, out, nproc):
     cmd = [sys.executable]
     if nproc > 1:
@@ -31,17 +58,16 @@ def _train(args, out, nproc):
     cmd += ["-m", "invprox", "train", *args, "--out", str(out)]
     # faulthandler in every process: a run that hangs is sent SIGABRT and prints its Python stacks
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "PYTHONFAULTHANDLER": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         out, err = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGABRT)
+        tree = [*_descendants(proc.pid), proc.pid]
+        _send(tree, signal.SIGABRT)
         try:
             out, err = proc.communicate(timeout=30)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+            _send(tree, signal.SIGKILL)  # none left behind, also where SIGABRT did not end it
         pytest.fail(f"{' '.join(cmd[:6])} ... hung for 300 s; its output and stacks:\n{out[-3000:]}\n"
                     f"{err[-12000:]}")
     res = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
