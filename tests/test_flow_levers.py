@@ -147,6 +147,40 @@ def test_cond_y_solver_starts_as_the_plain_one_and_trains_exactly():
         FlowProxSolver(InvertibleChain(glow2().flow_blocks()), op, K=1, lam_per="scalar", cond_y=True)
 
 
+def test_cond_net_starts_as_cond_y_trains_exactly_and_with_the_couplings():
+    op = make_physics("denoising", (1, 8, 8))
+    x, y = _y()
+    cond = FlowProxSolver(glow2(), op, K=2, cond_y=True).to(DT).eval()
+    testing.randomize_parameters(cond.flows, 0.05, seed=4)
+    net = FlowProxSolver(glow2(), op, K=2, cond_net=3, cond_hidden=4).to(DT).eval()
+    assert net.cond_y and net.flows[0].cond_channels == 1 + 3
+    state = {k: v for k, v in cond.state_dict().items() if "inject" not in k}
+    missing = net.load_state_dict(state, strict=False).missing_keys
+    assert sorted({k.split(".")[0] for k in missing if "inject" not in k}) == ["cond_net"]
+    with torch.no_grad():
+        # the injection from the new channels starts at zero: the same folds as with A^T y~ alone (space
+        # to depth keeps A^T y~'s squeezed channels first)
+        inj = [p for n, p in net.named_parameters() if "inject" in n]
+        for p, q in zip(inj, [p for n, p in cond.named_parameters() if "inject" in n]):
+            assert float(p.abs().sum()) == 0
+            p[:, : q.shape[1]] = q
+        assert torch.allclose(net(y), cond(y), atol=1e-12)
+        c = net.fold_conds(net.flow_measurement(y))[0][0]
+        assert c.shape == (4, 4, 8, 8) and torch.equal(c[:, :1], y - 0.5) and float(c[:, 1:].abs().sum()) > 0
+    testing.randomize_parameters(net.flows, 0.05, seed=5)
+    _engine_matches_standard(net, x, y, cond_net=3, cond_hidden=4)
+    own = list(net.cond_net.parameters())
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in own)
+    ids = {id(p) for p in net.coupling_parameters()}
+    assert all(id(p) in ids for p in own)
+    groups = net.param_groups(lr_net=1e-4, lr_coupling=1e-3)
+    assert all(id(p) in {id(q) for q in groups[-1]["params"]} for p in own) and groups[-1]["lr"] == 1e-3
+    for bad, match in (({"cond_net": -1}, "cond_net must be"), ({"cond_net": 2, "cond_hidden": 0},
+                       "cond_hidden must be"), ({"cond_net": 2, "lam_y": True}, "cannot be combined")):
+        with pytest.raises(ValueError, match=match):
+            FlowProxSolver(glow2(), op, K=1, **bad)
+
+
 def _kw(tiny_data, **over):
     kw = dict(data=tiny_data["data"], size=8, channels=1, batch=4, epochs=2, progress=False,
               log=lambda s: None, lr_net=1e-3, calibrate=4, max_steps=2, prox="flow", flow=tiny_data["flow"])
@@ -167,6 +201,14 @@ def test_train_cond_y_saves_resumes_grows_and_checks(tiny_data, tmp_path):
     assert m3["init_from"]["K"] == 1 and load_solver(tmp_path / "c2" / "solver.pt")[0].cond_y
     with pytest.raises(ValueError, match="its cond_y is True"):
         train_solver(out=str(tmp_path / "c3"), **_kw(tiny_data, K=2, init_from=src))
+    m4 = train_solver(out=str(tmp_path / "n1"), **_kw(tiny_data, K=1, cond_net=2))
+    solver, cfg = load_solver(tmp_path / "n1" / "solver.pt")
+    assert cfg["cond_net"] == 2 and solver.cond_net is not None and m4["steps"] == 2
+    with pytest.raises(ValueError, match="its cond_net is 2"):
+        train_solver(out=str(tmp_path / "n2"), **_kw(tiny_data, K=2, cond_y=True,
+                                                     init_from=str(tmp_path / "n1" / "solver.pt")))
+    with pytest.raises(ValueError, match="cond_net must be a positive int"):
+        train_solver(out=str(tmp_path / "n3"), **_kw(tiny_data, K=1, cond_net=0))
     with pytest.raises(ValueError, match="cond_y is an option of the flow prox"):
         train_solver(out=str(tmp_path / "u"), **_kw(tiny_data, prox="unet", flow=None, features=4, depth=1,
                                                     cond_y=True))

@@ -99,6 +99,13 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
             convolutional network that starts at zero (:class:`~invprox.solvers.shrinkage.LatentShrinkage`
             with ``cond_channels``): the fold can shrink each region by what the measurement shows there.
             Gaussian shrinkage with ``lam_per`` ``"level"`` or ``"channel"`` only.
+        cond_net: with ``cond_y``, the coupling networks read ``n`` more channels besides ``c``: features
+            ``h(c)`` of a small convolutional network (three 3x3 convolutions, ``cond_hidden`` channels),
+            computed once per call and shared by every fold, as in conditional invertible networks
+            (Ardizzone et al. 2019). Their injection starts at zero, so the solver starts as without them;
+            ``h`` trains with the couplings (:meth:`coupling_parameters`). Implies ``cond_y``; not with
+            ``lam_y``.
+        cond_hidden: hidden channels of ``h``.
 
     Shapes:
         ``y``: the measurement, shape of ``physics.A(x)``; output: ``(B, C, H, W)`` in image space
@@ -121,18 +128,34 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
         memory_efficient: bool = True,
         cond_y: bool = False,
         lam_y: bool = False,
+        cond_net: int = 0,
+        cond_hidden: int = 32,
     ):
         super().__init__()
         if not isinstance(K, int) or K < 1:
             raise ValueError(f"K must be a positive int, got {K!r}")
         _flow_blocks(flow)  # raises TypeError for anything that is not an invertible flow
-        cond_y = cond_y or bool(getattr(flow, "cond_channels", 0))  # a conditional Glow reads A^T y~
+        for name, v, low in (("cond_net", cond_net, 0), ("cond_hidden", cond_hidden, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
+        if cond_net and lam_y:
+            raise ValueError("cond_net and lam_y cannot be combined (the shrinkage's map reads A^T y alone)")
+        # a conditional Glow reads A^T y~ (and the features of cond_net)
+        cond_y = cond_y or bool(cond_net) or bool(getattr(flow, "cond_channels", 0))
         if cond_y:
             if not callable(getattr(flow, "with_condition", None)):
                 raise TypeError(f"cond_y needs a flow with with_condition() (an invprox.flows.Glow); "
                                 f"{type(flow).__name__} has none")
-            flow = flow.with_condition(flow.in_channels)
+            flow = flow.with_condition(flow.in_channels + cond_net)
         self.cond_y = bool(cond_y)
+        #: ``h`` of ``cond_net`` (its features join ``A^T y~`` as the Glows' conditioning image), or ``None``
+        self.cond_net: Optional[nn.Sequential] = None
+        if cond_net:
+            c = flow.in_channels
+            self.cond_net = nn.Sequential(
+                nn.Conv2d(c, cond_hidden, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(cond_hidden, cond_hidden, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(cond_hidden, cond_net, 3, padding=1))
         shrinkage = shrinkage or getattr(flow, "prior", "gaussian")
         if shrinkage not in ("gaussian", "laplace"):
             raise ValueError(f"shrinkage must be 'gaussian' or 'laplace', got {shrinkage!r}")
@@ -213,10 +236,12 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
 
     def coupling_parameters(self) -> List[nn.Parameter]:
         """The parameters of the flows' coupling layers (their networks, and the injection of ``A^T y``
-        with ``cond_y``): everything of the flows but ActNorm, the 1x1 convolutions and the split priors."""
+        with ``cond_y``): everything of the flows but ActNorm, the 1x1 convolutions and the split priors;
+        and those of ``cond_net``, whose features only the couplings read."""
         from ..flows.step import parameters_by_kind
 
-        return parameters_by_kind(self)["coupling"]
+        own = [] if self.cond_net is None else list(self.cond_net.parameters())
+        return parameters_by_kind(self)["coupling"] + own
 
     def level_parameters(self, levels: Sequence[int]) -> List[nn.Parameter]:
         """The parameters of the given multi-scale levels of every fold's flow (0: the finest; each level's
@@ -308,15 +333,18 @@ class FlowProxSolver(ChainOwner, SwappablePhysics):
 
     def cond_image(self, y_flow: Tensor, physics: Any = None) -> Tuple[Tensor, ...]:
         """``(A^T y~,)``, the measurement in image space, where the Glows (``cond_y``) or the shrinkages
-        (``lam_y``) read it, else ``()``; the chain's last cond tensor."""
+        (``lam_y``) read it, with ``cond_net``'s features of it as further channels, else ``()``; the
+        chain's last cond tensor."""
         if not (self.cond_y or self.lam_y):
             return ()
-        return ((self.physics if physics is None else physics).A_adjoint(y_flow),)
+        c = (self.physics if physics is None else physics).A_adjoint(y_flow)
+        return (c,) if self.cond_net is None else (torch.cat([c, self.cond_net(c)], 1),)
 
     def fold_conds(self, y_flow: Tensor, physics: Any = None
                    ) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
         """What the Glows and what the shrinkages read besides their input: ``(A^T y~,)`` for the Glows
-        with ``cond_y`` and for the shrinkages with ``lam_y``, else ``()`` (``A^T`` applied once)."""
+        with ``cond_y`` (with ``cond_net``'s features) and for the shrinkages with ``lam_y``, else ``()``
+        (``A^T`` applied once)."""
         c = self.cond_image(y_flow, physics)
         return (c if self.cond_y else ()), (c if self.lam_y else ())
 

@@ -91,6 +91,10 @@ class TrainConfig:
                         "space) through a zero-initialised 1x1 convolution: a conditional Glow per fold")
     lam_y: bool = _opt(False, "flow: the shrinkage's lambda becomes a map over the latent read from A^T y "
                        "by a small zero-initialised network (Gaussian shrinkage, --lam-per level or channel)")
+    cond_net: Optional[int] = _opt(None, "flow: the coupling networks also read N feature maps of A^T y "
+                                   "computed by a small convolutional network shared by all folds "
+                                   "(implies --cond-y; their injection starts at zero; trains at "
+                                   "--lr-coupling)", int, metavar="N")
     widen: Optional[int] = _opt(None, "flow: widen the pre-trained Glow's coupling networks to N hidden "
                                 "channels before training; the new units start with zero weights into the "
                                 "trained ones, so the solver starts as with the pre-trained Glow", int,

@@ -49,7 +49,7 @@ _STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4}
 
 
 #: options of the flow prox alone and their defaults (refused for a CNN prox when set otherwise)
-FLOW_ONLY = {"cond_y": False, "lam_y": False, "widen": None, "level_steps": None, "lr_split": None,
+FLOW_ONLY = {"cond_y": False, "lam_y": False, "cond_net": None, "widen": None, "level_steps": None, "lr_split": None,
              "lr_coupling": None, "keep_mu": False, "anchor": 0.0, "freeze_levels": None}
 
 
@@ -73,6 +73,11 @@ def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
     for key, default in FLOW_ONLY.items():
         if cfg.get(key, default) != default and cfg["prox"] != "flow":
             raise ValueError(f"{key} is an option of the flow prox, not of prox {cfg['prox']!r}")
+    cn = cfg.get("cond_net")
+    if cn is not None and (isinstance(cn, bool) or not isinstance(cn, int) or cn < 1):
+        raise ValueError(f"cond_net must be a positive int (feature maps), got {cn!r}")
+    if cn and cfg.get("lam_y"):
+        raise ValueError("cond_net and lam_y cannot be combined (the shrinkage's map reads A^T y alone)")
     if cfg.get("keep_mu") and not cfg["calibrate"]:
         raise ValueError("keep_mu keeps the flow prox's calibration off mu_k: it needs --calibrate N > 0")
     for key, what in (("widen", "widens"), ("level_steps", "drops flow steps of")):
@@ -218,6 +223,7 @@ def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.M
                               "lam_per": config.get("lam_per", "scalar"),
                               "cond_y": bool(config.get("cond_y", False)),
                               "lam_y": bool(config.get("lam_y", False)),
+                              "cond_net": int(config.get("cond_net") or 0),
                               "memory_efficient": not config.get("standard_autograd", False)}
     else:
         kw = {"checkpoint": bool(config.get("checkpoint_folds"))}
@@ -323,8 +329,8 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
 
     Raises:
         FileNotFoundError: no such file. ValueError: not a solver file, another prox, image shape, task,
-        ``lam_per``, start, ``cond_y`` or ``lam_y``, or a ``--flow`` of another architecture than the
-        source's.
+        ``lam_per``, start, ``cond_y``, ``lam_y`` or ``cond_net``, or a ``--flow`` of another architecture
+        than the source's.
     """
     path = config["init_from"]
     source, scfg = load_solver(path)
@@ -336,6 +342,9 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
         if bool(scfg.get(key, False)) != bool(config.get(key, False)):
             raise ValueError(f"--init-from {path}: its {key} is {bool(scfg.get(key, False))}, "
                              f"this run's {bool(config.get(key, False))}")
+    if int(scfg.get("cond_net") or 0) != int(config.get("cond_net") or 0):
+        raise ValueError(f"--init-from {path}: its cond_net is {scfg.get('cond_net')}, this run's "
+                         f"{config.get('cond_net')}")
     flow = None
     if config["prox"] == "flow":
         flow = copy.deepcopy(source.flows[0])

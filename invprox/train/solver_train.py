@@ -169,6 +169,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
     cfg = dict(opts)
     cfg["task"] = canonical_task(cfg["task"])
     check_config(cfg, budget_clock)
+    cfg["cond_y"] = bool(cfg.get("cond_y") or cfg.get("cond_net"))  # cond_net's features join A^T y
     cfg["physics_options"] = physics_options(cfg["task"], cfg["p_missing"], cfg["kernel"], cfg["blur_std"],
                                              cfg["factor"], cfg["cs_ratio"], cfg["seed"])
     dev = info.device if world > 1 and info.device.type == "cuda" else resolve_device(device)
