@@ -1068,6 +1068,17 @@ stage_budget_sweep() {
     wait
 }
 
+stage_cond_net() {
+    # Stage drop2_cond with a conditioning network (--cond-net N): the couplings read N feature maps of
+    # A^T y besides A^T y itself, computed once per call by three 3x3 convolutions (32 channels), as the
+    # conditioning networks of conditional invertible networks; the parameters freed by dropping the
+    # coarsest level (the flow prox has half U-Net prox's) buy features the 16 steps need not build
+    # themselves. N = 8 and 16 (one core each)
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cnet8 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-net 8 &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cnet16 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-net 16 &
+    wait
+}
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(denoise k_sweep tasks)
 for s in "${stages[@]}"; do
