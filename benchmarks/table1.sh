@@ -1066,6 +1066,27 @@ stage_budget_sweep() {
     budget_lane flow 5 10 &
     budget_lane unet 5 10 &
     wait
+    stage_budget_report
+}
+
+stage_budget_report() {
+    # Test PSNR against the budget (benchmarks/budget_sweep.py): the runs of stages budget_sweep and
+    # budget_50 where present, and the 25-minute runs of stages drop2_cond and unet_cosine
+    local b flow=() unet=()
+    for b in 5 10 25 50; do
+        local f=flow_dn_k1_coup10_cos_drop2_cond_b$b u=unet_dn_k1_cos_m2_b$b
+        [ "$b" = 25 ] && f=flow_dn_k1_coup10_cos_drop2_cond && u=unet_dn_k1_cos_m2
+        [ -f "$RUNS/eval_$f/results.json" ] && flow+=("$f")
+        [ -f "$RUNS/eval_$u/results.json" ] && unet+=("$u")
+    done
+    timed "budget report" "$PY" benchmarks/budget_sweep.py --runs-dir "$RUNS" --stem table1_budget \
+        --series "flow prox=$(IFS=,; echo "${flow[*]}")" --series "U-Net prox=$(IFS=,; echo "${unet[*]}")"
+}
+
+stage_budget_50() {  # stage budget_sweep's recipes for 50 CPU minutes (one core each; ~55 min)
+    budget_lane flow 50 &
+    budget_lane unet 50 &
+    wait
 }
 
 stage_cond_net() {
