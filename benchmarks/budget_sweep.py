@@ -12,7 +12,8 @@ Usage::
 
     python benchmarks/budget_sweep.py \\
         --series "flow prox=flow_dn_k1_coup10_cos_drop2_cond_b5,flow_dn_k1_coup10_cos_drop2_cond_b10,..." \\
-        --series "U-Net prox=unet_dn_k1_cos_m2_b5,unet_dn_k1_cos_m2_b10,unet_dn_k1_cos_m2" --stem table1_budget
+        --series "U-Net prox=unet_dn_k1_cos_m2_b5,unet_dn_k1_cos_m2_b10,unet_dn_k1_cos_m2" \\
+        --stem table1_budget
 """
 
 from __future__ import annotations
