@@ -49,8 +49,8 @@ _STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4}
 
 
 #: options of the flow prox alone and their defaults (refused for a CNN prox when set otherwise)
-FLOW_ONLY = {"cond_y": False, "lam_y": False, "cond_net": None, "widen": None, "level_steps": None, "lr_split": None,
-             "lr_coupling": None, "keep_mu": False, "anchor": 0.0, "freeze_levels": None}
+FLOW_ONLY = {"cond_y": False, "lam_y": False, "cond_net": None, "widen": None, "level_steps": None,
+             "lr_split": None, "lr_coupling": None, "keep_mu": False, "anchor": 0.0, "freeze_levels": None}
 
 
 def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
