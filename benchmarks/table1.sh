@@ -1051,10 +1051,14 @@ budget_lane() {  # budget_lane KIND B...: stage budget_sweep's runs of one solve
         if [ "$kind" = flow ]; then
             cosine_k1 "flow_dn_k1_coup10_cos_drop2_cond_b$b" --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
                 --budget-minutes "$b"
-        else
+        elif [ "$kind" = unet ]; then
             train "unet_dn_k1_cos_m2_b$b" "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 \
                 --lr-schedule cosine --warmup 100 --budget-minutes "$b"
             eval_test "unet_dn_k1_cos_m2_b$b"
+        else  # ResNet prox as in stage k1_m2_resnet (constant rate)
+            train "resnet_dn_k1_m2_b$b" "${PROTOCOL[@]}" "${RESNET[@]}" --lr-net "$LR_CNN" --K 1 \
+                --budget-minutes "$b"
+            eval_test "resnet_dn_k1_m2_b$b"
         fi
     done
 }
@@ -1072,15 +1076,21 @@ stage_budget_sweep() {
 stage_budget_report() {
     # Test PSNR against the budget (benchmarks/budget_sweep.py): the runs of stages budget_sweep and
     # budget_50 where present, and the 25-minute runs of stages drop2_cond and unet_cosine
-    local b flow=() unet=()
+    local b flow=() unet=() resnet=()
     for b in 5 10 25 50; do
-        local f=flow_dn_k1_coup10_cos_drop2_cond_b$b u=unet_dn_k1_cos_m2_b$b
-        [ "$b" = 25 ] && f=flow_dn_k1_coup10_cos_drop2_cond && u=unet_dn_k1_cos_m2
+        local f=flow_dn_k1_coup10_cos_drop2_cond_b$b u=unet_dn_k1_cos_m2_b$b r=resnet_dn_k1_m2_b$b
+        [ "$b" = 25 ] && f=flow_dn_k1_coup10_cos_drop2_cond && u=unet_dn_k1_cos_m2 && r=resnet_dn_k1_m2
         [ -f "$RUNS/eval_$f/results.json" ] && flow+=("$f")
         [ -f "$RUNS/eval_$u/results.json" ] && unet+=("$u")
+        [ -f "$RUNS/eval_$r/results.json" ] && resnet+=("$r")
     done
     timed "budget report" "$PY" benchmarks/budget_sweep.py --runs-dir "$RUNS" --stem table1_budget \
-        --series "flow prox=$(IFS=,; echo "${flow[*]}")" --series "U-Net prox=$(IFS=,; echo "${unet[*]}")"
+        --series "flow prox=$(IFS=,; echo "${flow[*]}")" --series "U-Net prox=$(IFS=,; echo "${unet[*]}")" \
+        --series "ResNet prox=$(IFS=,; echo "${resnet[*]}")"
+}
+
+stage_budget_resnet() {  # stage budget_sweep for ResNet prox: 5 and 10 CPU minutes (one core)
+    budget_lane resnet 5 10
 }
 
 stage_budget_50() {  # stage budget_sweep's recipes for 50 CPU minutes (one core each; ~55 min)
