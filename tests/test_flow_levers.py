@@ -207,6 +207,10 @@ def test_train_cond_y_saves_resumes_grows_and_checks(tiny_data, tmp_path):
     with pytest.raises(ValueError, match="its cond_net is 2"):
         train_solver(out=str(tmp_path / "n2"), **_kw(tiny_data, K=2, cond_y=True,
                                                      init_from=str(tmp_path / "n1" / "solver.pt")))
+    train_solver(out=str(tmp_path / "n4"), **_kw(tiny_data, K=2, cond_net=2, max_steps=0,
+                                                 init_from=str(tmp_path / "n1" / "solver.pt")))
+    grown = load_solver(tmp_path / "n4" / "solver.pt")[0]
+    assert all(torch.equal(p, q) for p, q in zip(grown.cond_net.parameters(), solver.cond_net.parameters()))
     with pytest.raises(ValueError, match="cond_net must be a positive int"):
         train_solver(out=str(tmp_path / "n3"), **_kw(tiny_data, K=1, cond_net=0))
     with pytest.raises(ValueError, match="cond_y is an option of the flow prox"):
