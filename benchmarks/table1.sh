@@ -1045,20 +1045,23 @@ stage_refs_k1() {
     for f in results.md results.json; do cp "$RUNS/eval_ref_k1/$f" "$RES/table1_references_k1_$f"; done
 }
 
-budget_lane() {  # budget_lane KIND B...: stage budget_sweep's runs of one solver, B CPU minutes each (one core)
-    local kind=$1 b; shift
+budget_lane() {
+    # budget_lane KIND B...: stage budget_sweep's runs of one solver (flow, unet or resnet), B CPU minutes
+    # each, one after the other (one core); with BUDGET_SEED=S, seed S (runs named ..._seedS)
+    local kind=$1 b seed=() tag=""; shift
+    if [ -n "${BUDGET_SEED:-}" ]; then seed=(--seed "$BUDGET_SEED"); tag="_seed$BUDGET_SEED"; fi
     for b in "$@"; do
         if [ "$kind" = flow ]; then
-            cosine_k1 "flow_dn_k1_coup10_cos_drop2_cond_b$b" --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
-                --budget-minutes "$b"
+            cosine_k1 "flow_dn_k1_coup10_cos_drop2_cond_b$b$tag" --level-steps 8,8,0 --lr-coupling 1e-3 \
+                --cond-y --budget-minutes "$b" "${seed[@]}"
         elif [ "$kind" = unet ]; then
-            train "unet_dn_k1_cos_m2_b$b" "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 \
-                --lr-schedule cosine --warmup 100 --budget-minutes "$b"
-            eval_test "unet_dn_k1_cos_m2_b$b"
+            train "unet_dn_k1_cos_m2_b$b$tag" "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 \
+                --lr-schedule cosine --warmup 100 --budget-minutes "$b" "${seed[@]}"
+            eval_test "unet_dn_k1_cos_m2_b$b$tag"
         else  # ResNet prox as in stage k1_m2_resnet (constant rate)
-            train "resnet_dn_k1_m2_b$b" "${PROTOCOL[@]}" "${RESNET[@]}" --lr-net "$LR_CNN" --K 1 \
-                --budget-minutes "$b"
-            eval_test "resnet_dn_k1_m2_b$b"
+            train "resnet_dn_k1_m2_b$b$tag" "${PROTOCOL[@]}" "${RESNET[@]}" --lr-net "$LR_CNN" --K 1 \
+                --budget-minutes "$b" "${seed[@]}"
+            eval_test "resnet_dn_k1_m2_b$b$tag"
         fi
     done
 }
@@ -1091,6 +1094,11 @@ stage_budget_report() {
 
 stage_budget_resnet() {  # stage budget_sweep for ResNet prox: 5 and 10 CPU minutes (one core)
     budget_lane resnet 5 10
+}
+
+stage_budget_5_seed1() {  # the 5-minute runs of stage budget_sweep with seed 1, one after the other (one core)
+    BUDGET_SEED=1 budget_lane flow 5
+    BUDGET_SEED=1 budget_lane unet 5
 }
 
 stage_budget_50() {  # stage budget_sweep's recipes for 50 CPU minutes (one core each; ~55 min)
