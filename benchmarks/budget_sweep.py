@@ -57,30 +57,40 @@ def read_run(runs_dir: Path, name: str) -> Dict[str, Any]:
             "train_cpu_s": m.get("train_cpu_s"), "n_images": r.get("n_images"), "psnr": psnr}
 
 
+def by_budget(rows: List[Dict[str, Any]]) -> Dict[float, Dict[float, float]]:
+    """Mean PSNR per sigma of the runs (seeds) at each budget: ``{budget: {sigma: psnr}}``."""
+    out: Dict[float, Dict[float, List[float]]] = {}
+    for r in rows:
+        for s, v in r["psnr"].items():
+            out.setdefault(r["budget_min"], {}).setdefault(s, []).append(v)
+    return {b: {s: sum(v) / len(v) for s, v in d.items()} for b, d in sorted(out.items())}
+
+
 def report(series: Dict[str, List[Dict[str, Any]]]) -> Tuple[str, List[float]]:
-    """The markdown tables (results, then the first series' lead at every budget they share)."""
+    """The markdown tables (every run, then the first series' lead at every budget they share, on the
+    means over the runs at a budget)."""
     sigmas = sorted({s for rows in series.values() for row in rows for s in row["psnr"]})
-    head = ["solver", "budget (CPU min)", "steps", *[f"sigma {s:g}" for s in sigmas]]
+    head = ["solver", "run", "budget (CPU min)", "steps", *[f"sigma {s:g}" for s in sigmas]]
     body = []
     for label, rows in series.items():
         for row in rows:
-            body.append([label, f"{row['budget_min']:g}", f"{row['steps']:,}",
+            body.append([label, f"`{row['run']}`", f"{row['budget_min']:g}", f"{row['steps']:,}",
                          *[f"{row['psnr'][s]:.2f}" if s in row["psnr"] else "-" for s in sigmas]])
-    md = markdown_table(head, body)
+    md = markdown_table(head, body, align="ll" + "r" * (len(head) - 2))
     labels = list(series)
     if len(labels) > 1:
-        first = {r["budget_min"]: r for r in series[labels[0]]}
+        first = by_budget(series[labels[0]])
         lead = []
         for other in labels[1:]:
-            for row in series[other]:
-                mine = first.get(row["budget_min"])
+            for b, theirs in by_budget(series[other]).items():
+                mine = first.get(b)
                 if mine is None:
                     continue
-                lead.append([f"{labels[0]} - {other}", f"{row['budget_min']:g}",
-                             *[f"{mine['psnr'][s] - row['psnr'][s]:+.2f}"
-                               if s in mine["psnr"] and s in row["psnr"] else "-" for s in sigmas]])
+                lead.append([f"{labels[0]} - {other}", f"{b:g}",
+                             *[f"{mine[s] - theirs[s]:+.2f}" if s in mine and s in theirs else "-"
+                               for s in sigmas]])
         if lead:
-            md += "\nLead (dB) at the same budget:\n\n" + markdown_table(
+            md += "\nLead (dB) at the same budget (means over the runs at a budget):\n\n" + markdown_table(
                 ["", "budget (CPU min)", *[f"sigma {s:g}" for s in sigmas]], lead)
     return md, sigmas
 
@@ -94,7 +104,7 @@ def plot(series: Dict[str, List[Dict[str, Any]]], sigmas: List[float], path: Pat
     fig, axes = plt.subplots(1, len(sigmas), figsize=(3.2 * len(sigmas), 3.2), squeeze=False)
     for ax, s in zip(axes[0], sigmas):
         for label, rows in series.items():
-            pts = sorted((r["budget_min"], r["psnr"][s]) for r in rows if s in r["psnr"])
+            pts = [(b, d[s]) for b, d in by_budget(rows).items() if s in d]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         ax.set_xscale("log")
         ax.set_title(f"sigma {s:g}")

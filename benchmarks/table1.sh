@@ -1077,15 +1077,17 @@ stage_budget_sweep() {
 }
 
 stage_budget_report() {
-    # Test PSNR against the budget (benchmarks/budget_sweep.py): the runs of stages budget_sweep and
-    # budget_50 where present, and the 25-minute runs of stages drop2_cond and unet_cosine
+    # Test PSNR against the budget (benchmarks/budget_sweep.py): the runs of stages budget_sweep,
+    # budget_resnet, budget_5_seed1 and budget_50 where present, and the 25-minute runs of stages
+    # drop2_cond(_seed1), unet_cosine(_seed1) and k1_m2_resnet
     local b flow=() unet=() resnet=()
     for b in 5 10 25 50; do
         local f=flow_dn_k1_coup10_cos_drop2_cond_b$b u=unet_dn_k1_cos_m2_b$b r=resnet_dn_k1_m2_b$b
         [ "$b" = 25 ] && f=flow_dn_k1_coup10_cos_drop2_cond && u=unet_dn_k1_cos_m2 && r=resnet_dn_k1_m2
-        [ -f "$RUNS/eval_$f/results.json" ] && flow+=("$f")
-        [ -f "$RUNS/eval_$u/results.json" ] && unet+=("$u")
-        [ -f "$RUNS/eval_$r/results.json" ] && resnet+=("$r")
+        local m
+        for m in "$f" "${f}_seed1"; do [ -f "$RUNS/eval_$m/results.json" ] && flow+=("$m"); done
+        for m in "$u" "${u}_seed1"; do [ -f "$RUNS/eval_$m/results.json" ] && unet+=("$m"); done
+        for m in "$r" "${r}_seed1"; do [ -f "$RUNS/eval_$m/results.json" ] && resnet+=("$m"); done
     done
     timed "budget report" "$PY" benchmarks/budget_sweep.py --runs-dir "$RUNS" --stem table1_budget \
         --series "flow prox=$(IFS=,; echo "${flow[*]}")" --series "U-Net prox=$(IFS=,; echo "${unet[*]}")" \
