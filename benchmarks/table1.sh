@@ -1098,6 +1098,16 @@ stage_budget_resnet() {  # stage budget_sweep for ResNet prox: 5 and 10 CPU minu
     budget_lane resnet 5 10
 }
 
+stage_cond_net_pair() {
+    # Stage cond_net's 8-map run and stage drop2_cond's plain run again, side by side (one core each): the
+    # machine ran slower on the day of stage cond_net than when drop2_cond ran (the plain flow prox's
+    # step 8.9-11.2 CPU s per 100 in that session's other runs against 8.1), so only runs made at the same
+    # time are compared
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_r2 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cnet8_r2 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-net 8 &
+    wait
+}
+
 stage_budget_5_seed1() {  # the 5-minute runs of stage budget_sweep with seed 1, one after the other (one core)
     BUDGET_SEED=1 budget_lane flow 5
     BUDGET_SEED=1 budget_lane unet 5
