@@ -107,6 +107,9 @@ def plot(series: Dict[str, List[Dict[str, Any]]], sigmas: List[float], path: Pat
             pts = [(b, d[s]) for b, d in by_budget(rows).items() if s in d]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         ax.set_xscale("log")
+        budgets = sorted({r["budget_min"] for rows in series.values() for r in rows})
+        ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        ax.minorticks_off()
         ax.set_title(f"sigma {s:g}")
         ax.set_xlabel("training budget (CPU minutes)")
         ax.grid(alpha=0.3)
