@@ -102,12 +102,13 @@ def plot(series: Dict[str, List[Dict[str, Any]]], sigmas: List[float], path: Pat
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(sigmas), figsize=(3.2 * len(sigmas), 3.2), squeeze=False)
+    means = {label: by_budget(rows) for label, rows in series.items()}
+    budgets = sorted({b for d in means.values() for b in d})
     for ax, s in zip(axes[0], sigmas):
-        for label, rows in series.items():
-            pts = [(b, d[s]) for b, d in by_budget(rows).items() if s in d]
+        for label, per_budget in means.items():
+            pts = [(b, d[s]) for b, d in per_budget.items() if s in d]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         ax.set_xscale("log")
-        budgets = sorted({r["budget_min"] for rows in series.values() for r in rows})
         ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
         ax.minorticks_off()
         ax.set_title(f"sigma {s:g}")

@@ -76,8 +76,6 @@ def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
     cn = cfg.get("cond_net")
     if cn is not None and (isinstance(cn, bool) or not isinstance(cn, int) or cn < 1):
         raise ValueError(f"cond_net must be a positive int (feature maps), got {cn!r}")
-    if cn and cfg.get("lam_y"):
-        raise ValueError("cond_net and lam_y cannot be combined (the shrinkage's map reads A^T y alone)")
     if cfg.get("keep_mu") and not cfg["calibrate"]:
         raise ValueError("keep_mu keeps the flow prox's calibration off mu_k: it needs --calibrate N > 0")
     for key, what in (("widen", "widens"), ("level_steps", "drops flow steps of")):
@@ -338,13 +336,10 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
         if key in scfg and scfg[key] != config.get(key):
             raise ValueError(f"--init-from {path}: its {key} is {scfg[key]!r}, "
                              f"this run's {config.get(key)!r}")
-    for key in ("cond_y", "lam_y"):
-        if bool(scfg.get(key, False)) != bool(config.get(key, False)):
-            raise ValueError(f"--init-from {path}: its {key} is {bool(scfg.get(key, False))}, "
-                             f"this run's {bool(config.get(key, False))}")
-    if int(scfg.get("cond_net") or 0) != int(config.get("cond_net") or 0):
-        raise ValueError(f"--init-from {path}: its cond_net is {scfg.get('cond_net')}, this run's "
-                         f"{config.get('cond_net')}")
+    for key, norm in (("cond_y", bool), ("lam_y", bool), ("cond_net", lambda v: int(v or 0))):
+        if norm(scfg.get(key)) != norm(config.get(key)):
+            raise ValueError(f"--init-from {path}: its {key} is {norm(scfg.get(key))}, "
+                             f"this run's {norm(config.get(key))}")
     flow = None
     if config["prox"] == "flow":
         flow = copy.deepcopy(source.flows[0])
