@@ -1127,6 +1127,16 @@ stage_budget_100() {
     wait
 }
 
+stage_untie() {
+    # Stage drop2_cond with each fold's g the inverse of its own copy of the Glow (--untie-inverse): twice
+    # the flow parameters for the same arithmetic per step, and no level that cancels between f and g.
+    # Beside it, stage drop2_cond's run again (the machine's speed per step changes between sessions)
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
+        --untie-inverse &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_r3 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y &
+    wait
+}
+
 deblur_k1() {
     # deblur_k1 NAME ARGS...: Table 1's current protocol (one fold, 25 CPU minutes, warm-up and cosine decay,
     # early stopping on 64 held-out training faces) for deblurring (Gaussian blur std 1.5, sigma 0.05), then

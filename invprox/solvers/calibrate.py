@@ -101,7 +101,7 @@ def calibrate_flow_solver(
         expand = (lambda v: v) if groups is None else (lambda v: [v[g] for g in groups])
         folds_out: List[Dict[str, Any]] = []
         for k in range(solver.K):
-            flow = solver.flows[0 if solver.tied else k]
+            flow, gen = solver.fold_flows(k)
             dc, shrink = solver.dc[k].bind(op), solver.shrink[k]
             if k not in todo:
                 cur = solver.fold(k, cur, y_flow, op)
@@ -117,7 +117,7 @@ def calibrate_flow_solver(
                     for v in lam_grid:
                         trial = lam[:level] + [v] + lam[level + 1:]
                         shrink.set_lam(expand(trial))
-                        e = _mse(flow.inverse(shrink(z, *sc), *fc), x)
+                        e = _mse(gen.inverse(shrink(z, *sc), *fc), x)
                         if err is None or e < err:
                             err, lam = e, trial
                 if best is None or err < best[0]:

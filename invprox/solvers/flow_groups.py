@@ -13,8 +13,13 @@ __all__ = ["FlowParameterGroups"]
 
 class FlowParameterGroups:
     """The parameter groups of :class:`~invprox.solvers.FlowProxSolver` (a mixin: it reads the solver's
-    ``dc``, ``shrink``, ``flows`` and ``cond_net``, and extends the ``param_groups`` of
+    ``dc``, ``shrink``, ``flows``, ``inverse_flows`` and ``cond_net``, and extends the ``param_groups`` of
     :class:`~invprox.solvers._physics.SwappablePhysics`)."""
+
+    def all_flows(self) -> List[nn.Module]:
+        """Every flow of the solver: the folds' ``f_k``, and with ``untie_inverse`` the flows whose inverses
+        are their ``g_k``."""
+        return [*self.flows, *(self.inverse_flows or ())]
 
     def step_parameters(self) -> List[nn.Parameter]:
         """The learned step sizes ``mu_k`` and shrinkages ``lambda_k`` (own learning rate in the paper)."""
@@ -46,7 +51,7 @@ class FlowParameterGroups:
         from ..flows.step import parameters_by_level
 
         out: List[nn.Parameter] = []
-        for flow in self.flows:
+        for flow in self.all_flows():
             by_level = parameters_by_level(flow.flow_blocks())
             for lv in levels:
                 if isinstance(lv, bool) or not isinstance(lv, int) or not 0 <= lv < len(by_level):

@@ -107,6 +107,12 @@ class FlowProxSolver(FlowParameterGroups, ChainOwner, SwappablePhysics):
             ``h`` trains with the couplings (:meth:`coupling_parameters`). Implies ``cond_y``; not with
             ``lam_y``.
         cond_hidden: hidden channels of ``h``.
+        untie_inverse: each fold's ``g_k`` is the inverse of its own copy of the flow instead of ``f_k^-1``
+            (:attr:`inverse_flows`): both start as the pre-trained flow, so the solver starts exactly as
+            with ``g_k = f_k^-1``, and then train apart: twice the flow parameters for the same arithmetic
+            per step. A fold ``g_k(shrink_k(f_k(.)))`` is then no longer the prox of a latent prior but
+            still invertible (the engine trains it as before), and a level the shrinkage leaves alone no
+            longer cancels between ``f_k`` and ``g_k``.
 
     Shapes:
         ``y``: the measurement, shape of ``physics.A(x)``; output: ``(B, C, H, W)`` in image space
@@ -131,6 +137,7 @@ class FlowProxSolver(FlowParameterGroups, ChainOwner, SwappablePhysics):
         lam_y: bool = False,
         cond_net: int = 0,
         cond_hidden: int = 32,
+        untie_inverse: bool = False,
     ):
         super().__init__()
         if not isinstance(K, int) or K < 1:
@@ -184,6 +191,11 @@ class FlowProxSolver(FlowParameterGroups, ChainOwner, SwappablePhysics):
         self.image_shape = (c, *hw) if hw is not None and c is not None else None
         flows = [flow] * K if tied else [copy.deepcopy(flow) for _ in range(K)]
         self.flows = nn.ModuleList(flows[:1] if tied else flows)
+        #: with ``untie_inverse``, the flows whose inverses are the folds' ``g_k`` (one when ``tied``), else
+        #: ``None`` (``g_k = f_k^-1``)
+        self.inverse_flows: Optional[nn.ModuleList] = None
+        if untie_inverse:
+            self.inverse_flows = nn.ModuleList(copy.deepcopy(f) for f in self.flows)
         self.dc = nn.ModuleList(DataConsistency(physics, mu_init=mu_init) for _ in range(K))
         shrink = LatentShrinkage if shrinkage == "gaussian" else SoftThreshold
         if lam_y and (shrinkage != "gaussian" or levels is None):
@@ -194,8 +206,9 @@ class FlowProxSolver(FlowParameterGroups, ChainOwner, SwappablePhysics):
         self.physics = physics
         blocks: List[nn.Module] = []
         for k in range(K):
-            fb = _flow_blocks(flows[k])
-            blocks += [self.dc[k], *fb, self.shrink[k], *[Inverse(b) for b in reversed(fb)]]
+            f, g = self.fold_flows(k)
+            gb = _flow_blocks(g)
+            blocks += [self.dc[k], *_flow_blocks(f), self.shrink[k], *[Inverse(b) for b in reversed(gb)]]
         if keep_every == "fold":
             keep_every = len(blocks) // K
         elif isinstance(keep_every, str):
@@ -220,6 +233,12 @@ class FlowProxSolver(FlowParameterGroups, ChainOwner, SwappablePhysics):
         heads, module._alias_prefixes = tuple(module._alias_prefixes), []
         incompatible.missing_keys[:] = [k for k in incompatible.missing_keys if not k.startswith(heads)]
 
+    def fold_flows(self, k: int) -> Tuple[nn.Module, nn.Module]:
+        """``(f, h)`` of fold ``k``: its ``f_k`` is ``f``, its ``g_k`` is ``h.inverse`` (``h`` is ``f`` unless
+        ``untie_inverse``)."""
+        i = 0 if self.tied else k
+        return self.flows[i], (self.flows if self.inverse_flows is None else self.inverse_flows)[i]
+
     def fold_blocks(self) -> int:
         """Number of engine blocks per fold."""
         return len(self.chain) // self.K
@@ -233,9 +252,9 @@ class FlowProxSolver(FlowParameterGroups, ChainOwner, SwappablePhysics):
             shape = self._image_shape(y, op)
             if self.cond_y:  # the mode of the conditional flow depends on y
                 z = torch.zeros((y.shape[0], *shape), dtype=y.dtype, device=y.device)
-                return self.flows[0].inverse(z, *self.fold_conds(self.flow_measurement(y, op), op)[0])
+                return self.fold_flows(0)[1].inverse(z, *self.fold_conds(self.flow_measurement(y, op), op)[0])
             z = torch.zeros((1, *shape), dtype=y.dtype, device=y.device)
-            return self.flows[0].inverse(z).expand(y.shape[0], *shape).contiguous()
+            return self.fold_flows(0)[1].inverse(z).expand(y.shape[0], *shape).contiguous()
 
     def _image_shape(self, y: Tensor, physics: Any = None):
         if self.image_shape is not None:
@@ -281,10 +300,10 @@ class FlowProxSolver(FlowParameterGroups, ChainOwner, SwappablePhysics):
     def fold(self, k: int, x: Tensor, y_flow: Tensor, physics: Any = None) -> Tensor:
         """One fold outside the engine's chain: ``g_k(shrink_k(f_k(x - mu_k A^T (A x - y~))))``, flow space
         in and out (``y_flow``: :meth:`flow_measurement`; ``A`` of ``physics``, default the solver's)."""
-        flow = self.flows[0 if self.tied else k]
+        f, g = self.fold_flows(k)
         dc = self.dc[k] if physics is None else self.dc[k].bind(physics)
         fc, sc = self.fold_conds(y_flow, physics)
-        return flow.inverse(self.shrink[k](flow(dc(x, y_flow), *fc), *sc), *fc)
+        return g.inverse(self.shrink[k](f(dc(x, y_flow), *fc), *sc), *fc)
 
     @torch.no_grad()
     def iterates(self, y: Tensor, physics: Any = None) -> List[Tensor]:

@@ -31,7 +31,7 @@ __all__ = ["grow_solver", "IDENTITY_MU"]
 #: the step fraction of a new fold: the calibration grid's smallest (``x - 0.002 (x - y)`` for denoising)
 IDENTITY_MU = 0.002
 
-_FOLD_KEY = re.compile(r"^(flows|dc|shrink|prox)\.(\d+)\.(.*)$")
+_FOLD_KEY = re.compile(r"^(flows|inverse_flows|dc|shrink|prox)\.(\d+)\.(.*)$")
 
 
 def _zero_residual(net: nn.Module) -> None:
@@ -76,7 +76,7 @@ def grow_solver(solver: nn.Module, source: nn.Module) -> int:
     for key, value in source.state_dict().items():
         state[key] = value
         m = _FOLD_KEY.match(key)  # a tied solver's one flow is shared, not copied
-        if m is not None and int(m.group(2)) == K0 - 1 and not (tied and m.group(1) == "flows"):
+        if m is not None and int(m.group(2)) == K0 - 1 and not (tied and m.group(1).endswith("flows")):
             for k in range(K0, K):
                 state[f"{m.group(1)}.{k}.{m.group(3)}"] = value.clone()
     try:

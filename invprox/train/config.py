@@ -95,6 +95,10 @@ class TrainConfig:
                                    "computed by a small convolutional network shared by all folds "
                                    "(implies --cond-y; their injection starts at zero; trains at "
                                    "--lr-coupling)", int, metavar="N")
+    untie_inverse: bool = _opt(False, "flow: each fold's g is the inverse of its own copy of the Glow "
+                               "instead of f^-1: both start as the pre-trained Glow (the solver starts "
+                               "as without it), then train apart: twice the flow parameters for the same "
+                               "arithmetic per step")
     widen: Optional[int] = _opt(None, "flow: widen the pre-trained Glow's coupling networks to N hidden "
                                 "channels before training; the new units start with zero weights into the "
                                 "trained ones, so the solver starts as with the pre-trained Glow", int,

@@ -49,8 +49,9 @@ _STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4}
 
 
 #: options of the flow prox alone and their defaults (refused for a CNN prox when set otherwise)
-FLOW_ONLY = {"cond_y": False, "lam_y": False, "cond_net": None, "widen": None, "level_steps": None,
-             "lr_split": None, "lr_coupling": None, "keep_mu": False, "anchor": 0.0, "freeze_levels": None}
+FLOW_ONLY = {"cond_y": False, "lam_y": False, "cond_net": None, "untie_inverse": False, "widen": None,
+             "level_steps": None, "lr_split": None, "lr_coupling": None, "keep_mu": False, "anchor": 0.0,
+             "freeze_levels": None}
 
 
 def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
@@ -222,6 +223,7 @@ def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.M
                               "cond_y": bool(config.get("cond_y", False)),
                               "lam_y": bool(config.get("lam_y", False)),
                               "cond_net": int(config.get("cond_net") or 0),
+                              "untie_inverse": bool(config.get("untie_inverse", False)),
                               "memory_efficient": not config.get("standard_autograd", False)}
     else:
         kw = {"checkpoint": bool(config.get("checkpoint_folds"))}
@@ -327,8 +329,8 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
 
     Raises:
         FileNotFoundError: no such file. ValueError: not a solver file, another prox, image shape, task,
-        ``lam_per``, start, ``cond_y``, ``lam_y`` or ``cond_net``, or a ``--flow`` of another architecture
-        than the source's.
+        ``lam_per``, start, ``cond_y``, ``lam_y``, ``cond_net`` or ``untie_inverse``, or a ``--flow`` of
+        another architecture than the source's.
     """
     path = config["init_from"]
     source, scfg = load_solver(path)
@@ -336,7 +338,8 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
         if key in scfg and scfg[key] != config.get(key):
             raise ValueError(f"--init-from {path}: its {key} is {scfg[key]!r}, "
                              f"this run's {config.get(key)!r}")
-    for key, norm in (("cond_y", bool), ("lam_y", bool), ("cond_net", lambda v: int(v or 0))):
+    for key, norm in (("cond_y", bool), ("lam_y", bool), ("cond_net", lambda v: int(v or 0)),
+                      ("untie_inverse", bool)):
         if norm(scfg.get(key)) != norm(config.get(key)):
             raise ValueError(f"--init-from {path}: its {key} is {norm(scfg.get(key))}, "
                              f"this run's {norm(config.get(key))}")

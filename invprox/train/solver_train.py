@@ -223,7 +223,8 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
             log(f"calibrated on {cfg['calibrate']} training pairs: PSNR {r['calibration']['psnr']:.2f} dB "
                 f"(start {r['calibration']['start_psnr']:.2f} dB)")
     # --anchor: the Glows' weights at the start (the prior, or the grown source's), kept with the checkpoint
-    pulled = [p for p in solver.flows.parameters() if p.requires_grad] if cfg.get("anchor") else []
+    pulled = ([p for f in solver.all_flows() for p in f.parameters() if p.requires_grad]
+              if cfg.get("anchor") else [])
     anchor = state["anchor"] if state is not None and pulled else [p.detach().clone() for p in pulled]
     anchor = [a.to(p.device) for a, p in zip(anchor, pulled)]
     if world > 1 and dev.type == "cuda":  # batch norm over the global batch, as in one process
