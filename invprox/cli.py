@@ -12,7 +12,16 @@ import os
 import sys
 from typing import List, Optional
 
-__all__ = ["main", "build_parser", "pick_threads"]
+__all__ = ["main", "build_parser", "pick_threads", "DefaultsHelpFormatter"]
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults in the help, except where an option's help already says its default (its
+    ``None`` stands for what the help describes, e.g. "default: the flow's prior")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "default:" in text else super()._get_help_string(action)
 
 #: Modules that define subcommands, in the order ``invprox --help`` lists them.
 SUBCOMMANDS = (

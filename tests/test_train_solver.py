@@ -248,11 +248,16 @@ def test_nonfinite_validation_stops_and_says_so(setup, tmp_path, monkeypatch):
     assert json.loads((out / "metrics.json").read_text())["status"] == "non_finite"
 
 
-@pytest.mark.parametrize("cmd", ["train", "eval"])
+@pytest.mark.parametrize("cmd", ["train", "eval", "pretrain"])
 def test_cli_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([cmd, "--help"])
-    assert e.value.code == 0 and f"usage: invprox {cmd}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and f"usage: invprox {cmd}" in out
+    options = " ".join(out.split()).split(" -")  # one entry per option, its help's lines joined
+    if cmd == "train":
+        assert "--K K                 number of folds (default: 4)" in out  # argparse's defaults are shown
+    assert not [o for o in options if o.count("default:") > 1]  # once, where the help states its own
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -333,9 +333,11 @@ def _write(rows: List[Dict[str, Any]], names: List[str], sigmas: List[float], ou
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``invprox eval``."""
+    from ..cli import DefaultsHelpFormatter
+
     p = subparsers.add_parser(
         "eval", help="evaluate trained solvers and references (PSNR/SSIM over noise levels)",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter,
     )
     a = p.add_argument
     a("--model", action="append", default=[], help="solver.pt of `invprox train` (repeatable)")

@@ -329,9 +329,11 @@ def _write_grid(glow: Glow, xv: Tensor, path: Path, n: int, seed: int, dev) -> N
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``invprox pretrain``."""
+    from ..cli import DefaultsHelpFormatter
+
     p = subparsers.add_parser(
         "pretrain", help="train a Glow prior by maximum likelihood",
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=__doc__.split("\n\n")[0], formatter_class=DefaultsHelpFormatter,
     )
     a = p.add_argument
     a("--data", default="embedded", help="'embedded', an image folder, or a shared data set (celeba64)")

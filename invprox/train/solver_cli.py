@@ -15,9 +15,11 @@ __all__ = ["add_parser"]
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``invprox train``: one option per field of :class:`~invprox.train.config.TrainConfig`."""
+    from ..cli import DefaultsHelpFormatter
+
     p = subparsers.add_parser(
         "train", help="train an unrolled solver (flow, ResNet or U-Net prox) end to end",
-        description=_solver_train_doc(), formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=_solver_train_doc(), formatter_class=DefaultsHelpFormatter,
     )
     add_arguments(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
