@@ -42,6 +42,22 @@ def glow2(seed=0):
     return g.eval()
 
 
+def engine_matches_standard(solver, x, y, **options):
+    """A float64 FlowProxSolver on ``glow2()`` (built with ``options``): its gradients through the engine
+    equal those of the same solver under standard autograd."""
+    from invprox import testing
+    from invprox.solvers import FlowProxSolver
+
+    standard = FlowProxSolver(glow2(), solver.physics, K=solver.K, memory_efficient=False, **options)
+    standard = standard.to(torch.float64).eval()
+    standard.load_state_dict(solver.state_dict())
+    grads = []
+    for s in (solver, standard):
+        ((s(y) - x) ** 2).mean().backward()
+        grads.append([p.grad for p in s.parameters()])
+    assert testing.relative_error(*grads) < 1e-9
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A folder of 8x8 gray images (train 16, val 4) and a tiny Glow with ActNorm initialised, saved."""

@@ -6,7 +6,7 @@ changing its function (`Glow.widened`, `train --widen`); a Glow with a level's f
 
 import pytest
 import torch
-from conftest import glow2
+from conftest import engine_matches_standard, glow2, train_kw
 
 from invprox import InvertibleChain, testing
 from invprox.core.block import Inverse
@@ -110,18 +110,6 @@ def _y(sigma=0.2):
     return x, x + sigma * torch.randn(x.shape, generator=g, dtype=DT)
 
 
-def _engine_matches_standard(solver, x, y, **options):
-    """The solver's gradients through the engine equal those of the same solver under standard autograd."""
-    standard = FlowProxSolver(glow2(), solver.physics, K=solver.K, memory_efficient=False, **options)
-    standard = standard.to(DT).eval()
-    standard.load_state_dict(solver.state_dict())
-    grads = []
-    for s in (solver, standard):
-        ((s(y) - x) ** 2).mean().backward()
-        grads.append([p.grad for p in s.parameters()])
-    assert testing.relative_error(*grads) < 1e-9
-
-
 def test_cond_y_solver_starts_as_the_plain_one_and_trains_exactly():
     op = make_physics("denoising", (1, 8, 8))
     x, y = _y()
@@ -134,7 +122,7 @@ def test_cond_y_solver_starts_as_the_plain_one_and_trains_exactly():
     rep_p, rep_c = plain.calibrate(y, x), cond.calibrate(y, x)  # the calibration sees the same folds
     assert rep_p["psnr"] == rep_c["psnr"]
     testing.randomize_parameters(cond.flows, 0.05, seed=4)
-    _engine_matches_standard(cond, x, y, cond_y=True)
+    engine_matches_standard(cond, x, y, cond_y=True)
     inj = [p.grad for n, p in cond.named_parameters() if "inject" in n]
     assert all(gr is not None for gr in inj) and sum(float(gr.abs().sum()) for gr in inj) > 0
     with torch.no_grad():
@@ -168,7 +156,7 @@ def test_cond_net_starts_as_cond_y_trains_exactly_and_with_the_couplings():
         c = net.fold_conds(net.flow_measurement(y))[0][0]
         assert c.shape == (4, 4, 8, 8) and torch.equal(c[:, :1], y - 0.5) and float(c[:, 1:].abs().sum()) > 0
     testing.randomize_parameters(net.flows, 0.05, seed=5)
-    _engine_matches_standard(net, x, y, cond_net=3, cond_hidden=4)
+    engine_matches_standard(net, x, y, cond_net=3, cond_hidden=4)
     own = list(net.cond_net.parameters())
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in own)
     ids = {id(p) for p in net.coupling_parameters()}
@@ -182,10 +170,7 @@ def test_cond_net_starts_as_cond_y_trains_exactly_and_with_the_couplings():
 
 
 def _kw(tiny_data, **over):
-    kw = dict(data=tiny_data["data"], size=8, channels=1, batch=4, epochs=2, progress=False,
-              log=lambda s: None, lr_net=1e-3, calibrate=4, max_steps=2, prox="flow", flow=tiny_data["flow"])
-    kw.update(over)
-    return kw
+    return train_kw(tiny_data, **{"calibrate": 4, "max_steps": 2, "prox": "flow", **over})
 
 
 def test_train_cond_y_saves_resumes_grows_and_checks(tiny_data, tmp_path):
@@ -274,7 +259,7 @@ def test_lam_y_reads_lambda_from_the_measurement(tiny_data, tmp_path):
         z = torch.randn(4, 1, 8, 8, dtype=DT)
         assert torch.allclose(s.inverse(s(z, c), c), z, atol=1e-12)
         testing.check_logdet(s, z, c)
-    _engine_matches_standard(ly, x, y, lam_y=True)
+    engine_matches_standard(ly, x, y, lam_y=True)
     assert ly.shrink[0].lam_net[-1].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="lam_y needs Gaussian"):
         FlowProxSolver(glow2(), op, K=1, lam_y=True, lam_per="scalar")

@@ -4,7 +4,7 @@ the engine, and both flows train."""
 
 import pytest
 import torch
-from conftest import glow2
+from conftest import engine_matches_standard, glow2, train_kw
 
 from invprox import testing
 from invprox.physics import make_physics
@@ -38,14 +38,7 @@ def test_untied_inverse_starts_as_f_inverse_and_trains_exactly(cond_y):
         out = untied(y)
         assert (out - plain(y)).abs().max() > 1e-4
         assert torch.allclose(untied.iterates(y)[-1], out, atol=1e-12)  # fold() is the chain's fold
-    standard = FlowProxSolver(glow2(), op, K=2, cond_y=cond_y, untie_inverse=True, memory_efficient=False)
-    standard = standard.to(DT).eval()
-    standard.load_state_dict(untied.state_dict())
-    grads = []
-    for s in (untied, standard):
-        ((s(y) - x) ** 2).mean().backward()
-        grads.append([p.grad for p in s.parameters()])
-    assert testing.relative_error(*grads) < 1e-9
+    engine_matches_standard(untied, x, y, cond_y=cond_y, untie_inverse=True)
     for flows in (untied.flows, untied.inverse_flows):  # both flows get gradients
         assert sum(float(p.grad.abs().sum()) for p in flows.parameters() if p.grad is not None) > 0
 
@@ -66,10 +59,7 @@ def test_untied_inverse_parameter_groups_and_tied_folds():
 
 
 def _kw(tiny_data, **over):
-    kw = dict(data=tiny_data["data"], size=8, channels=1, batch=4, epochs=2, progress=False,
-              log=lambda s: None, lr_net=1e-3, calibrate=4, max_steps=2, prox="flow", flow=tiny_data["flow"])
-    kw.update(over)
-    return kw
+    return train_kw(tiny_data, **{"calibrate": 4, "max_steps": 2, "prox": "flow", **over})
 
 
 def test_train_untie_inverse_saves_resumes_grows_and_checks(tiny_data, tmp_path):
