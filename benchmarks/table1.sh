@@ -1137,12 +1137,15 @@ stage_untie() {
     wait
 }
 
-deblur_k1() {
-    # deblur_k1 NAME ARGS...: Table 1's current protocol (one fold, 25 CPU minutes, warm-up and cosine decay,
-    # early stopping on 64 held-out training faces) for deblurring (Gaussian blur std 1.5, sigma 0.05), then
-    # tested on all 600 test faces with the classical reference (runs/table1/NAME, results/tasks_NAME_*)
-    local name=$1; shift
-    train "$name" --task deblurring --kernel gaussian --blur-std 1.5 --sigma 0.05 --budget-minutes "$BUDGET" \
+task_k1() {
+    # task_k1 TASK NAME ARGS...: Table 1's current protocol (one fold, 25 CPU minutes, warm-up and cosine
+    # decay, early stopping on 64 held-out training faces) for TASK (deblurring: Gaussian blur std 1.5;
+    # inpainting: half of the pixels missing; sigma 0.05), then tested on all 600 test faces with the
+    # classical reference (runs/table1/NAME, results/tasks_NAME_*)
+    local task=$1 name=$2; shift 2
+    local opts=(--task inpainting --p-missing 0.5)
+    [ "$task" = deblurring ] && opts=(--task deblurring --kernel gaussian --blur-std 1.5)
+    train "$name" "${opts[@]}" --sigma 0.05 --budget-minutes "$BUDGET" \
         --val-every 100 --n-val 64 --val-data holdout --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth \
         --calibrate 32 --K 1 --lr-schedule cosine --warmup 100 "$@" || true
     rm -rf "$RUNS/eval_$name"
@@ -1151,14 +1154,25 @@ deblur_k1() {
     for f in results.md results.json; do cp "$RUNS/eval_$name/$f" "$RES/tasks_${name}_$f"; done
     cp "$RUNS/$name/metrics.json" "$RES/tasks_train_$name.json"
 }
+TASK_FLOW=(--flow "$RES/glow_celeba32_cos.pt" "${GROW_FLOW[@]}" --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y)
 
 stage_deblur_k1() {
     # Deblurring under the protocol Table 1's denoising runs have now, instead of stage tasks' K = 4 and 6
     # minutes (where the flow prox led, as it leads denoising at 5 minutes): the flow prox of stage
     # drop2_cond and U-Net prox of stage unet_cosine, 25 CPU minutes each, side by side (one core each)
-    deblur_k1 flow_deblurring_k1 --flow "$RES/glow_celeba32_cos.pt" "${GROW_FLOW[@]}" \
-        --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y &
-    deblur_k1 unet_deblurring_k1 "${UNET[@]}" --lr-net "$LR_CNN" &
+    task_k1 deblurring flow_deblurring_k1 "${TASK_FLOW[@]}" &
+    task_k1 deblurring unet_deblurring_k1 "${UNET[@]}" --lr-net "$LR_CNN" &
+    wait
+}
+
+stage_tasks_k1_more() {
+    # The rest of the task table under that protocol: ResNet prox for deblurring, and the three solvers for
+    # inpainting; ResNet prox with the same warm-up and cosine decay as the others (two lanes, one core
+    # each, two runs per lane)
+    { task_k1 deblurring resnet_deblurring_k1 "${RESNET[@]}" --lr-net "$LR_CNN"
+      task_k1 inpainting unet_inpainting_k1 "${UNET[@]}" --lr-net "$LR_CNN"; } &
+    { task_k1 inpainting flow_inpainting_k1 "${TASK_FLOW[@]}"
+      task_k1 inpainting resnet_inpainting_k1 "${RESNET[@]}" --lr-net "$LR_CNN"; } &
     wait
 }
 
