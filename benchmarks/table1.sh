@@ -1137,6 +1137,17 @@ stage_untie() {
     wait
 }
 
+stage_untie_unet() {
+    # Stage untie's flow prox with seed 1, side by side with stage unet_cosine's U-Net prox again: the
+    # untied flow prox against U-Net prox on the same day (one core each)
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_seed1 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
+        --untie-inverse --seed 1 &
+    { train unet_dn_k1_cos_m2_r2 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --lr-schedule cosine \
+        --warmup 100
+      eval_test unet_dn_k1_cos_m2_r2; } &
+    wait
+}
+
 task_k1() {
     # task_k1 TASK NAME ARGS...: Table 1's current protocol (one fold, 25 CPU minutes, warm-up and cosine
     # decay, early stopping on 64 held-out training faces) for TASK (deblurring: Gaussian blur std 1.5;
@@ -1165,14 +1176,17 @@ stage_deblur_k1() {
     wait
 }
 
-stage_tasks_k1_more() {
-    # The rest of the task table under that protocol: ResNet prox for deblurring, and the three solvers for
-    # inpainting; ResNet prox with the same warm-up and cosine decay as the others (two lanes, one core
-    # each, two runs per lane)
-    { task_k1 deblurring resnet_deblurring_k1 "${RESNET[@]}" --lr-net "$LR_CNN"
-      task_k1 inpainting unet_inpainting_k1 "${UNET[@]}" --lr-net "$LR_CNN"; } &
-    { task_k1 inpainting flow_inpainting_k1 "${TASK_FLOW[@]}"
-      task_k1 inpainting resnet_inpainting_k1 "${RESNET[@]}" --lr-net "$LR_CNN"; } &
+stage_tasks_k1_inpainting() {  # inpainting under that protocol: flow and U-Net prox (one core each)
+    task_k1 inpainting flow_inpainting_k1 "${TASK_FLOW[@]}" &
+    task_k1 inpainting unet_inpainting_k1 "${UNET[@]}" --lr-net "$LR_CNN" &
+    wait
+}
+
+stage_tasks_k1_resnet() {
+    # ResNet prox for both tasks under that protocol, with the same warm-up and cosine decay as the
+    # others (one core each)
+    task_k1 deblurring resnet_deblurring_k1 "${RESNET[@]}" --lr-net "$LR_CNN" &
+    task_k1 inpainting resnet_inpainting_k1 "${RESNET[@]}" --lr-net "$LR_CNN" &
     wait
 }
 
