@@ -1122,6 +1122,7 @@ stage_budget_50() {  # stage budget_sweep's recipes for 50 CPU minutes (one core
 stage_budget_100() {
     # stage budget_sweep's recipes for 100 CPU minutes (one core each; ~1 h 50 min): does U-Net prox's lead
     # at the training noise (0.19 to 0.23 dB from 10 to 50 minutes) close when the curves have time to flatten?
+    # (Not run yet: TABLE1.md has no 100-minute row.)
     budget_lane flow 100 &
     budget_lane unet 100 &
     wait
