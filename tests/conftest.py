@@ -58,6 +58,13 @@ def engine_matches_standard(solver, x, y, **options):
     assert testing.relative_error(*grads) < 1e-9
 
 
+def noisy_pair(sigma=0.2):
+    """A seeded float64 batch of 4 gray 8x8 images in [0.2, 0.8] and its noisy measurement: ``(x, y)``."""
+    g = torch.Generator().manual_seed(3)
+    x = 0.2 + 0.6 * torch.rand(4, 1, 8, 8, generator=g, dtype=torch.float64)
+    return x, x + sigma * torch.randn(x.shape, generator=g, dtype=torch.float64)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A folder of 8x8 gray images (train 16, val 4) and a tiny Glow with ActNorm initialised, saved."""
@@ -80,3 +87,8 @@ def train_kw(tiny_data, **over):
               log=lambda s: None, flow=tiny_data["flow"], lr_net=1e-3)
     kw.update(over)
     return kw
+
+
+def flow_train_kw(tiny_data, **over):
+    """:func:`train_kw` for a two-step flow-prox run calibrated on 4 pairs."""
+    return train_kw(tiny_data, **{"calibrate": 4, "max_steps": 2, "prox": "flow", **over})

@@ -6,7 +6,8 @@ changing its function (`Glow.widened`, `train --widen`); a Glow with a level's f
 
 import pytest
 import torch
-from conftest import engine_matches_standard, glow2, train_kw
+from conftest import engine_matches_standard, glow2, noisy_pair
+from conftest import flow_train_kw as _kw
 
 from invprox import InvertibleChain, testing
 from invprox.core.block import Inverse
@@ -104,15 +105,9 @@ def test_inject_is_refused_where_it_cannot_work():
         AffineCoupling(4, hidden=4, inject_channels=2)(torch.randn(1, 4, 2, 2))
 
 
-def _y(sigma=0.2):
-    g = torch.Generator().manual_seed(3)
-    x = 0.2 + 0.6 * torch.rand(4, 1, 8, 8, generator=g, dtype=DT)
-    return x, x + sigma * torch.randn(x.shape, generator=g, dtype=DT)
-
-
 def test_cond_y_solver_starts_as_the_plain_one_and_trains_exactly():
     op = make_physics("denoising", (1, 8, 8))
-    x, y = _y()
+    x, y = noisy_pair()
     plain = FlowProxSolver(glow2(), op, K=2).to(DT).eval()
     cond = FlowProxSolver(glow2(), op, K=2, cond_y=True).to(DT).eval()
     missing = cond.load_state_dict(plain.state_dict(), strict=False).missing_keys
@@ -137,7 +132,7 @@ def test_cond_y_solver_starts_as_the_plain_one_and_trains_exactly():
 
 def test_cond_net_starts_as_cond_y_trains_exactly_and_with_the_couplings():
     op = make_physics("denoising", (1, 8, 8))
-    x, y = _y()
+    x, y = noisy_pair()
     cond = FlowProxSolver(glow2(), op, K=2, cond_y=True).to(DT).eval()
     testing.randomize_parameters(cond.flows, 0.05, seed=4)
     net = FlowProxSolver(glow2(), op, K=2, cond_net=3, cond_hidden=4).to(DT).eval()
@@ -167,10 +162,6 @@ def test_cond_net_starts_as_cond_y_trains_exactly_and_with_the_couplings():
                        "cond_hidden must be"), ({"cond_net": 2, "lam_y": True}, "cannot be combined")):
         with pytest.raises(ValueError, match=match):
             FlowProxSolver(glow2(), op, K=1, **bad)
-
-
-def _kw(tiny_data, **over):
-    return train_kw(tiny_data, **{"calibrate": 4, "max_steps": 2, "prox": "flow", **over})
 
 
 def test_train_cond_y_saves_resumes_grows_and_checks(tiny_data, tmp_path):
@@ -218,7 +209,7 @@ def test_latent_channels_refine_the_levels():
 
 def test_lam_per_channel_calibrates_per_level_and_learns_per_channel(tiny_data, tmp_path):
     op = make_physics("denoising", (1, 8, 8))
-    x, y = _y()
+    x, y = noisy_pair()
     lev = FlowProxSolver(glow2(), op, K=2).to(DT)
     ch = FlowProxSolver(glow2(), op, K=2, lam_per="channel").to(DT)
     assert ch.lam_group_level == [0, 0] + [1] * 8 and ch.shrink[0].raw_lam.numel() == 10
@@ -239,7 +230,7 @@ def test_lam_per_channel_calibrates_per_level_and_learns_per_channel(tiny_data, 
 
 def test_lam_y_reads_lambda_from_the_measurement(tiny_data, tmp_path):
     op = make_physics("denoising", (1, 8, 8))
-    x, y = _y()
+    x, y = noisy_pair()
     plain = FlowProxSolver(glow2(), op, K=2).to(DT).eval()
     ly = FlowProxSolver(glow2(), op, K=2, lam_y=True).to(DT).eval()
     ly.load_state_dict(plain.state_dict(), strict=False)
@@ -272,7 +263,7 @@ def test_lam_y_reads_lambda_from_the_measurement(tiny_data, tmp_path):
 
 def test_a_conditional_glow_switches_cond_y_on_and_grown_lam_y_folds_start_as_identities():
     op = make_physics("denoising", (1, 8, 8))
-    _, y = _y()
+    _, y = noisy_pair()
     s = FlowProxSolver(_cond_glow(), op, K=1).to(DT).eval()
     assert s.cond_y  # a trained solver's conditional Glow in a new solver reads A^T y~ as in training
     with torch.no_grad():

@@ -4,7 +4,8 @@ the engine, and both flows train."""
 
 import pytest
 import torch
-from conftest import engine_matches_standard, glow2, train_kw
+from conftest import engine_matches_standard, glow2, noisy_pair
+from conftest import flow_train_kw as _kw
 
 from invprox import testing
 from invprox.physics import make_physics
@@ -15,16 +16,10 @@ from invprox.train.solver_train import train_solver
 DT = torch.float64
 
 
-def _xy(sigma=0.2):
-    g = torch.Generator().manual_seed(3)
-    x = 0.2 + 0.6 * torch.rand(4, 1, 8, 8, generator=g, dtype=DT)
-    return x, x + sigma * torch.randn(x.shape, generator=g, dtype=DT)
-
-
 @pytest.mark.parametrize("cond_y", [False, True])
 def test_untied_inverse_starts_as_f_inverse_and_trains_exactly(cond_y):
     op = make_physics("denoising", (1, 8, 8))
-    x, y = _xy()
+    x, y = noisy_pair()
     plain = FlowProxSolver(glow2(), op, K=2, cond_y=cond_y).to(DT).eval()
     untied = FlowProxSolver(glow2(), op, K=2, cond_y=cond_y, untie_inverse=True).to(DT).eval()
     assert plain.inverse_flows is None and len(untied.inverse_flows) == 2
@@ -56,10 +51,6 @@ def test_untied_inverse_parameter_groups_and_tied_folds():
     tied = FlowProxSolver(glow2(), op, K=3, tied=True, untie_inverse=True).to(DT)
     assert len(tied.flows) == 1 and len(tied.inverse_flows) == 1
     assert tied.fold_flows(2) == (tied.flows[0], tied.inverse_flows[0])
-
-
-def _kw(tiny_data, **over):
-    return train_kw(tiny_data, **{"calibrate": 4, "max_steps": 2, "prox": "flow", **over})
 
 
 def test_train_untie_inverse_saves_resumes_grows_and_checks(tiny_data, tmp_path):

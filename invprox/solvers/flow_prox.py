@@ -249,12 +249,12 @@ class FlowProxSolver(FlowParameterGroups, ChainOwner, SwappablePhysics):
         if self.smooth_start is not None:
             return self.smooth_start(y, op) - 0.5
         with torch.no_grad():
-            shape = self._image_shape(y, op)
+            shape, g = self._image_shape(y, op), self.fold_flows(0)[1]  # g_1 = g.inverse
             if self.cond_y:  # the mode of the conditional flow depends on y
                 z = torch.zeros((y.shape[0], *shape), dtype=y.dtype, device=y.device)
-                return self.fold_flows(0)[1].inverse(z, *self.fold_conds(self.flow_measurement(y, op), op)[0])
+                return g.inverse(z, *self.fold_conds(self.flow_measurement(y, op), op)[0])
             z = torch.zeros((1, *shape), dtype=y.dtype, device=y.device)
-            return self.fold_flows(0)[1].inverse(z).expand(y.shape[0], *shape).contiguous()
+            return g.inverse(z).expand(y.shape[0], *shape).contiguous()
 
     def _image_shape(self, y: Tensor, physics: Any = None):
         if self.image_shape is not None:
