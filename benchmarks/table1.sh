@@ -1149,6 +1149,18 @@ stage_untie_unet() {
     wait
 }
 
+stage_untie_levers() {
+    # Stage untie's flow prox with the two levers that gave the tied fold more per step and cost as much:
+    # the rest of each flow (ActNorm, 1x1 convolutions, split priors) at 3e-4 instead of 1e-4 (tied, f and
+    # g moved those weights together and the gain cancelled), and a two-map conditioning network (9% per
+    # step instead of stage cond_net's 29%); screened per step against stage untie's run (one core each)
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_net3 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
+        --untie-inverse --lr-net 3e-4 &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_untie_cnet2 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-net 2 \
+        --untie-inverse &
+    wait
+}
+
 task_k1() {
     # task_k1 TASK NAME ARGS...: Table 1's current protocol (one fold, 25 CPU minutes, warm-up and cosine
     # decay, early stopping on 64 held-out training faces) for TASK (deblurring: Gaussian blur std 1.5;
