@@ -158,6 +158,24 @@ def test_bad_schedule_is_refused(setup, tmp_path, bad, match):
         train_solver(out=str(tmp_path / "bad"), **_kw(setup, max_steps=1, **bad))
 
 
+def test_flow_options_table():
+    """Each option of FLOW_ARCH reaches FlowProxSolver through build_solver, is refused for a CNN prox when
+    set, and a config that predates it (key absent) builds the solver as its default does."""
+    import inspect
+
+    from invprox.solvers.flow_prox import FlowProxSolver
+    from invprox.train.solver_setup import FLOW_ARCH, check_config
+
+    params = inspect.signature(FlowProxSolver).parameters
+    base = {"prox": "unet", "K": 1, "batch": 1, "epochs": 1, "size": 8, "lr_schedule": "constant",
+            "warmup": 0, "calibrate": 0, "sigma": 0.1}
+    check_config(base)
+    for key, norm in FLOW_ARCH.items():
+        assert key in params and norm(None) == norm(params[key].default), key
+        with pytest.raises(ValueError, match=f"{key} is an option of the flow prox"):
+            check_config({**base, key: 2 if key == "cond_net" else True})
+
+
 def test_corrupt_checkpoint_is_refused(setup, tmp_path, capsys):
     out = tmp_path / "bad"
     train_solver(out=str(out), **_kw(setup, prox="resnet", features=4, n_blocks=1, max_steps=1))

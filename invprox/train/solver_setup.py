@@ -48,10 +48,17 @@ SOLVER_FORMAT = "invprox.solver/1"
 _STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4}
 
 
+def _maps(value: Any) -> int:
+    return int(value or 0)
+
+
+#: options of the flow prox that shape its solver (its state dict), each with the normaliser of a config
+#: value (``None`` where a config predates the option): ``build_solver`` passes them to ``FlowProxSolver``
+#: and a run grown with ``--init-from`` must match its source in each
+FLOW_ARCH = {"cond_y": bool, "lam_y": bool, "cond_net": _maps, "untie_inverse": bool}
 #: options of the flow prox alone and their defaults (refused for a CNN prox when set otherwise)
-FLOW_ONLY = {"cond_y": False, "lam_y": False, "cond_net": None, "untie_inverse": False, "widen": None,
-             "level_steps": None, "lr_split": None, "lr_coupling": None, "keep_mu": False, "anchor": 0.0,
-             "freeze_levels": None}
+FLOW_ONLY = {**{key: norm(None) for key, norm in FLOW_ARCH.items()}, "widen": None, "level_steps": None,
+             "lr_split": None, "lr_coupling": None, "keep_mu": False, "anchor": 0.0, "freeze_levels": None}
 
 
 def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
@@ -72,7 +79,8 @@ def check_config(cfg: Dict[str, Any], budget_clock: str = "cpu") -> None:
     if not isinstance(cfg["warmup"], int) or cfg["warmup"] < 0:
         raise ValueError(f"warmup must be a non-negative int (steps), got {cfg['warmup']!r}")
     for key, default in FLOW_ONLY.items():
-        if cfg.get(key, default) != default and cfg["prox"] != "flow":
+        value = FLOW_ARCH[key](cfg.get(key)) if key in FLOW_ARCH else cfg.get(key, default)
+        if value != default and cfg["prox"] != "flow":
             raise ValueError(f"{key} is an option of the flow prox, not of prox {cfg['prox']!r}")
     cn = cfg.get("cond_net")
     if cn is not None and (isinstance(cn, bool) or not isinstance(cn, int) or cn < 1):
@@ -220,11 +228,8 @@ def build_solver(config: Dict[str, Any], physics: nn.Module, flow: Optional[nn.M
                               "keep_every": config.get("keep_every", "fold"),
                               "lam_init": config.get("lam_init", 0.1),
                               "lam_per": config.get("lam_per", "scalar"),
-                              "cond_y": bool(config.get("cond_y", False)),
-                              "lam_y": bool(config.get("lam_y", False)),
-                              "cond_net": int(config.get("cond_net") or 0),
-                              "untie_inverse": bool(config.get("untie_inverse", False)),
-                              "memory_efficient": not config.get("standard_autograd", False)}
+                              "memory_efficient": not config.get("standard_autograd", False),
+                              **{key: norm(config.get(key)) for key, norm in FLOW_ARCH.items()}}
     else:
         kw = {"checkpoint": bool(config.get("checkpoint_folds"))}
         for key in ("features", "n_blocks", "depth"):
@@ -329,8 +334,8 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
 
     Raises:
         FileNotFoundError: no such file. ValueError: not a solver file, another prox, image shape, task,
-        ``lam_per``, start, ``cond_y``, ``lam_y``, ``cond_net`` or ``untie_inverse``, or a ``--flow`` of
-        another architecture than the source's.
+        ``lam_per``, start or option of :data:`FLOW_ARCH`, or a ``--flow`` of another architecture than
+        the source's.
     """
     path = config["init_from"]
     source, scfg = load_solver(path)
@@ -338,8 +343,7 @@ def load_source(config: Dict[str, Any]) -> Tuple[nn.Module, Optional[nn.Module],
         if key in scfg and scfg[key] != config.get(key):
             raise ValueError(f"--init-from {path}: its {key} is {scfg[key]!r}, "
                              f"this run's {config.get(key)!r}")
-    for key, norm in (("cond_y", bool), ("lam_y", bool), ("cond_net", lambda v: int(v or 0)),
-                      ("untie_inverse", bool)):
+    for key, norm in FLOW_ARCH.items():
         if norm(scfg.get(key)) != norm(config.get(key)):
             raise ValueError(f"--init-from {path}: its {key} is {norm(scfg.get(key))}, "
                              f"this run's {norm(config.get(key))}")
