@@ -1161,6 +1161,17 @@ stage_untie_levers() {
     wait
 }
 
+stage_untie_levers2() {
+    # Stage untie's flow prox with the couplings at 2e-3 instead of 1e-3 (tied, the rates that diverged
+    # were those of the coarsest level, where f and g cancel), and with the coarsest level's flow steps
+    # kept (tied, they cancelled between f and g and were dropped to save 18% per step; untied, they can
+    # work at the coarsest scale); screened per step against stage untie's run (one core each)
+    cosine_k1 flow_dn_k1_coup20_cos_drop2_cond_untie --level-steps 8,8,0 --lr-coupling 2e-3 --cond-y \
+        --untie-inverse &
+    cosine_k1 flow_dn_k1_coup10_cos_cond_untie --lr-coupling 1e-3 --cond-y --untie-inverse &
+    wait
+}
+
 task_k1() {
     # task_k1 TASK NAME ARGS...: Table 1's current protocol (one fold, 25 CPU minutes, warm-up and cosine
     # decay, early stopping on 64 held-out training faces) for TASK (deblurring: Gaussian blur std 1.5;
