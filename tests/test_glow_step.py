@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch.nn import functional as F
 
 from invprox import Inverse, InvertibleChain, testing
 from invprox.flows import ActNorm, Glow, GlowStep, InvConv1x1
@@ -104,6 +105,22 @@ def test_invconv_matrix_is_cached_until_the_parameters_change():
         assert conv.log_s.grad is not None and len(inversions) == 3
     finally:
         torch.linalg.inv = real_inv
+
+
+@pytest.mark.parametrize("kw", [{"fused": True}, {"foreach": True}, {"foreach": False}])
+def test_invconv_cache_sees_every_optimizer_step(kw):
+    """torch's fused optimizers update parameters in place without bumping their version counters (torch
+    2.13 on the CPU): the cached matrix must follow the parameters' values, not their versions."""
+    conv = InvConv1x1(3, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.Adam(conv.parameters(), lr=0.1, **kw)
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        conv(x)  # fills the cache
+    conv(x).square().sum().backward()
+    opt.step()
+    with torch.no_grad():
+        cached = conv(x)
+    assert torch.equal(cached, F.conv2d(x, conv.weight().detach().view(3, 3, 1, 1)))
 
 
 def test_glow_is_one_block_per_step_and_loads_the_old_layout():

@@ -158,6 +158,29 @@ def test_bad_schedule_is_refused(setup, tmp_path, bad, match):
         train_solver(out=str(tmp_path / "bad"), **_kw(setup, max_steps=1, **bad))
 
 
+def test_adam_is_fused_where_torch_has_the_kernel():
+    """Training's Adam: one fused kernel for CPU parameters, torch's loop elsewhere; the update is Adam's
+    (float64: equal to the loop to rounding), and a run resumed from its checkpoint stays exact
+    (test_resume_is_exact)."""
+    from invprox.train.loop_utils import adam
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64)) for _ in range(3)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    fused, loop = adam([{"params": params[:2]}, {"params": params[2:], "lr": 1e-2}], lr=1e-3), \
+        torch.optim.Adam([{"params": twins[:2]}, {"params": twins[2:], "lr": 1e-2}], lr=1e-3, foreach=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    for _ in range(3):
+        for p, q in zip(params, twins):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        fused.step()
+        loop.step()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    assert not adam([torch.nn.Parameter(torch.zeros(2, device="meta"))]).defaults["fused"]
+
+
 def test_flow_options_table():
     """Each option of FLOW_ARCH reaches FlowProxSolver through build_solver, is refused for a CNN prox when
     set, and a config that predates it (key absent) builds the solver as its default does."""

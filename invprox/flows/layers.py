@@ -145,7 +145,7 @@ class InvConv1x1(InvertibleModule):
         self.lower = nn.Parameter(torch.tril(lo, -1).to(dtype))
         self.upper = nn.Parameter(torch.triu(up, 1).to(dtype))
         self.log_s = nn.Parameter(torch.log(torch.abs(s)).to(dtype))
-        self._cache_key: Optional[list] = None
+        self._cache_key: Optional[list] = None  # copies of the values W was computed from
         self._cache: Tuple[Tensor, Tensor] = ()  # (W, W^-1) without a graph, see matrix()
 
     def weight(self) -> Tensor:
@@ -176,22 +176,24 @@ class InvConv1x1(InvertibleModule):
         """``W`` (or ``W^-1``) for the current parameters.
 
         With a graph when autograd records one (grad mode and a parameter that requires grad); otherwise
-        a cached copy, computed once per parameter update (the optimizer's in-place step, or a load,
-        changes the parameters' versions): the engine's forward pass and its inverses run without a graph
-        and so invert the matrix once per training step, not once per call.
+        a cached copy, computed again whenever the parameters' values change (an optimizer step, a load,
+        ``.to()``): the engine's forward pass and its inverses run without a graph and so invert the matrix
+        once per training step, not once per call. The cache compares values, not version counters:
+        torch's fused optimizers (``Adam(fused=True)`` on the CPU in torch 2.13) update parameters in place
+        without bumping their versions.
         """
         params = (self.lower, self.upper, self.log_s)
         if torch.is_grad_enabled() and any(p.requires_grad for p in params):
             w = self.weight()
             return torch.linalg.inv(w) if inverse else w
-        # the tensors themselves (held, so their memory cannot be reused by others) and their versions
-        key = [(t, t._version) for t in (*params, self.perm, self.sign_s)]
+        now = (*params, self.perm, self.sign_s)
         old = self._cache_key
-        if old is None or any(a is not b or va != vb for (a, va), (b, vb) in zip(old, key)):
+        if old is None or any(a.dtype != b.dtype or a.device != b.device or a.shape != b.shape
+                              or not torch.equal(a, b) for a, b in zip(old, now)):
             with torch.no_grad():
                 w = self.weight()
                 self._cache = (w, torch.linalg.inv(w))
-            self._cache_key = key
+                self._cache_key = [t.detach().clone() for t in now]
         return self._cache[1 if inverse else 0]
 
     def _apply_matrix(self, x: Tensor, w: Tensor) -> Tensor:

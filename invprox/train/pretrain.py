@@ -36,6 +36,7 @@ from ..flows.glow import Glow
 from .loop_utils import (
     NonFiniteSteps,
     Progress,
+    adam,
     dataset_tensor,
     epoch_order,
     resolve_device,
@@ -214,7 +215,7 @@ def pretrain(
     bsz = min(batch, len(xt))
     per_epoch = len(xt) // bsz
     total = epochs * per_epoch if max_steps is None else min(max_steps, epochs * per_epoch)
-    opt = torch.optim.Adam(glow.parameters(), lr=lr)
+    opt = adam(glow.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_schedule(warmup, total, schedule))
     noise = torch.Generator().manual_seed(seed + 1)
     epoch = pos = step = 0

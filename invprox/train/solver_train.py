@@ -56,6 +56,7 @@ from .config import RUN_KEYS, TrainConfig
 from .loop_utils import (
     NonFiniteSteps,
     Progress,
+    adam,
     epoch_order,
     lr_factor,
     resolve_device,
@@ -188,8 +189,7 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
         solver = solver.to(memory_format=layout)
     flow_config = None if flow_net is None else dict(flow_net.config)
     rates = {k: cfg[k] for k in ("lr_split", "lr_coupling", "freeze_levels") if cfg.get(k) is not None}
-    opt = torch.optim.Adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"], **rates),
-                           eps=cfg.get("adam_eps", 1e-8))
+    opt = adam(solver.param_groups(cfg["lr_net"], cfg["lr_step"], **rates), eps=cfg.get("adam_eps", 1e-8))
     for group in opt.param_groups:
         group["initial_lr"] = group["lr"]  # the schedule scales these (as torch's schedulers do)
         if group["lr"] == 0:  # kept as pre-trained: no gradients (nor their share of the clipped norm)
