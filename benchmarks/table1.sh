@@ -1046,14 +1046,18 @@ stage_refs_k1() {
 }
 
 budget_lane() {
-    # budget_lane KIND B...: stage budget_sweep's runs of one solver (flow, unet or resnet), B CPU minutes
-    # each, one after the other (one core); with BUDGET_SEED=S, seed S (runs named ..._seedS)
+    # budget_lane KIND B...: stage budget_sweep's runs of one solver (flow, untie: stage untie's untied flow
+    # prox, unet or resnet), B CPU minutes each, one after the other (one core); with BUDGET_SEED=S, seed S
+    # (runs named ..._seedS)
     local kind=$1 b seed=() tag=""; shift
     if [ -n "${BUDGET_SEED:-}" ]; then seed=(--seed "$BUDGET_SEED"); tag="_seed$BUDGET_SEED"; fi
     for b in "$@"; do
         if [ "$kind" = flow ]; then
             cosine_k1 "flow_dn_k1_coup10_cos_drop2_cond_b$b$tag" --level-steps 8,8,0 --lr-coupling 1e-3 \
                 --cond-y --budget-minutes "$b" "${seed[@]}"
+        elif [ "$kind" = untie ]; then
+            cosine_k1 "flow_dn_k1_coup10_cos_drop2_cond_untie_b$b$tag" --level-steps 8,8,0 --lr-coupling 1e-3 \
+                --cond-y --untie-inverse --budget-minutes "$b" "${seed[@]}"
         elif [ "$kind" = unet ]; then
             train "unet_dn_k1_cos_m2_b$b$tag" "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 \
                 --lr-schedule cosine --warmup 100 --budget-minutes "$b" "${seed[@]}"
@@ -1079,18 +1083,22 @@ stage_budget_sweep() {
 stage_budget_report() {
     # Test PSNR against the budget (benchmarks/budget_sweep.py): the runs of stages budget_sweep,
     # budget_resnet, budget_5_seed1, budget_50 and budget_100 where present, and the 25-minute runs of stages
-    # drop2_cond(_seed1), unet_cosine(_seed1) and k1_m2_resnet
-    local b flow=() unet=() resnet=()
+    # drop2_cond(_seed1), untie / untie_unet, unet_cosine(_seed1) and k1_m2_resnet
+    local b flow=() untie=() unet=() resnet=()
     for b in 5 10 25 50 100; do
         local f=flow_dn_k1_coup10_cos_drop2_cond_b$b u=unet_dn_k1_cos_m2_b$b r=resnet_dn_k1_m2_b$b
-        [ "$b" = 25 ] && f=flow_dn_k1_coup10_cos_drop2_cond && u=unet_dn_k1_cos_m2 && r=resnet_dn_k1_m2
+        local t=flow_dn_k1_coup10_cos_drop2_cond_untie_b$b
+        [ "$b" = 25 ] && f=flow_dn_k1_coup10_cos_drop2_cond && u=unet_dn_k1_cos_m2 && r=resnet_dn_k1_m2 \
+            && t=flow_dn_k1_coup10_cos_drop2_cond_untie
         local m
         for m in "$f" "${f}_seed1"; do [ -f "$RUNS/eval_$m/results.json" ] && flow+=("$m"); done
+        for m in "$t" "${t}_seed1"; do [ -f "$RUNS/eval_$m/results.json" ] && untie+=("$m"); done
         for m in "$u" "${u}_seed1"; do [ -f "$RUNS/eval_$m/results.json" ] && unet+=("$m"); done
         for m in "$r" "${r}_seed1"; do [ -f "$RUNS/eval_$m/results.json" ] && resnet+=("$m"); done
     done
     timed "budget report" "$PY" benchmarks/budget_sweep.py --runs-dir "$RUNS" --stem table1_budget \
-        --series "flow prox=$(IFS=,; echo "${flow[*]}")" --series "U-Net prox=$(IFS=,; echo "${unet[*]}")" \
+        --series "flow prox=$(IFS=,; echo "${flow[*]}")" \
+        --series "flow prox, untied=$(IFS=,; echo "${untie[*]}")" --series "U-Net prox=$(IFS=,; echo "${unet[*]}")" \
         --series "ResNet prox=$(IFS=,; echo "${resnet[*]}")"
 }
 
@@ -1120,10 +1128,10 @@ stage_budget_50() {  # stage budget_sweep's recipes for 50 CPU minutes (one core
 }
 
 stage_budget_100() {
-    # stage budget_sweep's recipes for 100 CPU minutes (one core each; ~1 h 50 min): does U-Net prox's lead
-    # at the training noise (0.19 to 0.23 dB from 10 to 50 minutes) close when the curves have time to flatten?
-    # (Not run yet: TABLE1.md has no 100-minute row.)
-    budget_lane flow 100 &
+    # stage untie's untied flow prox and stage unet_cosine's U-Net prox for 100 CPU minutes (one core each;
+    # ~1 h 50 min): does U-Net prox's lead at the training noise (0.19 to 0.23 dB from 10 to 50 minutes with
+    # the tied flow prox, 0.15 at 25 with the untied one) close when the curves have time to flatten?
+    budget_lane untie 100 &
     budget_lane unet 100 &
     wait
 }
