@@ -1174,6 +1174,8 @@ stage_untie_levers2() {
     # were those of the coarsest level, where f and g cancel), and with the coarsest level's flow steps
     # kept (tied, they cancelled between f and g and were dropped to save 18% per step; untied, they can
     # work at the coarsest scale); screened per step against stage untie's run (one core each)
+    # (both stopped by hand after the screen, at steps 6,200 and 4,600, metrics kept: 2e-3 learned as much
+    # per step as 1e-3; the kept level +0.06 dB per step at 4,000 for 30% more CPU per step: TABLE1.md)
     cosine_k1 flow_dn_k1_coup20_cos_drop2_cond_untie --level-steps 8,8,0 --lr-coupling 2e-3 --cond-y \
         --untie-inverse &
     cosine_k1 flow_dn_k1_coup10_cos_cond_untie --lr-coupling 1e-3 --cond-y --untie-inverse &
