@@ -1134,6 +1134,9 @@ stage_budget_100() {
     budget_lane untie 100 &
     budget_lane unet 100 &
     wait
+    timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b100 \
+        unet_dn_k1_cos_m2_b100 --stem table1_b100
+    stage_budget_report
 }
 
 stage_untie() {
