@@ -1185,6 +1185,19 @@ stage_untie_levers2() {
     wait
 }
 
+stage_batch16() {
+    # Stage untie_unet at batch 16 (the seed paper's) instead of 8, side by side (one core each): on one
+    # thread the flow prox's step is heavy in small operations that a larger batch shares out (per image,
+    # its forward + backward + Adam costs 22% less at batch 16 than at 8, U-Net prox's 5%; at batch 32
+    # neither gains more), so per image the flow prox costs 1.12x U-Net prox's instead of 1.35x
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_b16 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
+        --untie-inverse --batch 16 &
+    { train unet_dn_k1_cos_m2_b16 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --lr-schedule cosine \
+        --warmup 100 --batch 16
+      eval_test unet_dn_k1_cos_m2_b16; } &
+    wait
+}
+
 task_k1() {
     # task_k1 TASK NAME ARGS...: Table 1's current protocol (one fold, 25 CPU minutes, warm-up and cosine
     # decay, early stopping on 64 held-out training faces) for TASK (deblurring: Gaussian blur std 1.5;
