@@ -1198,6 +1198,15 @@ stage_batch16() {
     wait
 }
 
+stage_batch16_seed1() {  # stage batch16 with seed 1 (one core each)
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_b16_seed1 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
+        --untie-inverse --batch 16 --seed 1 &
+    { train unet_dn_k1_cos_m2_b16_seed1 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 \
+        --lr-schedule cosine --warmup 100 --batch 16 --seed 1
+      eval_test unet_dn_k1_cos_m2_b16_seed1; } &
+    wait
+}
+
 task_k1() {
     # task_k1 TASK NAME ARGS...: Table 1's current protocol (one fold, 25 CPU minutes, warm-up and cosine
     # decay, early stopping on 64 held-out training faces) for TASK (deblurring: Gaussian blur std 1.5;
