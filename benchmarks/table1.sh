@@ -1207,6 +1207,17 @@ stage_batch16_seed1() {  # stage batch16 with seed 1 (one core each)
     wait
 }
 
+stage_untie_unet_r2() {
+    # Stage untie_unet again at batch 8 with seed 0, on the day of stage batch16 (the machine's speed per step
+    # changes between sessions) and with Adam's fused kernel (one core each)
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_r2 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
+        --untie-inverse &
+    { train unet_dn_k1_cos_m2_r3 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --lr-schedule cosine \
+        --warmup 100
+      eval_test unet_dn_k1_cos_m2_r3; } &
+    wait
+}
+
 task_k1() {
     # task_k1 TASK NAME ARGS...: Table 1's current protocol (one fold, 25 CPU minutes, warm-up and cosine
     # decay, early stopping on 64 held-out training faces) for TASK (deblurring: Gaussian blur std 1.5;
