@@ -1131,6 +1131,7 @@ stage_budget_100() {
     # stage untie's untied flow prox and stage unet_cosine's U-Net prox for 100 CPU minutes (one core each;
     # ~1 h 50 min): does U-Net prox's lead at the training noise (0.19 to 0.23 dB from 10 to 50 minutes with
     # the tied flow prox, 0.15 at 25 with the untied one) close when the curves have time to flatten?
+    # (Not run yet: started and stopped by hand after 3 minutes in favour of stage batch16.)
     budget_lane untie 100 &
     budget_lane unet 100 &
     wait
