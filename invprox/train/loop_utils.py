@@ -114,8 +114,8 @@ def adam(params: Any, **kw: Any) -> torch.optim.Adam:
     device that has the fused kernel (one kernel for all tensors instead of a Python loop over them).
 
     A flow prox holds hundreds of small tensors (a Glow's ActNorms, LU factors and coupling layers: 394 in
-    Table 1's untied one-fold solver); the loop over them cost ~10% of its training step on one CPU thread,
-    the fused kernel a sixth of that. The update is Adam's either way.
+    Table 1's untied one-fold solver); on one CPU thread the loop over them took ~9 ms of its ~100 ms
+    training step, the fused kernel under 3 ms. The update is Adam's either way.
     """
     params = list(params)
     tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
