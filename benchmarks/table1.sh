@@ -1261,6 +1261,14 @@ stage_tasks_k1_resnet() {
     wait
 }
 
+stage_tasks_k1_untie() {
+    # Stages deblur_k1 / tasks_k1_inpainting's flow prox with untied inverse flows (--untie-inverse; one core
+    # each), against those stages' U-Net and ResNet prox
+    task_k1 deblurring flow_deblurring_k1_untie "${TASK_FLOW[@]}" --untie-inverse &
+    task_k1 inpainting flow_inpainting_k1_untie "${TASK_FLOW[@]}" --untie-inverse &
+    wait
+}
+
 stage_cond_net() {
     # Stage drop2_cond with a conditioning network (--cond-net N): the couplings read N feature maps of
     # A^T y besides A^T y itself, computed once per call by three 3x3 convolutions (32 channels), as the
