@@ -182,8 +182,8 @@ def test_adam_is_fused_where_torch_has_the_kernel():
 
 
 def test_flow_options_table():
-    """Each option of FLOW_ARCH reaches FlowProxSolver through build_solver, is refused for a CNN prox when
-    set, and a config that predates it (key absent) builds the solver as its default does."""
+    """Each option of FLOW_ARCH is an argument of FlowProxSolver, whose default its normaliser gives for a
+    config that predates the option (key absent), and is refused for a CNN prox when set."""
     import inspect
 
     from invprox.solvers.flow_prox import FlowProxSolver
