@@ -753,6 +753,17 @@ cosine_k1() {
         --warmup 100 "${@:2}" || true
     eval_test "$1"
 }
+# stage drop2_cond's flow prox (the coarsest level's flow steps dropped, couplings at 1e-3, A^T y read by
+# every coupling), and the same with untied inverse flows (stage untie)
+DROP2=(--level-steps 8,8,0 --lr-coupling 1e-3 --cond-y)
+UNTIE=("${DROP2[@]}" --untie-inverse)
+
+unet_cosine_k1() {
+    # unet_cosine_k1 NAME ARGS...: U-Net prox of stage unet_cosine (Table 1's protocol, warm-up and cosine
+    # decay) with ARGS, then tested (runs/table1/NAME)
+    train "$1" "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --lr-schedule cosine --warmup 100 "${@:2}"
+    eval_test "$1"
+}
 
 stage_coupling_cosine() {
     # Stage coupling (couplings at 3e-4, the rest of each flow at 1e-4) with every rate decayed along a
@@ -923,9 +934,7 @@ stage_unet_cosine() {
     # The fairness check of the flow prox's schedule: U-Net prox (stage k1_m2_unet) with its rate warmed
     # up over 100 steps and decayed along a cosine over the budget, as every flow run since stage
     # coupling_cosine (one core)
-    train unet_dn_k1_cos_m2 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --lr-schedule cosine \
-        --warmup 100
-    eval_test unet_dn_k1_cos_m2
+    unet_cosine_k1 unet_dn_k1_cos_m2
 }
 
 stage_tasks_freeze_resnet() {  # stage tasks_freeze, then stage k1_m2_resnet (one lane, one core)
@@ -938,11 +947,11 @@ stage_drop2_cond() {
     # steps dropped instead of frozen (--level-steps 8,8,0: Glow.with_steps): the shrinkage leaves that
     # level almost alone (lambda 0.03), so f and g nearly cancel there, yet its 16 steps of f and g cost
     # 23% of a training step; another, cheaper flow, whose coarsest latents are its input, squeezed (one core)
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond "${DROP2[@]}"
 }
 
 stage_drop2_cond_seed1() {  # stage drop2_cond with another seed (one core)
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_seed1 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y --seed 1
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_seed1 "${DROP2[@]}" --seed 1
 }
 
 stage_ood_heldout() {
@@ -982,14 +991,12 @@ stage_untrained_k1() {
 stage_drop2_net3() {
     # Stage drop2_cond with the rest of each flow (ActNorm, 1x1 convolutions, split priors) at 3e-4 instead
     # of 1e-4 (decayed too): every constant rate >= 3e-4 diverged while the coarsest level trained (one core)
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_net3 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_net3 "${DROP2[@]}" \
         --lr-net 3e-4
 }
 
 stage_unet_cosine_seed1() {  # stage unet_cosine with another seed (one core)
-    train unet_dn_k1_cos_m2_seed1 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --lr-schedule cosine \
-        --warmup 100 --seed 1
-    eval_test unet_dn_k1_cos_m2_seed1
+    unet_cosine_k1 unet_dn_k1_cos_m2_seed1 --seed 1
 }
 
 kd_run() {  # kd_run K...: stage k_sweep_drop2's runs for these K, one after the other (one core)
@@ -997,7 +1004,7 @@ kd_run() {  # kd_run K...: stage k_sweep_drop2's runs for these K, one after the
     for K in "$@"; do
         train "kd$K" --sigma 0.2 --budget-minutes "$K_BUDGET" --val-every 50 --n-val 64 --val-data holdout \
             --lr-step "$LR_STEP" --clip-grad 1.0 --start smooth --calibrate 32 "${GROW_FLOW[@]}" \
-            --flow "$RES/glow_celeba32_cos.pt" --K "$K" --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
+            --flow "$RES/glow_celeba32_cos.pt" --K "$K" "${DROP2[@]}" \
             --lr-schedule cosine --warmup 100 || true
     done
 }
@@ -1015,7 +1022,7 @@ stage_k_sweep_drop2() {
 }
 
 stage_drop2_net3_seed1() {  # stage drop2_net3 with another seed (one core)
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_net3_seed1 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_net3_seed1 "${DROP2[@]}" \
         --lr-net 3e-4 --seed 1
 }
 
@@ -1053,15 +1060,11 @@ budget_lane() {
     if [ -n "${BUDGET_SEED:-}" ]; then seed=(--seed "$BUDGET_SEED"); tag="_seed$BUDGET_SEED"; fi
     for b in "$@"; do
         if [ "$kind" = flow ]; then
-            cosine_k1 "flow_dn_k1_coup10_cos_drop2_cond_b$b$tag" --level-steps 8,8,0 --lr-coupling 1e-3 \
-                --cond-y --budget-minutes "$b" "${seed[@]}"
+            cosine_k1 "flow_dn_k1_coup10_cos_drop2_cond_b$b$tag" "${DROP2[@]}" --budget-minutes "$b" "${seed[@]}"
         elif [ "$kind" = untie ]; then
-            cosine_k1 "flow_dn_k1_coup10_cos_drop2_cond_untie_b$b$tag" --level-steps 8,8,0 --lr-coupling 1e-3 \
-                --cond-y --untie-inverse --budget-minutes "$b" "${seed[@]}"
+            cosine_k1 "flow_dn_k1_coup10_cos_drop2_cond_untie_b$b$tag" "${UNTIE[@]}" --budget-minutes "$b" "${seed[@]}"
         elif [ "$kind" = unet ]; then
-            train "unet_dn_k1_cos_m2_b$b$tag" "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 \
-                --lr-schedule cosine --warmup 100 --budget-minutes "$b" "${seed[@]}"
-            eval_test "unet_dn_k1_cos_m2_b$b$tag"
+            unet_cosine_k1 "unet_dn_k1_cos_m2_b$b$tag" --budget-minutes "$b" "${seed[@]}"
         else  # ResNet prox as in stage k1_m2_resnet (constant rate)
             train "resnet_dn_k1_m2_b$b$tag" "${PROTOCOL[@]}" "${RESNET[@]}" --lr-net "$LR_CNN" --K 1 \
                 --budget-minutes "$b" "${seed[@]}"
@@ -1111,7 +1114,7 @@ stage_cond_net_pair() {
     # machine ran slower on the day of stage cond_net than when drop2_cond ran (the plain flow prox's
     # step 8.9-11.2 CPU s per 100 in that session's other runs against 8.1), so only runs made at the same
     # time are compared
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_r2 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_r2 "${DROP2[@]}" &
     cosine_k1 flow_dn_k1_coup10_cos_drop2_cnet8_r2 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-net 8 &
     wait
 }
@@ -1144,20 +1147,16 @@ stage_untie() {
     # Stage drop2_cond with each fold's g the inverse of its own copy of the Glow (--untie-inverse): twice
     # the flow parameters for the same arithmetic per step, and no level that cancels between f and g.
     # Beside it, stage drop2_cond's run again (the machine's speed per step changes between sessions)
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
-        --untie-inverse &
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_r3 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie "${UNTIE[@]}" &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_r3 "${DROP2[@]}" &
     wait
 }
 
 stage_untie_unet() {
     # Stage untie's flow prox with seed 1, side by side with stage unet_cosine's U-Net prox again: the
     # untied flow prox against U-Net prox on the same day (one core each)
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_seed1 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
-        --untie-inverse --seed 1 &
-    { train unet_dn_k1_cos_m2_r2 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --lr-schedule cosine \
-        --warmup 100
-      eval_test unet_dn_k1_cos_m2_r2; } &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_seed1 "${UNTIE[@]}" --seed 1 &
+    unet_cosine_k1 unet_dn_k1_cos_m2_r2 &
     wait
 }
 
@@ -1166,8 +1165,7 @@ stage_untie_levers() {
     # the rest of each flow (ActNorm, 1x1 convolutions, split priors) at 3e-4 instead of 1e-4 (tied, f and
     # g moved those weights together and the gain cancelled), and a two-map conditioning network (9% per
     # step instead of stage cond_net's 29%); screened per step against stage untie's run (one core each)
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_net3 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
-        --untie-inverse --lr-net 3e-4 &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_net3 "${UNTIE[@]}" --lr-net 3e-4 &
     cosine_k1 flow_dn_k1_coup10_cos_drop2_untie_cnet2 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-net 2 \
         --untie-inverse &
     wait
@@ -1191,31 +1189,22 @@ stage_batch16() {
     # thread the flow prox's step is heavy in small operations that a larger batch shares out (per image,
     # its forward + backward + Adam costs 22% less at batch 16 than at 8, U-Net prox's 5%; at batch 32
     # neither gains more), so per image the flow prox costs 1.12x U-Net prox's instead of 1.35x
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_b16 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
-        --untie-inverse --batch 16 &
-    { train unet_dn_k1_cos_m2_b16 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --lr-schedule cosine \
-        --warmup 100 --batch 16
-      eval_test unet_dn_k1_cos_m2_b16; } &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_b16 "${UNTIE[@]}" --batch 16 &
+    unet_cosine_k1 unet_dn_k1_cos_m2_b16 --batch 16 &
     wait
 }
 
 stage_batch16_seed1() {  # stage batch16 with seed 1 (one core each)
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_b16_seed1 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
-        --untie-inverse --batch 16 --seed 1 &
-    { train unet_dn_k1_cos_m2_b16_seed1 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 \
-        --lr-schedule cosine --warmup 100 --batch 16 --seed 1
-      eval_test unet_dn_k1_cos_m2_b16_seed1; } &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_b16_seed1 "${UNTIE[@]}" --batch 16 --seed 1 &
+    unet_cosine_k1 unet_dn_k1_cos_m2_b16_seed1 --batch 16 --seed 1 &
     wait
 }
 
 stage_untie_unet_r2() {
     # Stage untie_unet again at batch 8 with seed 0, on the day of stage batch16 (the machine's speed per step
     # changes between sessions) and with Adam's fused kernel (one core each)
-    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_r2 --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y \
-        --untie-inverse &
-    { train unet_dn_k1_cos_m2_r3 "${PROTOCOL[@]}" "${UNET[@]}" --lr-net "$LR_CNN" --K 1 --lr-schedule cosine \
-        --warmup 100
-      eval_test unet_dn_k1_cos_m2_r3; } &
+    cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_r2 "${UNTIE[@]}" &
+    unet_cosine_k1 unet_dn_k1_cos_m2_r3 &
     wait
 }
 
@@ -1236,7 +1225,7 @@ task_k1() {
     for f in results.md results.json; do cp "$RUNS/eval_$name/$f" "$RES/tasks_${name}_$f"; done
     cp "$RUNS/$name/metrics.json" "$RES/tasks_train_$name.json"
 }
-TASK_FLOW=(--flow "$RES/glow_celeba32_cos.pt" "${GROW_FLOW[@]}" --level-steps 8,8,0 --lr-coupling 1e-3 --cond-y)
+TASK_FLOW=(--flow "$RES/glow_celeba32_cos.pt" "${GROW_FLOW[@]}" "${DROP2[@]}")
 
 stage_deblur_k1() {
     # Deblurring under the protocol Table 1's denoising runs have now, instead of stage tasks' K = 4 and 6
