@@ -6,9 +6,12 @@ pre-trained Glow, U-Net prox, ResNet prox; K = 4, batch 8, 3 x 32 x 32), and tim
 compiled call is timed on its own: it is the compilation, which a training budget in CPU minutes pays.
 Inductor compiles in this process (``compile_threads = 1``), so its CPU time is counted; dynamo may
 recompile each function up to ``--recompile-limit`` times (a Glow runs the same code at several shapes).
+With ``--models``, trained solvers (run folders of ``invprox train``) instead, each on its own task and
+training sigma (``step_cost.py`` measures the same files' other costs).
 
     python benchmarks/compile_step.py                    # writes results/compile_step_cpu.md
     python benchmarks/compile_step.py --prox flow --repeats 9
+    python benchmarks/compile_step.py --models runs/table1/unet_dn_k1_cos_m2 --tag trained
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from invprox.physics import make_physics  # noqa: E402
-from invprox.train.solver_setup import build_solver, load_flow  # noqa: E402
+from invprox.train.solver_setup import build_solver, load_flow, load_solver, task_physics  # noqa: E402
 
 from _common import describe_machine, machine_info, markdown_table, median, write_results  # noqa: E402
 from _harness import interleaved_times, start  # noqa: E402
@@ -47,29 +50,44 @@ def solver_for(prox: str, args) -> torch.nn.Module:
     return build_solver(cfg, phys, flow).train()
 
 
-def measure(prox: str, args) -> dict:
-    eager = solver_for(prox, args)
+def trained_solver(run: str, args):
+    """A trained solver (``run/solver.pt``), its operator, a batch of clean images and their measurements."""
+    solver, cfg = load_solver(os.path.join(run, "solver.pt"))
+    shape = (cfg["channels"], cfg["size"], cfg["size"])
+    g = torch.Generator().manual_seed(1)
+    op = task_physics(cfg["task"], shape, cfg["physics_options"], g)
+    x = torch.rand(args.batch, *shape, generator=g)
+    return solver.train(), op, x, op.measure(x, cfg["sigma"], g), cfg["prox"]
+
+
+def measure(prox: str, args, run: str | None = None) -> dict:
+    if run is None:
+        eager, op = solver_for(prox, args), None
+        g = torch.Generator().manual_seed(1)
+        x = torch.rand(args.batch, 3, args.size, args.size, generator=g)
+        y = x + 0.2 * torch.randn(x.shape, generator=g)
+    else:
+        eager, op, x, y, prox = trained_solver(run, args)
     compiled_module = copy.deepcopy(eager)
     compiled = torch.compile(compiled_module, backend=args.backend)
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(args.batch, 3, args.size, args.size, generator=g)
-    y = x + 0.2 * torch.randn(x.shape, generator=g)
+    call = (lambda model: model(y)) if op is None else (lambda model: model(y, op))
 
     def step(model, params):
         for p in params:
             p.grad = None
-        F.mse_loss(model(y), x).backward()
+        F.mse_loss(call(model), x).backward()
 
     c0, w0 = time.process_time(), time.perf_counter()
     step(compiled, list(compiled_module.parameters()))
     compile_cpu, compile_wall = time.process_time() - c0, time.perf_counter() - w0
     with torch.no_grad():  # the compiled module computes what the eager one does
-        err = float((compiled(y) - eager(y)).norm() / eager(y).norm())
+        err = float((call(compiled) - call(eager)).norm() / call(eager).norm())
     times = interleaved_times({"eager": partial(step, eager, list(eager.parameters())),
                                "compiled": partial(step, compiled, list(compiled_module.parameters()))},
                               args.repeats, warmup=1)
     med = {k: median(v["cpu"]) for k, v in times.items()}
-    return {"prox": prox, "eager_s": med["eager"], "compiled_s": med["compiled"],
+    name = prox if run is None else f"{os.path.basename(os.path.normpath(run))} ({prox})"
+    return {"prox": name, "eager_s": med["eager"], "compiled_s": med["compiled"],
             "speedup": med["eager"] / med["compiled"], "compile_cpu_s": compile_cpu,
             "compile_wall_s": compile_wall, "output_rel_err": err,
             "breakeven_steps": (compile_cpu / (med["eager"] - med["compiled"])
@@ -79,6 +97,8 @@ def measure(prox: str, args) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prox", nargs="+", default=list(PROX), choices=list(PROX))
+    p.add_argument("--models", nargs="+", default=None, metavar="RUN",
+                   help="trained solvers (run folders holding solver.pt) instead of --prox's recipes")
     p.add_argument("--flow", default=os.path.join(ROOT, "benchmarks", "results", "glow_celeba32_cos.pt"),
                    help="the pre-trained Glow of the flow prox")
     p.add_argument("--K", type=int, default=4)
@@ -92,6 +112,9 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="", help="suffix of the output files' names")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = p.parse_args(argv)
+    missing = [r for r in args.models or [] if not os.path.isfile(os.path.join(r, "solver.pt"))]
+    if missing:
+        p.error(f"no solver.pt in {', '.join(missing)}")
     start(args.threads)
     torch._inductor.config.compile_threads = 1  # compile in this process: its CPU time is counted
     # a Glow calls the same layer code at each level's channel count (and forward and inverse): without a
@@ -99,10 +122,11 @@ def main(argv=None) -> int:
     torch._dynamo.config.recompile_limit = args.recompile_limit
     torch._dynamo.config.accumulated_recompile_limit = max(256, 4 * args.recompile_limit)
     rows = []
-    for prox in args.prox:
-        r = measure(prox, args)
+    for prox, run in ([(None, m) for m in args.models] if args.models else [(x, None) for x in args.prox]):
+        r = measure(prox, args, run)
         rows.append(r)
-        print(f"{prox:7s} eager {r['eager_s']:.3f} s  compiled {r['compiled_s']:.3f} s  x{r['speedup']:.2f}  "
+        print(f"{r['prox']:7s} eager {r['eager_s']:.3f} s  compiled {r['compiled_s']:.3f} s  "
+              f"x{r['speedup']:.2f}  "
               f"compile {r['compile_cpu_s']:.0f} CPU s", flush=True)
     info = machine_info("cpu", threads=args.threads)
     table = markdown_table(
@@ -114,8 +138,11 @@ def main(argv=None) -> int:
           f"{r['output_rel_err']:.1e}"] for r in rows],
     )
     command = " ".join(["python benchmarks/compile_step.py", *(argv if argv is not None else sys.argv[1:])])
+    what = (f"trained solvers (each its own K, task and training sigma; random images in [0, 1]), batch "
+            f"{args.batch}" if args.models
+            else f"K = {args.K}, batch {args.batch}, 3 x {args.size} x {args.size}")
     md = (f"# torch.compile of a Table 1 training step (cpu, backend {args.backend})\n\n"
-          f"K = {args.K}, batch {args.batch}, 3 x {args.size} x {args.size}; forward + MSE + backward, "
+          f"{what}; forward + MSE + backward, "
           f"process CPU time, eager and compiled interleaved, median of {args.repeats}; the first "
           f"compiled call (the compilation) timed apart. {describe_machine(info)}\n\n"
           f"Command: `{command}`\n\n{table}\n")

@@ -172,3 +172,52 @@ def test_adapt_choice_picks_exponents_on_validation_images_and_tests_them(tiny_d
     assert chosen[0]["mean"] == best
     assert set(flow["test"]) == {"as trained", f"P = {flow['chosen']['P']:g}, Q = {flow['chosen']['Q']:g}"}
     assert "| flow | as trained |" in (tmp_path / "a.md").read_text()
+
+
+def test_step_cost_times_and_profiles_trained_solvers(tiny_data, tmp_path):
+    from invprox.train.solver_train import train_solver
+
+    common = dict(size=8, channels=1, K=1, batch=4, max_steps=1, progress=False, log=lambda s: None)
+    train_solver(str(tiny_data["data"]), str(tmp_path / "flow"), flow=tiny_data["flow"], calibrate=4,
+                 **common)
+    train_solver(str(tiny_data["data"]), str(tmp_path / "unet"), prox="unet", features=4, depth=1, **common)
+    run("step_cost.py", str(tmp_path / "flow"), str(tmp_path / "unet"), "--data", tiny_data["data"], "--size",
+        "8", "--channels", "1", "--batches", "2", "4", "--repeats", "2", "--warmup", "0", "--profile-steps",
+        "1", "--out", str(tmp_path), "--stem", "s")
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert [r["prox"] for r in rows] == ["flow", "unet"]
+    for r in rows:
+        assert [c["batch"] for c in r["batch"]] == [2, 4] and all(c["ms_step"] > 0 for c in r["batch"])
+        assert all(r["adam"][k] > 0 for k in ("loop", "foreach", "fused", "step_fused"))
+        assert r["bf16"]["float32_ms"] > 0 and 0 < r["bf16"]["output_rel_err"] < 0.1
+        share = r["profile"]["share"]
+        assert abs(sum(share.values()) - 1) < 1e-9 and share["convolution"] > 0 and share["Adam"] > 0
+    md = (tmp_path / "s.md").read_text()
+    assert "## Adam's step alone (batch 2)" in md and "| flow (flow, K 1," in md
+    with pytest.raises(AssertionError, match="no solver.pt"):
+        run("step_cost.py", str(tmp_path))
+
+
+def test_step_cost_sorts_profiler_ops_by_kind():
+    sys.path.insert(0, str(BENCH))
+    from step_cost import op_kind
+
+    expected = {"aten::mkldnn_convolution": "convolution", "aten::convolution_backward": "convolution",
+                "aten::addmm": "matrix product", "aten::linalg_lu_factor_ex": "matrix product",
+                "aten::bmm": "matrix product", "aten::_fused_adam_": "Adam",
+                "aten::convert_element_type": "other", "aten::mul": "other",
+                "aten::upsample_bilinear2d": "other", "aten::sum": "other"}
+    assert {n: op_kind(n) for n in expected} == expected
+
+
+def test_compile_step_takes_trained_solvers(tiny_data, tmp_path):
+    from invprox.train.solver_train import train_solver
+
+    train_solver(str(tiny_data["data"]), str(tmp_path / "unet"), prox="unet", features=4, depth=1, size=8,
+                 channels=1, K=1, batch=4, max_steps=1, progress=False, log=lambda s: None)
+    run("compile_step.py", "--backend", "eager", "--batch", "2", "--repeats", "1", "--models",
+        str(tmp_path / "unet"), "--out", str(tmp_path), "--tag", "t")
+    res = json.loads((tmp_path / "compile_step_cpu_t.json").read_text())
+    assert [r["prox"] for r in res["rows"]] == ["unet (unet)"]
+    assert res["rows"][0]["compiled_s"] > 0 and res["rows"][0]["output_rel_err"] < 1e-5
+    assert "trained solvers" in (tmp_path / "compile_step_cpu_t.md").read_text()
