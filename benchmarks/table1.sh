@@ -65,6 +65,7 @@
 #     benchmarks/table1.sh unet_seed1_m2 coupling_cosine_seed1   # U-Net prox (stage k1_m2) and the flow
 #                                           # prox of stage coupling_cosine with seed 1 (one core each)
 #     benchmarks/table1.sh cosine_m2        # stage coupling_cosine's schedule with every network at 1e-4
+#     benchmarks/table1.sh paired           # paired per-image differences, flow prox vs U-Net prox (seconds)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -1158,6 +1159,35 @@ stage_untie_unet() {
     cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_seed1 "${UNTIE[@]}" --seed 1 &
     unet_cosine_k1 unet_dn_k1_cos_m2_r2 &
     wait
+}
+
+paired() {
+    # paired STEM NAME_A NAME_B "RUN_A..." "RUN_B...": benchmarks/paired_diff.py on the evaluations of the runs
+    # that exist (per-image differences on the 600 test faces, bootstrap intervals; results/STEM.{md,json})
+    local stem=$1 na=$2 nb=$3 m a=() b=()
+    for m in $4; do [ -f "$RUNS/eval_$m/per_image.csv" ] && a+=("$RUNS/eval_$m"); done
+    for m in $5; do [ -f "$RUNS/eval_$m/per_image.csv" ] && b+=("$RUNS/eval_$m"); done
+    if [ ${#a[@]} -eq 0 ] || [ ${#b[@]} -eq 0 ]; then
+        echo "paired $stem: no evaluations of $na or $nb" >&2
+        return
+    fi
+    timed "paired $stem" "$PY" benchmarks/paired_diff.py --a "${a[@]}" --b "${b[@]}" --names "$na" "$nb" \
+        --out "$RES" --stem "$stem"
+}
+
+stage_paired() {
+    # Is U-Net prox's lead at the training noise larger than the test faces and the seeds let it be? Paired
+    # per-image differences with bootstrap intervals: the untied flow prox's 25-minute runs (stages untie,
+    # untie_unet, untie_unet_r2) against U-Net prox's (unet_cosine, unet_cosine_seed1, untie_unet,
+    # untie_unet_r2), at batch 16 (batch16, batch16_seed1), at 100 CPU minutes (budget_100), and the tasks
+    # (tasks_k1_untie against deblur_k1 / tasks_k1_inpainting's U-Net prox)
+    local t=flow_dn_k1_coup10_cos_drop2_cond_untie u=unet_dn_k1_cos_m2
+    local f="flow prox, untied" n="U-Net prox"
+    paired table1_paired_untie_unet "$f" "$n" "$t ${t}_seed1 ${t}_r2" "$u ${u}_seed1 ${u}_r2 ${u}_r3"
+    paired table1_paired_b16 "$f" "$n" "${t}_b16 ${t}_b16_seed1" "${u}_b16 ${u}_b16_seed1"
+    paired table1_paired_b100 "$f" "$n" "${t}_b100" "${u}_b100"
+    paired tasks_paired_deblurring "$f" "$n" flow_deblurring_k1_untie unet_deblurring_k1
+    paired tasks_paired_inpainting "$f" "$n" flow_inpainting_k1_untie unet_inpainting_k1
 }
 
 stage_untie_levers() {

@@ -221,3 +221,45 @@ def test_compile_step_takes_trained_solvers(tiny_data, tmp_path):
     assert [r["prox"] for r in res["rows"]] == ["unet (unet)"]
     assert res["rows"][0]["compiled_s"] > 0 and res["rows"][0]["output_rel_err"] < 1e-5
     assert "trained solvers" in (tmp_path / "compile_step_cpu_t.md").read_text()
+
+
+def _fake_eval(folder: Path, method: str, psnr, seed: int = 0) -> str:
+    """An `invprox eval` output folder with per-image PSNR `psnr[sigma]` for `method` (and a noisy input)."""
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(
+        {"task": "denoising", "data": "d", "split": "val", "n_images": len(next(iter(psnr.values()))),
+         "seed": seed, "methods": [method, "noisy input"]}))
+    lines = ["method,sigma,index,psnr,ssim"]
+    for sigma, vals in psnr.items():
+        for i, v in enumerate(vals):
+            lines += [f"{method},{sigma},{i},{v},{v / 100}", f"noisy input,{sigma},{i},{v - 5},0.1"]
+    (folder / "per_image.csv").write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+def test_paired_diff_pairs_images_and_averages_seeds(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = {0.1: 30 + rng.normal(size=200), 0.2: 25 + rng.normal(size=200)}
+    a1 = _fake_eval(tmp_path / "a1", "flow", {s: v + 0.2 for s, v in base.items()})
+    a2 = _fake_eval(tmp_path / "a2", "flow", {s: v + 0.4 for s, v in base.items()})
+    b = _fake_eval(tmp_path / "b", "unet", {s: v + rng.normal(scale=0.05, size=200) for s, v in base.items()})
+    run("paired_diff.py", "--a", a1, a2, "--b", b, "--resamples", "500", "--out", str(tmp_path),
+        "--stem", "p")
+    res = json.loads((tmp_path / "p.json").read_text())
+    for row in res["rows"]:
+        p = row["psnr"]
+        assert abs(p["diff"] - 0.3) < 0.02 and p["ci95"][0] < p["diff"] < p["ci95"][1] < 0.32
+        assert p["a_ahead"] > 0.99 and [round(x, 1) for x in p["run_pairs"]] == [0.2, 0.4]
+    # another method of the same folder: the noisy input is 5 dB below
+    run("paired_diff.py", "--a", f"{b}@noisy input", "--b", b, "--resamples", "100", "--out", str(tmp_path),
+        "--stem", "n")
+    rows = json.loads((tmp_path / "n.json").read_text())["rows"]
+    assert all(abs(r["psnr"]["diff"] + 5) < 1e-9 for r in rows)
+    other = _fake_eval(tmp_path / "c", "unet", base, seed=3)  # another noise draw: not paired
+    for args, msg in [(["--a", a1, "--b", other], "not paired"),
+                      (["--a", f"{a1}@bm3d", "--b", b], "no method"),
+                      (["--a", str(tmp_path), "--b", b], "no results.json")]:
+        with pytest.raises(AssertionError, match=msg):
+            run("paired_diff.py", *args)
