@@ -27,6 +27,7 @@ import csv
 import itertools
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -155,7 +156,8 @@ def main(argv: List[str] | None = None) -> int:
     if args.resamples < 100:
         p.error(f"--resamples must be >= 100, got {args.resamples}")
     res = compare(args.a, args.b, args.resamples, args.seed)
-    command = " ".join(["python benchmarks/paired_diff.py", *(argv if argv is not None else sys.argv[1:])])
+    args_given = argv if argv is not None else sys.argv[1:]
+    command = shlex.join(["python", "benchmarks/paired_diff.py", *args_given])
     md = report(res, args.names, command)
     if args.out:
         write_results(args.out, args.stem, {**res, "names": args.names, "command": command}, md)

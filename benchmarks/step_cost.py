@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections import defaultdict
 from functools import partial
@@ -228,7 +229,8 @@ def main(argv: List[str] | None = None) -> int:
         rows.append(measure(Path(run), xt[:max(args.batches)], args))
         print(f"{run}: done", flush=True)
     info = machine_info("cpu", threads=args.threads)
-    command = " ".join(["python benchmarks/step_cost.py", *(argv if argv is not None else sys.argv[1:])])
+    args_given = argv if argv is not None else sys.argv[1:]
+    command = shlex.join(["python", "benchmarks/step_cost.py", *args_given])
     md = report(rows, args, info, command)
     if args.out:
         write_results(args.out, args.stem, {"machine": info, "command": command, "rows": rows}, md)
