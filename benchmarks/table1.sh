@@ -66,6 +66,7 @@
 #                                           # prox of stage coupling_cosine with seed 1 (one core each)
 #     benchmarks/table1.sh cosine_m2        # stage coupling_cosine's schedule with every network at 1e-4
 #     benchmarks/table1.sh paired           # paired per-image differences, flow prox vs U-Net prox (seconds)
+#     benchmarks/table1.sh step_cost        # a trained solver's step: batch, Adam, bf16, profile, compile
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -1162,8 +1163,8 @@ stage_untie_unet() {
 }
 
 paired() {
-    # paired STEM NAME_A NAME_B "RUN_A..." "RUN_B...": benchmarks/paired_diff.py on the evaluations of the runs
-    # that exist (per-image differences on the 600 test faces, bootstrap intervals; results/STEM.{md,json})
+    # paired STEM NAME_A NAME_B "RUN_A..." "RUN_B...": benchmarks/paired_diff.py on the evaluations of the
+    # runs that exist (per-image differences on the 600 test faces, bootstrap intervals; results/STEM.{md,json})
     local stem=$1 na=$2 nb=$3 m a=() b=()
     for m in $4; do [ -f "$RUNS/eval_$m/per_image.csv" ] && a+=("$RUNS/eval_$m"); done
     for m in $5; do [ -f "$RUNS/eval_$m/per_image.csv" ] && b+=("$RUNS/eval_$m"); done
@@ -1188,6 +1189,18 @@ stage_paired() {
     paired table1_paired_b100 "$f" "$n" "${t}_b100" "${u}_b100"
     paired tasks_paired_deblurring "$f" "$n" flow_deblurring_k1_untie unet_deblurring_k1
     paired tasks_paired_inpainting "$f" "$n" flow_inpainting_k1_untie unet_inpainting_k1
+}
+
+stage_step_cost() {
+    # What a training step of the trained one-fold solvers costs and where it goes (benchmarks/step_cost.py:
+    # the step at batch 8 / 16 / 32, Adam's step alone, bf16 autocast, a profile) and what torch.compile
+    # does to it (compile_step.py --models); the untied flow prox of stage untie_unet_r2, its U-Net prox, and
+    # stage k1_m2_resnet's ResNet prox; the two scripts side by side (one core each)
+    local m=("$RUNS/flow_dn_k1_coup10_cos_drop2_cond_untie_r2" "$RUNS/unet_dn_k1_cos_m2_r3"
+             "$RUNS/resnet_dn_k1_m2")
+    timed "step_cost" "$PY" benchmarks/step_cost.py "${m[@]}" --out "$RES" --stem table1_step_cost &
+    timed "compile_step trained" "$PY" benchmarks/compile_step.py --models "${m[@]:0:2}" --tag table1 &
+    wait
 }
 
 stage_untie_levers() {
