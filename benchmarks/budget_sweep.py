@@ -4,7 +4,7 @@ Reads the tested runs of ``benchmarks/table1.sh`` (``runs/table1/<run>/metrics.j
 and CPU time; ``runs/table1/eval_<run>/results.json`` for the mean test PSNR at each sigma) and writes
 
 * ``benchmarks/results/<stem>.md`` / ``.json``: per solver and budget, the steps done and the test PSNR at
-  every sigma; per budget, the first solver's lead over each other at every sigma;
+  every sigma; per budget, each solver's lead over each one listed after it at every sigma;
 * ``benchmarks/results/<stem>.png``: test PSNR against the budget (CPU minutes), one line per solver, one
   panel per sigma.
 
@@ -67,28 +67,32 @@ def by_budget(rows: List[Dict[str, Any]]) -> Dict[float, Dict[float, float]]:
 
 
 def report(series: Dict[str, List[Dict[str, Any]]]) -> Tuple[str, List[float]]:
-    """The markdown tables (every run, then the first series' lead at every budget they share, on the
-    means over the runs at a budget)."""
+    """The markdown tables (every run, then each series' lead over each later one at every budget they
+    share, on the means over the runs at a budget)."""
     sigmas = sorted({s for rows in series.values() for row in rows for s in row["psnr"]})
-    head = ["solver", "run", "budget (CPU min)", "steps", *[f"sigma {s:g}" for s in sigmas]]
+    head = ["solver", "run", "budget (CPU min)", "used (CPU min)", "steps", *[f"sigma {s:g}" for s in sigmas]]
     body = []
     for label, rows in series.items():
         for row in rows:
-            body.append([label, f"`{row['run']}`", f"{row['budget_min']:g}", f"{row['steps']:,}",
+            used = "-" if row["train_cpu_s"] is None else f"{row['train_cpu_s'] / 60:.1f}"
+            body.append([label, f"`{row['run']}`", f"{row['budget_min']:g}", used, f"{row['steps']:,}",
                          *[f"{row['psnr'][s]:.2f}" if s in row["psnr"] else "-" for s in sigmas]])
     md = markdown_table(head, body, align="ll" + "r" * (len(head) - 2))
+    md += ("\n'used': the CPU minutes of training steps the run took; below its budget where it stopped "
+           "first (its epoch limit).\n")
     labels = list(series)
     if len(labels) > 1:
-        first = by_budget(series[labels[0]])
+        means = {label: by_budget(series[label]) for label in labels}
         lead = []
-        for other in labels[1:]:
-            for b, theirs in by_budget(series[other]).items():
-                mine = first.get(b)
-                if mine is None:
-                    continue
-                lead.append([f"{labels[0]} - {other}", f"{b:g}",
-                             *[f"{mine[s] - theirs[s]:+.2f}" if s in mine and s in theirs else "-"
-                               for s in sigmas]])
+        for i, one in enumerate(labels):
+            for other in labels[i + 1:]:
+                for b, theirs in means[other].items():
+                    mine = means[one].get(b)
+                    if mine is None:
+                        continue
+                    lead.append([f"{one} - {other}", f"{b:g}",
+                                 *[f"{mine[s] - theirs[s]:+.2f}" if s in mine and s in theirs else "-"
+                                   for s in sigmas]])
         if lead:
             md += "\nLead (dB) at the same budget (means over the runs at a budget):\n\n" + markdown_table(
                 ["", "budget (CPU min)", *[f"sigma {s:g}" for s in sigmas]], lead)

@@ -263,3 +263,29 @@ def test_paired_diff_pairs_images_and_averages_seeds(tmp_path):
                       (["--a", str(tmp_path), "--b", b], "no results.json")]:
         with pytest.raises(AssertionError, match=msg):
             run("paired_diff.py", *args)
+
+
+def _fake_run(runs: Path, name: str, budget: float, cpu_s: float, psnr: float) -> str:
+    """A trained and tested run as budget_sweep.py reads it: metrics.json and eval_<name>/results.json."""
+    (runs / name).mkdir(parents=True)
+    (runs / name / "metrics.json").write_text(json.dumps(
+        {"config": {"budget_minutes": budget}, "steps": int(cpu_s * 10), "train_cpu_s": cpu_s}))
+    (runs / f"eval_{name}").mkdir()
+    (runs / f"eval_{name}" / "results.json").write_text(json.dumps(
+        {"n_images": 600, "mean": {name: {"0.2": {"psnr": psnr}, "0.25": {"psnr": psnr - 1}}}}))
+    return name
+
+
+def test_budget_sweep_leads_of_every_pair_and_the_budget_used(tmp_path):
+    runs = tmp_path / "runs"
+    a = [_fake_run(runs, f"a{b}", b, 60 * b, 25 + b / 100) for b in (5, 100)]
+    b = [_fake_run(runs, f"b{b}", b, 60 * b * (0.7 if b == 100 else 1), 25.5) for b in (5, 100)]
+    c = [_fake_run(runs, "c5", 5, 300, 24)]
+    out = run("budget_sweep.py", "--runs-dir", str(runs), "--out", str(tmp_path), "--stem", "s", "--no-plot",
+              "--series", "A=" + ",".join(a), "--series", "B=" + ",".join(b), "--series",
+              "C=" + ",".join(c)).stdout
+    assert "| B | `b100` | 100 | 70.0 | 42,000 | 25.50 | 24.50 |" in out  # stopped at 70 of 100 minutes
+    leads = {tuple(cell.strip() for cell in line.split("|")[1:3]): line.split("|")[3].strip()
+             for line in out.splitlines() if " - " in line and line.startswith("| ")}
+    assert leads == {("A - B", "5"): "-0.45", ("A - B", "100"): "+0.50", ("A - C", "5"): "+1.05",
+                     ("B - C", "5"): "+1.50"}
