@@ -67,7 +67,8 @@
 #     benchmarks/table1.sh cosine_m2        # stage coupling_cosine's schedule with every network at 1e-4
 #     benchmarks/table1.sh paired           # paired per-image differences, flow prox vs U-Net prox (seconds)
 #     benchmarks/table1.sh step_cost        # a trained solver's step: batch, Adam, bf16, profile, compile
-#     benchmarks/table1.sh budget_150_flow  # the untied flow prox, 150 CPU min (~2 h 50 min; resumes if cut)
+#     benchmarks/table1.sh budget_150       # untied flow prox and U-Net prox, 150 CPU min (~2 h 50 min;
+#                                           # longer than a session: run again to continue from checkpoints)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -1094,10 +1095,10 @@ stage_budget_sweep() {
 
 stage_budget_report() {
     # Test PSNR against the budget (benchmarks/budget_sweep.py): the runs of stages budget_sweep,
-    # budget_resnet, budget_5_seed1, budget_50 and budget_100 where present, and the 25-minute runs of stages
-    # drop2_cond(_seed1), untie / untie_unet, unet_cosine(_seed1) and k1_m2_resnet
+    # budget_resnet, budget_5_seed1, budget_50, budget_100 and budget_150 where present, and the 25-minute
+    # runs of stages drop2_cond(_seed1), untie / untie_unet, unet_cosine(_seed1) and k1_m2_resnet
     local b flow=() untie=() unet=() resnet=()
-    for b in 5 10 25 50 100; do
+    for b in 5 10 25 50 100 150; do
         local f=flow_dn_k1_coup10_cos_drop2_cond_b$b u=unet_dn_k1_cos_m2_b$b r=resnet_dn_k1_m2_b$b
         local t=flow_dn_k1_coup10_cos_drop2_cond_untie_b$b
         [ "$b" = 25 ] && f=flow_dn_k1_coup10_cos_drop2_cond && u=unet_dn_k1_cos_m2 && r=resnet_dn_k1_m2 \
@@ -1152,14 +1153,29 @@ stage_budget_100() {
     stage_budget_report
 }
 
-stage_budget_150_flow() {
-    # Stage budget_100's untied flow prox for 150 CPU minutes (one core; ~2 h 50 min, longer than a session:
-    # run again, it continues from the run's checkpoint on the same schedule). U-Net prox's test PSNR at
-    # sigma 0.20 stopped moving by 25 CPU minutes (25.90 / 25.92 / 25.91 at 25 / 50 / 100; the 100-minute
-    # run stopped at its epoch limit after 69), the flow prox's did not (25.71 at 25, three runs; 25.85 at
-    # 100): does it pass 25.91? --epochs 200: 150 minutes are more than 100 epochs of this recipe
+stage_budget_150() {
+    # Stage budget_100 for 150 CPU minutes, with epoch limits the budget reaches first (U-Net prox's
+    # 100-minute run stopped at its 100-epoch limit after 69 minutes; 150 minutes are ~75,000 steps of the
+    # flow prox, under 200 epochs, and ~130,000 of U-Net prox). U-Net prox's test PSNR at
+    # sigma 0.20 stopped moving by 25 CPU minutes (25.90 / 25.92 / 25.91 at 25 / 50 / 100), the untied flow
+    # prox's did not (25.71 at 25, three runs; 25.85 at 100): does it pass U-Net prox? One core each, ~2 h
+    # 50 min: longer than a session; run again, each run continues from its checkpoint on the same schedule
+    # (the two halves were started apart: stage budget_150_flow, then budget_150_unet)
+    stage_budget_150_flow &
+    stage_budget_150_unet &
+    wait
+    timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b150 \
+        unet_dn_k1_cos_m2_b150 --stem table1_b150
+    stage_budget_report
+}
+
+stage_budget_150_flow() {  # stage budget_150's flow prox (one core; continues from its checkpoint)
     RESUME=1 cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_b150 "${UNTIE[@]}" --budget-minutes 150 \
         --epochs 200
+}
+
+stage_budget_150_unet() {  # stage budget_150's U-Net prox (one core; continues from its checkpoint)
+    RESUME=1 unet_cosine_k1 unet_dn_k1_cos_m2_b150 --budget-minutes 150 --epochs 1000
 }
 
 stage_untie() {
@@ -1181,7 +1197,8 @@ stage_untie_unet() {
 
 paired() {
     # paired STEM NAME_A NAME_B "RUN_A..." "RUN_B...": benchmarks/paired_diff.py on the evaluations of the
-    # runs that exist (per-image differences on the 600 test faces, bootstrap intervals; results/STEM.{md,json})
+    # runs that exist (per-image differences on the 600 test faces, bootstrap intervals;
+    # results/STEM.{md,json})
     local stem=$1 na=$2 nb=$3 m a=() b=()
     for m in $4; do [ -f "$RUNS/eval_$m/per_image.csv" ] && a+=("$RUNS/eval_$m"); done
     for m in $5; do [ -f "$RUNS/eval_$m/per_image.csv" ] && b+=("$RUNS/eval_$m"); done
