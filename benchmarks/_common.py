@@ -23,6 +23,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -35,9 +36,13 @@ from invprox.core.memory import peak_rss_bytes, reset_peak_rss, rss_now_bytes, r
 
 __all__ = [
     "CHILD_TAG",
+    "command_line",
     "ctx_held",
     "storage_key",
     "child_report",
+    "load_trained_solver",
+    "missing_solvers",
+    "trained_task",
     "fmt_bytes",
     "machine_info",
     "markdown_table",
@@ -343,3 +348,28 @@ def load_trained_solver(run: str, last: bool = False) -> Tuple[nn.Module, Dict[s
     if last:
         solver.load_state_dict(load_checkpoint(os.path.join(run, "checkpoint.pt"))["model"])
     return solver, cfg
+
+
+def missing_solvers(runs: Iterable[str]) -> List[str]:
+    """The run folders among ``runs`` that hold no ``solver.pt`` (for a parser error naming them)."""
+    return [r for r in runs if not os.path.isfile(os.path.join(r, "solver.pt"))]
+
+
+def trained_task(run: str, seed: int = 0) -> Tuple[nn.Module, Dict[str, Any], Any]:
+    """A trained solver of ``invprox train`` in training mode, its config, and the operator of the task it
+    was trained for (``task_physics`` of its config; random parts, e.g. an inpainting mask, drawn with
+    ``seed``). The caller chooses the images and draws the measurements (``op.measure``)."""
+    from invprox.train.solver_setup import task_physics
+
+    solver, cfg = load_trained_solver(run)
+    shape = (cfg["channels"], cfg["size"], cfg["size"])
+    op = task_physics(cfg["task"], shape, cfg["physics_options"], torch.Generator().manual_seed(seed))
+    return solver.train(), cfg, op
+
+
+def command_line(script: str, argv: Optional[Sequence[str]] = None) -> str:
+    """The command that ran the benchmark ``script`` (its ``__file__``) with ``argv`` (default: this
+    process's arguments), from the repository root and shell-quoted, so that it can be pasted back as is."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", os.path.relpath(os.path.abspath(script), root), *args])

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from invprox.train.evaluate import evaluate  # noqa: E402
 from invprox.train.solver_setup import load_solver  # noqa: E402
 
-from _common import describe_machine, machine_info, markdown_table, write_results  # noqa: E402
+from _common import command_line, describe_machine, machine_info, markdown_table, write_results  # noqa: E402
 
 
 def _mean_psnr(path: str, name: str, out: str, split: str, sigmas: List[float], p: float, q: float,
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
                                       "test": test}
             print(f"{name}: chose P = {p:g}, Q = {q:g}", flush=True)
     info = machine_info("cpu")
-    command = " ".join(["python benchmarks/adapt_choice.py", *(argv or sys.argv[1:])])
+    command = command_line(__file__, argv)
     md = (f"# Noise-level adaptation chosen on held-out images, then tested\n\n"
           f"Exponents (P: smooth start, Q: flow prox's shrinkage) chosen per solver from {args.grid} by the "
           f"mean PSNR over the noise levels on the images each solver was validated on in training "

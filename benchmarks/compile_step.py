@@ -28,9 +28,18 @@ from torch.nn import functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from invprox.physics import make_physics  # noqa: E402
-from invprox.train.solver_setup import build_solver, load_flow, load_solver, task_physics  # noqa: E402
+from invprox.train.solver_setup import build_solver, load_flow  # noqa: E402
 
-from _common import describe_machine, machine_info, markdown_table, median, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    command_line,
+    describe_machine,
+    machine_info,
+    markdown_table,
+    median,
+    missing_solvers,
+    trained_task,
+    write_results,
+)
 from _harness import interleaved_times, start  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,13 +60,12 @@ def solver_for(prox: str, args) -> torch.nn.Module:
 
 
 def trained_solver(run: str, args):
-    """A trained solver (``run/solver.pt``), its operator, a batch of clean images and their measurements."""
-    solver, cfg = load_solver(os.path.join(run, "solver.pt"))
-    shape = (cfg["channels"], cfg["size"], cfg["size"])
+    """A trained solver (``run/solver.pt``), its operator, a batch of random images in [0, 1] (timing only:
+    the images' content does not change the step's cost) and their measurements at its training sigma."""
+    solver, cfg, op = trained_task(run, seed=1)
     g = torch.Generator().manual_seed(1)
-    op = task_physics(cfg["task"], shape, cfg["physics_options"], g)
-    x = torch.rand(args.batch, *shape, generator=g)
-    return solver.train(), op, x, op.measure(x, cfg["sigma"], g), cfg["prox"]
+    x = torch.rand(args.batch, cfg["channels"], cfg["size"], cfg["size"], generator=g)
+    return solver, op, x, op.measure(x, cfg["sigma"], g), cfg["prox"]
 
 
 def measure(prox: str, args, run: str | None = None) -> dict:
@@ -112,7 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="", help="suffix of the output files' names")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
     args = p.parse_args(argv)
-    missing = [r for r in args.models or [] if not os.path.isfile(os.path.join(r, "solver.pt"))]
+    missing = missing_solvers(args.models or [])
     if missing:
         p.error(f"no solver.pt in {', '.join(missing)}")
     start(args.threads)
@@ -137,7 +145,7 @@ def main(argv=None) -> int:
           "never" if r["breakeven_steps"] is None else f"{r['breakeven_steps']:.0f}",
           f"{r['output_rel_err']:.1e}"] for r in rows],
     )
-    command = " ".join(["python benchmarks/compile_step.py", *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     what = (f"trained solvers (each its own K, task and training sigma; random images in [0, 1]), batch "
             f"{args.batch}" if args.models
             else f"K = {args.K}, batch {args.batch}, 3 x {args.size} x {args.size}")

@@ -86,6 +86,7 @@ import invprox  # noqa: E402
 
 from _common import (  # noqa: E402
     child_report,
+    command_line,
     describe_machine,
     fmt_bytes,
     machine_info,
@@ -344,9 +345,7 @@ def main(argv=None) -> None:
     memcnn = import_memcnn()
     payload = {
         "benchmark": "engine_depth",
-        "command": "python " + " ".join(
-            [os.path.relpath(os.path.abspath(__file__))] + (sys.argv[1:] if argv is None else list(argv))
-        ),
+        "command": command_line(__file__, argv),
         "machine": machine_info(args.device, memcnn=getattr(memcnn, "__version__", None),
                                 invprox=invprox.__version__),
         "config": {

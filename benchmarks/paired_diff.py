@@ -27,7 +27,6 @@ import csv
 import itertools
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -35,7 +34,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, write_results  # noqa: E402
+from _common import command_line, markdown_table, write_results  # noqa: E402
 
 METRICS = ("psnr", "ssim")
 
@@ -156,8 +155,7 @@ def main(argv: List[str] | None = None) -> int:
     if args.resamples < 100:
         p.error(f"--resamples must be >= 100, got {args.resamples}")
     res = compare(args.a, args.b, args.resamples, args.seed)
-    args_given = argv if argv is not None else sys.argv[1:]
-    command = shlex.join(["python", "benchmarks/paired_diff.py", *args_given])
+    command = command_line(__file__, argv)
     md = report(res, args.names, command)
     if args.out:
         write_results(args.out, args.stem, {**res, "names": args.names, "command": command}, md)

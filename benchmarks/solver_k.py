@@ -84,6 +84,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import invprox  # noqa: E402
 
 from _common import (  # noqa: E402
+    command_line,
     fmt_bytes,
     machine_info,
     median,
@@ -346,8 +347,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     payload: Dict[str, Any] = {
         "benchmark": "solver_k",
-        "command": "python " + " ".join(
-            [os.path.relpath(os.path.abspath(__file__))] + (sys.argv[1:] if argv is None else list(argv))),
+        "command": command_line(__file__, argv),
         "machine": machine_info(args.device, memcnn=getattr(import_memcnn(), "__version__", None),
                                 invprox=invprox.__version__),
         "config": {k: v for k, v in vars(args).items() if k not in ("child",)},

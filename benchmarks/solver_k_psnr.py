@@ -49,7 +49,7 @@ from invprox.metrics import psnr  # noqa: E402
 from invprox.physics import make_physics  # noqa: E402
 from invprox.solvers.flow_prox import FlowProxSolver  # noqa: E402
 
-from _common import describe_machine, machine_info, markdown_table, write_results  # noqa: E402
+from _common import command_line, describe_machine, machine_info, markdown_table, write_results  # noqa: E402
 from _harness import git_commit  # noqa: E402
 from solver_runner import fix_channel_range  # noqa: E402
 
@@ -263,8 +263,7 @@ def main(argv=None) -> None:
     rows = [train_k(args, glow, K, xt, xv, yv) for K in args.ks]
     payload = {
         "benchmark": "solver_k_psnr",
-        "command": "python " + " ".join(
-            [os.path.relpath(os.path.abspath(__file__))] + (sys.argv[1:] if argv is None else list(argv))),
+        "command": command_line(__file__, argv),
         "machine": machine_info("cpu", invprox=invprox.__version__),
         "git_commit": git_commit(),
         "config": dict(vars(args), n_train=len(xt), n_val=len(xv)),

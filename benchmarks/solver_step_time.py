@@ -26,7 +26,7 @@ from invprox.flows import Glow  # noqa: E402
 from invprox.physics import make_physics  # noqa: E402
 from invprox.solvers import FlowProxSolver  # noqa: E402
 
-from _common import describe_machine, machine_info, markdown_table, median, write_results  # noqa: E402
+from _common import command_line, describe_machine, machine_info, markdown_table, median, write_results  # noqa: E402
 from _harness import interleaved_times  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         [[r["hidden"], r["batch"], r["policy"], r["blocks"], f"{r['invprox_s']:.3f}",
           f"{r['standard_s']:.3f}", f"{r['ratio']:.2f}"] for r in rows],
     )
-    command = " ".join(["python benchmarks/solver_step_time.py", *(argv or sys.argv[1:])])
+    command = command_line(__file__, argv)
     md = (f"# Flow-prox solver: time of one training step vs model size (cpu)\n\n"
           f"K = {args.K}, 3 x {args.size} x {args.size} images, "
           f"Glow {args.levels} levels x {args.steps} steps; "

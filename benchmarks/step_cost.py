@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 from collections import defaultdict
 from functools import partial
@@ -36,9 +35,17 @@ from torch import Tensor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from invprox.train.pretrain import load_images  # noqa: E402
-from invprox.train.solver_setup import load_solver, task_physics  # noqa: E402
 
-from _common import describe_machine, machine_info, markdown_table, median, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    command_line,
+    describe_machine,
+    machine_info,
+    markdown_table,
+    median,
+    missing_solvers,
+    trained_task,
+    write_results,
+)
 from _harness import interleaved_times, rel_err, start  # noqa: E402
 
 PROBES = ("batch", "adam", "bf16", "profile")
@@ -84,14 +91,11 @@ def med_ms(times: Dict[str, Dict[str, List[float]]], name: str) -> float:
 
 
 def measure(run: Path, images: Tensor, args) -> Dict[str, Any]:
-    solver, cfg = load_solver(run / "solver.pt")
-    solver.train()
+    solver, cfg, op = trained_task(str(run), args.seed)
     size, channels = cfg["size"], cfg["channels"]
     if images.shape[1:] != (channels, size, size):
         raise SystemExit(f"{run}: a solver for {channels} x {size} x {size} images; the faces loaded are "
                          f"{tuple(images.shape[1:])} (pass --size / --channels to match)")
-    g = torch.Generator().manual_seed(args.seed)
-    op = task_physics(cfg["task"], (channels, size, size), cfg["physics_options"], g)
     sigma = args.sigma if args.sigma is not None else cfg["sigma"]
     params = [p for p in solver.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in params)
@@ -217,7 +221,7 @@ def main(argv: List[str] | None = None) -> int:
     args = p.parse_args(argv)
     if any(b < 1 for b in args.batches) or args.repeats < 1 or args.warmup < 0 or args.profile_steps < 1:
         p.error("--batches and --repeats need values >= 1, --warmup >= 0, --profile-steps >= 1")
-    missing = [r for r in args.runs if not (Path(r) / "solver.pt").is_file()]
+    missing = missing_solvers(args.runs)
     if missing:
         p.error(f"no solver.pt in {', '.join(missing)}")
     start(args.threads)
@@ -229,8 +233,7 @@ def main(argv: List[str] | None = None) -> int:
         rows.append(measure(Path(run), xt[:max(args.batches)], args))
         print(f"{run}: done", flush=True)
     info = machine_info("cpu", threads=args.threads)
-    args_given = argv if argv is not None else sys.argv[1:]
-    command = shlex.join(["python", "benchmarks/step_cost.py", *args_given])
+    command = command_line(__file__, argv)
     md = report(rows, args, info, command)
     if args.out:
         write_results(args.out, args.stem, {"machine": info, "command": command, "rows": rows}, md)

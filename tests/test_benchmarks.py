@@ -220,7 +220,28 @@ def test_compile_step_takes_trained_solvers(tiny_data, tmp_path):
     res = json.loads((tmp_path / "compile_step_cpu_t.json").read_text())
     assert [r["prox"] for r in res["rows"]] == ["unet (unet)"]
     assert res["rows"][0]["compiled_s"] > 0 and res["rows"][0]["output_rel_err"] < 1e-5
-    assert "trained solvers" in (tmp_path / "compile_step_cpu_t.md").read_text()
+    md = (tmp_path / "compile_step_cpu_t.md").read_text()
+    assert "trained solvers" in md
+    assert "Command: `python benchmarks/compile_step.py --backend eager --batch 2" in md
+
+
+def test_command_line_reads_back_as_the_arguments_given(tmp_path):
+    """The command a result file records is the one that ran: shell-quoted, from the repository root, and
+    an empty argument list stays empty (``argv or sys.argv`` would record the test runner's arguments)."""
+    import shlex
+
+    sys.path.insert(0, str(BENCH))
+    from _common import command_line, missing_solvers
+
+    script = str(BENCH / "paired_diff.py")
+    argv = ["runs/a@flow", "runs/b", "--names", "flow prox, untied", "U-Net prox"]
+    line = command_line(script, argv)
+    assert line.startswith("python benchmarks/paired_diff.py ")
+    assert shlex.split(line)[2:] == argv
+    assert command_line(script, []) == "python benchmarks/paired_diff.py"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "solver.pt").write_bytes(b"")
+    assert missing_solvers([str(tmp_path / "run"), str(tmp_path)]) == [str(tmp_path)]
 
 
 def _fake_eval(folder: Path, method: str, psnr, seed: int = 0) -> str:
