@@ -1214,13 +1214,15 @@ stage_paired() {
     # Is U-Net prox's lead at the training noise larger than the test faces and the seeds let it be? Paired
     # per-image differences with bootstrap intervals: the untied flow prox's 25-minute runs (stages untie,
     # untie_unet, untie_unet_r2) against U-Net prox's (unet_cosine, unet_cosine_seed1, untie_unet,
-    # untie_unet_r2), at batch 16 (batch16, batch16_seed1), at 100 CPU minutes (budget_100), and the tasks
+    # untie_unet_r2), at batch 16 (batch16, batch16_seed1), at 100 and 150 CPU minutes (budget_100,
+    # budget_150), and the tasks
     # (tasks_k1_untie against deblur_k1 / tasks_k1_inpainting's U-Net prox)
     local t=flow_dn_k1_coup10_cos_drop2_cond_untie u=unet_dn_k1_cos_m2
     local f="flow prox, untied" n="U-Net prox"
     paired table1_paired_untie_unet "$f" "$n" "$t ${t}_seed1 ${t}_r2" "$u ${u}_seed1 ${u}_r2 ${u}_r3"
     paired table1_paired_b16 "$f" "$n" "${t}_b16 ${t}_b16_seed1" "${u}_b16 ${u}_b16_seed1"
     paired table1_paired_b100 "$f" "$n" "${t}_b100" "${u}_b100"
+    paired table1_paired_b150 "$f" "$n" "${t}_b150" "${u}_b150"
     paired tasks_paired_deblurring "$f" "$n" flow_deblurring_k1_untie unet_deblurring_k1
     paired tasks_paired_inpainting "$f" "$n" flow_inpainting_k1_untie unet_inpainting_k1
 }
