@@ -69,6 +69,8 @@
 #     benchmarks/table1.sh step_cost        # a trained solver's step: batch, Adam, bf16, profile, compile
 #     benchmarks/table1.sh budget_150       # untied flow prox and U-Net prox, 150 CPU min (~2 h 50 min;
 #                                           # longer than a session: run again to continue from checkpoints)
+#     benchmarks/table1.sh budget_150_seed1 # the same with seed 1, then the curves, budget and paired
+#                                           # reports of both seeds (~2 h 40 min; run again to continue)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -1169,6 +1171,23 @@ stage_budget_150() {
     stage_budget_report
 }
 
+stage_budget_150_seed1() {
+    # Stage budget_150 with seed 1 (both runs): at 150 CPU minutes both solvers had saturated and U-Net prox
+    # led at sigma 0.20 by 0.05 dB with one run each, less than the 0.07 dB that seeds and days moved a run
+    # pair at 25 minutes. One core each, ~2 h 40 min; run again, each continues from its checkpoint
+    RESUME=1 cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_b150_seed1 "${UNTIE[@]}" --budget-minutes 150 \
+        --epochs 200 --seed 1 &
+    RESUME=1 unet_cosine_k1 unet_dn_k1_cos_m2_b150_seed1 --budget-minutes 150 --epochs 1000 --seed 1 &
+    wait
+    timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b150 \
+        unet_dn_k1_cos_m2_b150 flow_dn_k1_coup10_cos_drop2_cond_untie_b150_seed1 unet_dn_k1_cos_m2_b150_seed1 \
+        --stem table1_b150
+    stage_budget_report
+    paired table1_paired_b150 "flow prox, untied" "U-Net prox" \
+        "flow_dn_k1_coup10_cos_drop2_cond_untie_b150 flow_dn_k1_coup10_cos_drop2_cond_untie_b150_seed1" \
+        "unet_dn_k1_cos_m2_b150 unet_dn_k1_cos_m2_b150_seed1"
+}
+
 stage_budget_150_flow() {  # stage budget_150's flow prox (one core; continues from its checkpoint)
     RESUME=1 cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_b150 "${UNTIE[@]}" --budget-minutes 150 \
         --epochs 200
@@ -1222,7 +1241,7 @@ stage_paired() {
     paired table1_paired_untie_unet "$f" "$n" "$t ${t}_seed1 ${t}_r2" "$u ${u}_seed1 ${u}_r2 ${u}_r3"
     paired table1_paired_b16 "$f" "$n" "${t}_b16 ${t}_b16_seed1" "${u}_b16 ${u}_b16_seed1"
     paired table1_paired_b100 "$f" "$n" "${t}_b100" "${u}_b100"
-    paired table1_paired_b150 "$f" "$n" "${t}_b150" "${u}_b150"
+    paired table1_paired_b150 "$f" "$n" "${t}_b150 ${t}_b150_seed1" "${u}_b150 ${u}_b150_seed1"
     paired tasks_paired_deblurring "$f" "$n" flow_deblurring_k1_untie unet_deblurring_k1
     paired tasks_paired_inpainting "$f" "$n" flow_inpainting_k1_untie unet_inpainting_k1
 }
