@@ -1183,9 +1183,7 @@ stage_budget_150_seed1() {
         unet_dn_k1_cos_m2_b150 flow_dn_k1_coup10_cos_drop2_cond_untie_b150_seed1 unet_dn_k1_cos_m2_b150_seed1 \
         --stem table1_b150
     stage_budget_report
-    paired table1_paired_b150 "flow prox, untied" "U-Net prox" \
-        "flow_dn_k1_coup10_cos_drop2_cond_untie_b150 flow_dn_k1_coup10_cos_drop2_cond_untie_b150_seed1" \
-        "unet_dn_k1_cos_m2_b150 unet_dn_k1_cos_m2_b150_seed1"
+    stage_paired  # seconds; the 150-minute pair now with both seeds
 }
 
 stage_budget_150_flow() {  # stage budget_150's flow prox (one core; continues from its checkpoint)
