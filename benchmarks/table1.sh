@@ -1169,6 +1169,7 @@ stage_budget_150() {
     timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b150 \
         unet_dn_k1_cos_m2_b150 --stem table1_b150
     stage_budget_report
+    stage_paired  # seconds; its 150-minute pair (with seed 1 where stage budget_150_seed1 has run)
 }
 
 stage_budget_150_seed1() {
