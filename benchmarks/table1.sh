@@ -1166,34 +1166,47 @@ stage_budget_150() {
     stage_budget_150_flow &
     stage_budget_150_unet &
     wait
-    timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b150 \
-        unet_dn_k1_cos_m2_b150 --stem table1_b150
-    stage_budget_report
-    stage_paired  # seconds; its 150-minute pair (with seed 1 where stage budget_150_seed1 has run)
+    budget_150_reports
 }
 
 stage_budget_150_seed1() {
     # Stage budget_150 with seed 1 (both runs): at 150 CPU minutes both solvers had saturated and U-Net prox
     # led at sigma 0.20 by 0.05 dB with one run each, less than the 0.07 dB that seeds and days moved a run
     # pair at 25 minutes. One core each, ~2 h 40 min; run again, each continues from its checkpoint
-    RESUME=1 cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_b150_seed1 "${UNTIE[@]}" --budget-minutes 150 \
-        --epochs 200 --seed 1 &
-    RESUME=1 unet_cosine_k1 unet_dn_k1_cos_m2_b150_seed1 --budget-minutes 150 --epochs 1000 --seed 1 &
+    budget_150_flow _seed1 --seed 1 &
+    budget_150_unet _seed1 --seed 1 &
     wait
-    timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b150 \
-        unet_dn_k1_cos_m2_b150 flow_dn_k1_coup10_cos_drop2_cond_untie_b150_seed1 unet_dn_k1_cos_m2_b150_seed1 \
-        --stem table1_b150
+    budget_150_reports
+}
+
+budget_150_flow() {  # budget_150_flow SUFFIX ARGS...: the untied flow prox for 150 CPU min (continues a checkpoint)
+    RESUME=1 cosine_k1 "flow_dn_k1_coup10_cos_drop2_cond_untie_b150$1" "${UNTIE[@]}" --budget-minutes 150 \
+        --epochs 200 "${@:2}"
+}
+
+budget_150_unet() {  # budget_150_unet SUFFIX ARGS...: U-Net prox for 150 CPU min (continues a checkpoint)
+    RESUME=1 unet_cosine_k1 "unet_dn_k1_cos_m2_b150$1" --budget-minutes 150 --epochs 1000 "${@:2}"
+}
+
+budget_150_reports() {
+    # the curves of the 150-minute runs present (seed 0, and seed 1 where stage budget_150_seed1 has run), the
+    # budget report and stage paired (seconds; its 150-minute pair takes every seed present)
+    local runs=() m
+    for m in flow_dn_k1_coup10_cos_drop2_cond_untie_b150 unet_dn_k1_cos_m2_b150 \
+             flow_dn_k1_coup10_cos_drop2_cond_untie_b150_seed1 unet_dn_k1_cos_m2_b150_seed1; do
+        [ -f "$RUNS/$m/metrics.json" ] && runs+=("$m")
+    done
+    timed "curves" "$PY" benchmarks/table1_curves.py --runs "${runs[@]}" --stem table1_b150
     stage_budget_report
-    stage_paired  # seconds; the 150-minute pair now with both seeds
+    stage_paired
 }
 
 stage_budget_150_flow() {  # stage budget_150's flow prox (one core; continues from its checkpoint)
-    RESUME=1 cosine_k1 flow_dn_k1_coup10_cos_drop2_cond_untie_b150 "${UNTIE[@]}" --budget-minutes 150 \
-        --epochs 200
+    budget_150_flow ""
 }
 
 stage_budget_150_unet() {  # stage budget_150's U-Net prox (one core; continues from its checkpoint)
-    RESUME=1 unet_cosine_k1 unet_dn_k1_cos_m2_b150 --budget-minutes 150 --epochs 1000
+    budget_150_unet ""
 }
 
 stage_untie() {
