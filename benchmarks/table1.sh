@@ -69,6 +69,8 @@
 #     benchmarks/table1.sh step_cost        # a trained solver's step: batch, Adam, bf16, profile, compile
 #     benchmarks/table1.sh budget_150       # untied flow prox and U-Net prox, 150 CPU min (~2 h 50 min;
 #                                           # longer than a session: run again to continue from checkpoints)
+#     benchmarks/table1.sh budget_100_seed1 # stage budget_100 with seed 1, then the curves, budget and
+#                                           # paired reports (~2 h; fits a session)
 #     benchmarks/table1.sh budget_150_seed1 # the same with seed 1, then the curves, budget and paired
 #                                           # reports of both seeds (~2 h 40 min; run again to continue)
 #
@@ -1153,6 +1155,20 @@ stage_budget_100() {
     timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b100 \
         unet_dn_k1_cos_m2_b100 --stem table1_b100
     stage_budget_report
+}
+
+stage_budget_100_seed1() {
+    # Stage budget_100 with seed 1 (both runs; one core each, ~1 h 55 min): at 100 and 150 CPU minutes both
+    # solvers had saturated (untied flow prox 25.85 / 25.82 at sigma 0.20, U-Net prox 25.91 / 25.87, one run
+    # each); does U-Net prox's lead of 0.05-0.06 dB at the training noise hold with another seed? 100 minutes
+    # is the longest budget that fits a session (runs/ does not outlive one, so a run cannot continue later)
+    BUDGET_SEED=1 budget_lane untie 100 &
+    BUDGET_SEED=1 budget_lane unet 100 &
+    wait
+    timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b100_seed1 \
+        unet_dn_k1_cos_m2_b100_seed1 --stem table1_b100_seed1
+    stage_budget_report
+    stage_paired
 }
 
 stage_budget_150() {
