@@ -27,6 +27,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -348,6 +349,29 @@ def load_trained_solver(run: str, last: bool = False) -> Tuple[nn.Module, Dict[s
     if last:
         solver.load_state_dict(load_checkpoint(os.path.join(run, "checkpoint.pt"))["model"])
     return solver, cfg
+
+
+def run_record(runs_dir: Any, name: str, kind: str, results_dir: Any = None) -> Path:
+    """A run of ``benchmarks/table1.sh``: its training metrics (``kind="metrics"``) or its test results
+    (``kind="results"``). The file in ``runs_dir`` (``NAME/metrics.json``, ``eval_NAME/results.json``) where
+    the run is still there, else the copy the script's ``eval_test`` keeps in ``results_dir`` (default
+    ``benchmarks/results``: ``table1_train_NAME.json``, ``table1_NAME_results.json``), since ``runs/`` is
+    git-ignored and does not outlive a machine. FileNotFoundError naming both places when neither holds it."""
+    if kind not in ("metrics", "results"):
+        raise ValueError(f"kind must be 'metrics' or 'results', got {kind!r}")
+    runs_dir = Path(runs_dir)
+    if results_dir is None:
+        results_dir = Path(__file__).resolve().parent / "results"
+    results_dir = Path(results_dir)
+    if kind == "metrics":
+        places = [runs_dir / name / "metrics.json", results_dir / f"table1_train_{name}.json"]
+    else:
+        places = [runs_dir / f"eval_{name}" / "results.json", results_dir / f"table1_{name}_results.json"]
+    for f in places:
+        if f.is_file():
+            return f
+    raise FileNotFoundError(f"{places[0]} is missing and has no copy {places[1]}: train and test run {name} "
+                            "first (benchmarks/table1.sh)")
 
 
 def missing_solvers(runs: Iterable[str]) -> List[str]:

@@ -1,7 +1,8 @@
 """Test PSNR against the training budget: which solver leads depends on how long they train.
 
 Reads the tested runs of ``benchmarks/table1.sh`` (``runs/table1/<run>/metrics.json`` for the budget, steps
-and CPU time; ``runs/table1/eval_<run>/results.json`` for the mean test PSNR at each sigma) and writes
+and CPU time; ``runs/table1/eval_<run>/results.json`` for the mean test PSNR at each sigma; a run no longer
+in ``runs/`` from the copies the script keeps in ``benchmarks/results``) and writes
 
 * ``benchmarks/results/<stem>.md`` / ``.json``: per solver and budget, the steps done and the test PSNR at
   every sigma; per budget, each solver's lead over each one listed after it at every sigma;
@@ -23,10 +24,10 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import markdown_table, write_results  # noqa: E402
+from _common import markdown_table, run_record, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,12 +41,11 @@ def parse_series(text: str) -> Tuple[str, List[str]]:
     return label.strip(), names
 
 
-def read_run(runs_dir: Path, name: str) -> Dict[str, Any]:
-    """Budget, steps, CPU time and mean test PSNR per sigma of one trained and tested run."""
-    mfile, rfile = runs_dir / name / "metrics.json", runs_dir / f"eval_{name}" / "results.json"
-    for f in (mfile, rfile):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} is missing: train and test run {name} first (benchmarks/table1.sh)")
+def read_run(runs_dir: Path, name: str, results_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """Budget, steps, CPU time and mean test PSNR per sigma of one trained and tested run (in ``runs_dir``,
+    or its copies in ``results_dir``)."""
+    mfile = run_record(runs_dir, name, "metrics", results_dir)
+    rfile = run_record(runs_dir, name, "results", results_dir)
     m, r = json.loads(mfile.read_text()), json.loads(rfile.read_text())
     budget = (m.get("config") or {}).get("budget_minutes")
     if budget is None:
@@ -131,12 +131,14 @@ def main(argv=None) -> int:
                    help="one solver: its label and its runs (one per budget)")
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "table1"))
     p.add_argument("--stem", default="table1_budget")
+    p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
+                   help="where a run no longer in --runs-dir is read from (the copies table1.sh keeps)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
     try:
         parsed = [parse_series(s) for s in args.series]
-        series = {label: sorted((read_run(Path(args.runs_dir), n) for n in names),
+        series = {label: sorted((read_run(Path(args.runs_dir), n, Path(args.results_dir)) for n in names),
                                 key=lambda r: r["budget_min"]) for label, names in parsed}
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))

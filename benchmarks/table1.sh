@@ -154,6 +154,9 @@ keep_train() {  # keep_train NAME...: a run's training metrics to RES (runs that
     for m in "$@"; do cp "$RUNS/$m/metrics.json" "$RES/table1_train_${m}.json"; done
 }
 
+tested() {  # tested NAME: run NAME has test results, in runs/ or as the copy eval_test keeps in RES
+    [ -f "$RUNS/eval_$1/results.json" ] || [ -f "$RES/table1_$1_results.json" ]
+}
 eval_test() {  # eval_test NAME...: each run on all 600 test faces at the four sigmas; results to RES
     local m
     for m in "$@"; do
@@ -162,6 +165,7 @@ eval_test() {  # eval_test NAME...: each run on all 600 test faces at the four s
             --sigmas 0.10 0.15 0.20 0.25 --seed 0 --no-progress --out "$RUNS/eval_$m"
         cp "$RUNS/eval_$m/results.md" "$RES/table1_${m}_results.md"
         cp "$RUNS/eval_$m/results.json" "$RES/table1_${m}_results.json"
+        cp "$RUNS/eval_$m/per_image.csv" "$RES/table1_${m}_per_image.csv"
         cp "$RUNS/$m/metrics.json" "$RES/table1_train_${m}.json"
     done
 }
@@ -1099,7 +1103,8 @@ stage_budget_sweep() {
 
 stage_budget_report() {
     # Test PSNR against the budget (benchmarks/budget_sweep.py): the runs of stages budget_sweep,
-    # budget_resnet, budget_5_seed1, budget_50, budget_100 and budget_150 where present, and the 25-minute
+    # budget_resnet, budget_5_seed1, budget_50, budget_100(_seed1) and budget_150 tested (in runs/ or kept in
+    # RES: runs/ does not outlive a machine), and the 25-minute
     # runs of stages drop2_cond(_seed1), untie / untie_unet, unet_cosine(_seed1) and k1_m2_resnet
     local b flow=() untie=() unet=() resnet=()
     for b in 5 10 25 50 100 150; do
@@ -1108,10 +1113,10 @@ stage_budget_report() {
         [ "$b" = 25 ] && f=flow_dn_k1_coup10_cos_drop2_cond && u=unet_dn_k1_cos_m2 && r=resnet_dn_k1_m2 \
             && t=flow_dn_k1_coup10_cos_drop2_cond_untie
         local m
-        for m in "$f" "${f}_seed1"; do [ -f "$RUNS/eval_$m/results.json" ] && flow+=("$m"); done
-        for m in "$t" "${t}_seed1"; do [ -f "$RUNS/eval_$m/results.json" ] && untie+=("$m"); done
-        for m in "$u" "${u}_seed1"; do [ -f "$RUNS/eval_$m/results.json" ] && unet+=("$m"); done
-        for m in "$r" "${r}_seed1"; do [ -f "$RUNS/eval_$m/results.json" ] && resnet+=("$m"); done
+        for m in "$f" "${f}_seed1"; do tested "$m" && flow+=("$m"); done
+        for m in "$t" "${t}_seed1"; do tested "$m" && untie+=("$m"); done
+        for m in "$u" "${u}_seed1"; do tested "$m" && unet+=("$m"); done
+        for m in "$r" "${r}_seed1"; do tested "$m" && resnet+=("$m"); done
     done
     timed "budget report" "$PY" benchmarks/budget_sweep.py --runs-dir "$RUNS" --stem table1_budget \
         --series "flow prox=$(IFS=,; echo "${flow[*]}")" \
@@ -1242,13 +1247,25 @@ stage_untie_unet() {
     wait
 }
 
+per_image() {
+    # per_image NAME: run NAME's evaluation folder holds its per-image results; where runs/ lost it (runs/
+    # does not outlive a machine), it is restored from the copies eval_test keeps in RES (runs tested since
+    # these copies began)
+    local d="$RUNS/eval_$1"
+    [ -f "$d/per_image.csv" ] && return 0
+    [ -f "$RES/table1_$1_per_image.csv" ] && [ -f "$RES/table1_$1_results.json" ] || return 1
+    mkdir -p "$d"
+    cp "$RES/table1_$1_per_image.csv" "$d/per_image.csv"
+    cp "$RES/table1_$1_results.json" "$d/results.json"
+}
+
 paired() {
     # paired STEM NAME_A NAME_B "RUN_A..." "RUN_B...": benchmarks/paired_diff.py on the evaluations of the
     # runs that exist (per-image differences on the 600 test faces, bootstrap intervals;
     # results/STEM.{md,json})
     local stem=$1 na=$2 nb=$3 m a=() b=()
-    for m in $4; do [ -f "$RUNS/eval_$m/per_image.csv" ] && a+=("$RUNS/eval_$m"); done
-    for m in $5; do [ -f "$RUNS/eval_$m/per_image.csv" ] && b+=("$RUNS/eval_$m"); done
+    for m in $4; do per_image "$m" && a+=("$RUNS/eval_$m"); done
+    for m in $5; do per_image "$m" && b+=("$RUNS/eval_$m"); done
     if [ ${#a[@]} -eq 0 ] || [ ${#b[@]} -eq 0 ]; then
         echo "paired $stem: no evaluations of $na or $nb" >&2
         return
@@ -1262,13 +1279,15 @@ stage_paired() {
     # per-image differences with bootstrap intervals: the untied flow prox's 25-minute runs (stages untie,
     # untie_unet, untie_unet_r2) against U-Net prox's (unet_cosine, unet_cosine_seed1, untie_unet,
     # untie_unet_r2), at batch 16 (batch16, batch16_seed1), at 100 and 150 CPU minutes (budget_100,
-    # budget_150), and the tasks
+    # budget_150; budget_100_seed1 on its own: budget_100's per-image results were lost with runs/), and the
+    # tasks
     # (tasks_k1_untie against deblur_k1 / tasks_k1_inpainting's U-Net prox)
     local t=flow_dn_k1_coup10_cos_drop2_cond_untie u=unet_dn_k1_cos_m2
     local f="flow prox, untied" n="U-Net prox"
     paired table1_paired_untie_unet "$f" "$n" "$t ${t}_seed1 ${t}_r2" "$u ${u}_seed1 ${u}_r2 ${u}_r3"
     paired table1_paired_b16 "$f" "$n" "${t}_b16 ${t}_b16_seed1" "${u}_b16 ${u}_b16_seed1"
     paired table1_paired_b100 "$f" "$n" "${t}_b100" "${u}_b100"
+    paired table1_paired_b100_seed1 "$f" "$n" "${t}_b100_seed1" "${u}_b100_seed1"
     paired table1_paired_b150 "$f" "$n" "${t}_b150 ${t}_b150_seed1" "${u}_b150 ${u}_b150_seed1"
     paired tasks_paired_deblurring "$f" "$n" flow_deblurring_k1_untie unet_deblurring_k1
     paired tasks_paired_inpainting "$f" "$n" flow_inpainting_k1_untie unet_inpainting_k1

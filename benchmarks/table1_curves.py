@@ -1,6 +1,7 @@
 """Learning curves and training cost of the Table 1 runs (``benchmarks/table1.sh denoise``).
 
-Reads ``runs/table1/<run>/metrics.json`` of the named runs and writes
+Reads ``runs/table1/<run>/metrics.json`` of the named runs (of a run no longer in ``runs/``, the copy
+``benchmarks/table1.sh`` keeps in ``benchmarks/results``) and writes
 
 * ``benchmarks/results/table1_curves.png``: validation PSNR (held-out training faces) against the CPU
   minutes spent in training steps, one curve per run (a run grown from a smaller one, ``--init-from``,
@@ -28,20 +29,14 @@ from typing import Any, Dict, List
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import median  # noqa: E402
+from _common import median, run_record  # noqa: E402
 from _harness import interleaved_times  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_runs(runs_dir: Path, names: List[str]) -> Dict[str, Dict[str, Any]]:
-    out = {}
-    for name in names:
-        f = runs_dir / name / "metrics.json"
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} is missing: run `benchmarks/table1.sh denoise_train` first")
-        out[name] = json.loads(f.read_text())
-    return out
+def load_runs(runs_dir: Path, names: List[str], results_dir: Path | None = None) -> Dict[str, Dict[str, Any]]:
+    return {n: json.loads(run_record(runs_dir, n, "metrics", results_dir).read_text()) for n in names}
 
 
 def offset_minutes(m: Dict[str, Any]) -> float:
@@ -155,12 +150,14 @@ def main(argv: List[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="+", required=True, help="run names under --runs-dir")
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "table1"))
+    p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
+                   help="where a run no longer in --runs-dir is read from (the copies table1.sh keeps)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--step-time", action="store_true", help="also measure one training step per run")
     p.add_argument("--stem", default="table1", help="output names: <stem>_curves.png, <stem>_training.md")
     args = p.parse_args(argv)
     runs_dir, out = Path(args.runs_dir), Path(args.out)
-    runs = load_runs(runs_dir, args.runs)
+    runs = load_runs(runs_dir, args.runs, Path(args.results_dir))
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(runs, out / f"{args.stem}_curves.png")
     done = [n for n in args.runs if (runs_dir / n / "solver.pt").is_file()]

@@ -7,6 +7,7 @@ where they can be: every method's gradient against standard autograd.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,13 +113,14 @@ def test_table1_curves_place_a_grown_run_after_its_source(tmp_path):
         return {"config": {"prox": "flow", "lr_net": 1e-4, "K": K}, "val": val, "steps": steps,
                 "train_cpu_s": cpu_s, "status": "budget", "calibration": None, "init_from": init_from}
 
-    runs = tmp_path / "runs"
-    for name, m in {"k1": metrics(1, 400, 120.0),
-                    "k4": metrics(4, 200, 60.0, {"K": 1, "steps": 400, "train_cpu_s": 120.0})}.items():
-        (runs / name).mkdir(parents=True)
-        (runs / name / "metrics.json").write_text(json.dumps(m))
-    run("table1_curves.py", "--runs", "k1", "k4", "--runs-dir", str(runs), "--out", str(tmp_path),
-        "--stem", "t")
+    runs, kept = tmp_path / "runs", tmp_path / "kept"
+    (runs / "k4").mkdir(parents=True)
+    kept.mkdir()  # k1 is gone from runs/: its copy kept by table1.sh's eval_test is read
+    (kept / "table1_train_k1.json").write_text(json.dumps(metrics(1, 400, 120.0)))
+    (runs / "k4" / "metrics.json").write_text(json.dumps(
+        metrics(4, 200, 60.0, {"K": 1, "steps": 400, "train_cpu_s": 120.0})))
+    run("table1_curves.py", "--runs", "k1", "k4", "--runs-dir", str(runs), "--results-dir", str(kept),
+        "--out", str(tmp_path), "--stem", "t")
     rows = {line.split(" | ")[0].strip("| "): line for line in (tmp_path / "t_training.md").read_text()
             .splitlines()[2:]}
     assert "| 400 |" in rows["k1"] and rows["k1"].endswith("| 2.0 |")
@@ -310,3 +312,25 @@ def test_budget_sweep_leads_of_every_pair_and_the_budget_used(tmp_path):
              for line in out.splitlines() if " - " in line and line.startswith("| ")}
     assert leads == {("A - B", "5"): "-0.45", ("A - B", "100"): "+0.50", ("A - C", "5"): "+1.05",
                      ("B - C", "5"): "+1.50"}
+
+
+def test_budget_sweep_reads_a_run_gone_from_runs_from_its_kept_copies(tmp_path):
+    # runs/ does not outlive a machine: table1.sh's eval_test keeps table1_train_NAME.json and
+    # table1_NAME_results.json, and the report reads those where the run folder is gone
+    runs, kept = tmp_path / "runs", tmp_path / "kept"
+    kept.mkdir()
+    gone = _fake_run(runs, "gone100", 100, 6000, 25.8)
+    shutil.move(str(runs / gone / "metrics.json"), str(kept / f"table1_train_{gone}.json"))
+    shutil.move(str(runs / f"eval_{gone}" / "results.json"), str(kept / f"table1_{gone}_results.json"))
+    here = _fake_run(runs, "here100", 100, 6000, 25.9)
+    args = ["--runs-dir", str(runs), "--results-dir", str(kept), "--out", str(tmp_path), "--stem", "s",
+            "--no-plot", "--series", f"A={gone}", "--series", f"B={here}"]
+    out = run("budget_sweep.py", *args).stdout
+    assert "| A | `gone100` | 100 | 100.0 | 60,000 | 25.80 | 24.80 |" in out
+    assert "| A - B | 100 | -0.10 | -0.10 |" in out
+    (kept / f"table1_{gone}_results.json").unlink()  # tested nowhere: the error names both places
+    proc = subprocess.run([sys.executable, str(BENCH / "budget_sweep.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"eval_{gone}/results.json is missing and has no copy" in proc.stderr
+    assert f"table1_{gone}_results.json" in proc.stderr
