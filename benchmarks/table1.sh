@@ -68,11 +68,11 @@
 #     benchmarks/table1.sh paired           # paired per-image differences, flow prox vs U-Net prox (seconds)
 #     benchmarks/table1.sh step_cost        # a trained solver's step: batch, Adam, bf16, profile, compile
 #     benchmarks/table1.sh budget_150       # untied flow prox and U-Net prox, 150 CPU min (~2 h 50 min;
-#                                           # longer than a session: run again to continue from checkpoints)
+#                                           # run again on the same machine to continue from checkpoints)
 #     benchmarks/table1.sh budget_100_seed1 # stage budget_100 with seed 1, then the curves, budget and
 #                                           # paired reports (~2 h; fits a session)
 #     benchmarks/table1.sh budget_150_seed1 # the same with seed 1, then the curves, budget and paired
-#                                           # reports of both seeds (~2 h 40 min; run again to continue)
+#                                           # reports of both seeds (~2 h 40 min; as budget_150)
 #
 # Runs go to runs/table1/<name>/ (git-ignored; a stage deletes and rewrites its own runs); the small
 # result files are copied to benchmarks/results/table1_* (denoising) and tasks_* (other tasks). Wall
@@ -1182,7 +1182,8 @@ stage_budget_150() {
     # flow prox, under 200 epochs, and ~130,000 of U-Net prox). U-Net prox's test PSNR at
     # sigma 0.20 stopped moving by 25 CPU minutes (25.90 / 25.92 / 25.91 at 25 / 50 / 100), the untied flow
     # prox's did not (25.71 at 25, three runs; 25.85 at 100): does it pass U-Net prox? One core each, ~2 h
-    # 50 min: longer than a session; run again, each run continues from its checkpoint on the same schedule
+    # 50 min: longer than a session; run again while runs/ is still there (it does not outlive the machine),
+    # each run continues from its checkpoint on the same schedule
     # (the two halves were started apart: stage budget_150_flow, then budget_150_unet)
     stage_budget_150_flow &
     stage_budget_150_unet &
@@ -1193,7 +1194,8 @@ stage_budget_150() {
 stage_budget_150_seed1() {
     # Stage budget_150 with seed 1 (both runs): at 150 CPU minutes both solvers had saturated and U-Net prox
     # led at sigma 0.20 by 0.05 dB with one run each, less than the 0.07 dB that seeds and days moved a run
-    # pair at 25 minutes. One core each, ~2 h 40 min; run again, each continues from its checkpoint
+    # pair at 25 minutes. One core each, ~2 h 40 min; run again while runs/ is still there, each continues
+    # from its checkpoint (a session that started it ended, and its runs/ was gone in the next: not run yet)
     budget_150_flow _seed1 --seed 1 &
     budget_150_unet _seed1 --seed 1 &
     wait
