@@ -1170,8 +1170,10 @@ stage_budget_100_seed1() {
     BUDGET_SEED=1 budget_lane untie 100 &
     BUDGET_SEED=1 budget_lane unet 100 &
     wait
-    timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b100_seed1 \
-        unet_dn_k1_cos_m2_b100_seed1 --stem table1_b100_seed1
+    # the curves of both seeds (seed 0's read from the copies kept in RES)
+    timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b100 \
+        unet_dn_k1_cos_m2_b100 flow_dn_k1_coup10_cos_drop2_cond_untie_b100_seed1 unet_dn_k1_cos_m2_b100_seed1 \
+        --stem table1_b100
     stage_budget_report
     stage_paired
 }
