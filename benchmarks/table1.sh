@@ -69,8 +69,8 @@
 #     benchmarks/table1.sh step_cost        # a trained solver's step: batch, Adam, bf16, profile, compile
 #     benchmarks/table1.sh budget_150       # untied flow prox and U-Net prox, 150 CPU min (~2 h 50 min;
 #                                           # run again on the same machine to continue from checkpoints)
-#     benchmarks/table1.sh budget_100_seed1 # stage budget_100 with seed 1, then the curves, budget and
-#                                           # paired reports (~2 h; fits a session)
+#     benchmarks/table1.sh budget_100_m3    # stage budget_100's pair with seed 1 on the third machine
+#                                           # (AVX2), then its curves and paired report (~2 h)
 #     benchmarks/table1.sh budget_150_seed1 # the same with seed 1, then the curves, budget and paired
 #                                           # reports of both seeds (~2 h 40 min; as budget_150)
 #
@@ -1073,9 +1073,9 @@ stage_refs_k1() {
 budget_lane() {
     # budget_lane KIND B...: stage budget_sweep's runs of one solver (flow, untie: stage untie's untied flow
     # prox, unet or resnet), B CPU minutes each, one after the other (one core); with BUDGET_SEED=S, seed S
-    # (runs named ..._seedS)
-    local kind=$1 b seed=() tag=""; shift
-    if [ -n "${BUDGET_SEED:-}" ]; then seed=(--seed "$BUDGET_SEED"); tag="_seed$BUDGET_SEED"; fi
+    # (runs named ..._seedS); with BUDGET_TAG=T, runs named ..._bBT (e.g. T=_m3: another machine)
+    local kind=$1 b seed=() tag="${BUDGET_TAG:-}"; shift
+    if [ -n "${BUDGET_SEED:-}" ]; then seed=(--seed "$BUDGET_SEED"); tag="${tag}_seed$BUDGET_SEED"; fi
     for b in "$@"; do
         if [ "$kind" = flow ]; then
             cosine_k1 "flow_dn_k1_coup10_cos_drop2_cond_b$b$tag" "${DROP2[@]}" --budget-minutes "$b" "${seed[@]}"
@@ -1103,7 +1103,7 @@ stage_budget_sweep() {
 
 stage_budget_report() {
     # Test PSNR against the budget (benchmarks/budget_sweep.py): the runs of stages budget_sweep,
-    # budget_resnet, budget_5_seed1, budget_50, budget_100(_seed1) and budget_150 tested (in runs/ or kept in
+    # budget_resnet, budget_5_seed1, budget_50, budget_100 and budget_150 tested (in runs/ or kept in
     # RES: runs/ does not outlive a machine), and the 25-minute
     # runs of stages drop2_cond(_seed1), untie / untie_unet, unet_cosine(_seed1) and k1_m2_resnet
     local b flow=() untie=() unet=() resnet=()
@@ -1162,19 +1162,17 @@ stage_budget_100() {
     stage_budget_report
 }
 
-stage_budget_100_seed1() {
-    # Stage budget_100 with seed 1 (both runs; one core each, ~1 h 55 min): at 100 and 150 CPU minutes both
-    # solvers had saturated (untied flow prox 25.85 / 25.82 at sigma 0.20, U-Net prox 25.91 / 25.87, one run
-    # each); does U-Net prox's lead of 0.05-0.06 dB at the training noise hold with another seed? 100 minutes
-    # is the longest budget that fits a session (runs/ does not outlive one, so a run cannot continue later)
-    BUDGET_SEED=1 budget_lane untie 100 &
-    BUDGET_SEED=1 budget_lane unet 100 &
+stage_budget_100_m3() {
+    # Stage budget_100's pair (seed 1) on the third development machine (2-core AMD EPYC with AVX2 and no
+    # AVX-512), where a step takes 1.6x (flow prox) to 2.1x (U-Net prox) the CPU time of the second: is U-Net
+    # prox's lead at the training noise the same at 100 CPU minutes on a slower machine, with another seed?
+    # Runs named ..._b100_m3_seed1, kept out of stage budget_report (its budgets are the second machine's);
+    # one core each, ~1 h 55 min
+    BUDGET_TAG=_m3 BUDGET_SEED=1 budget_lane untie 100 &
+    BUDGET_TAG=_m3 BUDGET_SEED=1 budget_lane unet 100 &
     wait
-    # the curves of both seeds (seed 0's read from the copies kept in RES)
-    timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b100 \
-        unet_dn_k1_cos_m2_b100 flow_dn_k1_coup10_cos_drop2_cond_untie_b100_seed1 unet_dn_k1_cos_m2_b100_seed1 \
-        --stem table1_b100
-    stage_budget_report
+    timed "curves" "$PY" benchmarks/table1_curves.py --runs flow_dn_k1_coup10_cos_drop2_cond_untie_b100_m3_seed1 \
+        unet_dn_k1_cos_m2_b100_m3_seed1 --stem table1_b100_m3
     stage_paired
 }
 
@@ -1283,15 +1281,14 @@ stage_paired() {
     # per-image differences with bootstrap intervals: the untied flow prox's 25-minute runs (stages untie,
     # untie_unet, untie_unet_r2) against U-Net prox's (unet_cosine, unet_cosine_seed1, untie_unet,
     # untie_unet_r2), at batch 16 (batch16, batch16_seed1), at 100 and 150 CPU minutes (budget_100,
-    # budget_150; budget_100_seed1 on its own: budget_100's per-image results were lost with runs/), and the
-    # tasks
+    # budget_150; budget_100_m3, on the third machine), and the tasks
     # (tasks_k1_untie against deblur_k1 / tasks_k1_inpainting's U-Net prox)
     local t=flow_dn_k1_coup10_cos_drop2_cond_untie u=unet_dn_k1_cos_m2
     local f="flow prox, untied" n="U-Net prox"
     paired table1_paired_untie_unet "$f" "$n" "$t ${t}_seed1 ${t}_r2" "$u ${u}_seed1 ${u}_r2 ${u}_r3"
     paired table1_paired_b16 "$f" "$n" "${t}_b16 ${t}_b16_seed1" "${u}_b16 ${u}_b16_seed1"
     paired table1_paired_b100 "$f" "$n" "${t}_b100" "${u}_b100"
-    paired table1_paired_b100_seed1 "$f" "$n" "${t}_b100_seed1" "${u}_b100_seed1"
+    paired table1_paired_b100_m3 "$f" "$n" "${t}_b100_m3_seed1" "${u}_b100_m3_seed1"
     paired table1_paired_b150 "$f" "$n" "${t}_b150 ${t}_b150_seed1" "${u}_b150 ${u}_b150_seed1"
     paired tasks_paired_deblurring "$f" "$n" flow_deblurring_k1_untie unet_deblurring_k1
     paired tasks_paired_inpainting "$f" "$n" flow_inpainting_k1_untie unet_inpainting_k1
