@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from invprox.core.memory import peak_rss_bytes, reset_peak_rss, rss_now_bytes, ru_maxrss_bytes
+from invprox.train.loop_utils import cpu_model
 
 __all__ = [
     "CHILD_TAG",
@@ -67,18 +68,6 @@ CHILD_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_":
 
 
 # -- machine --------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info(device: str = "cpu", **extra: Any) -> Dict[str, Any]:
     """What ran the benchmark: CPU model and cores, OS, Python, torch (threads, CUDA device), extras."""
     try:
@@ -87,6 +76,7 @@ def machine_info(device: str = "cpu", **extra: Any) -> Dict[str, Any]:
         usable = os.cpu_count()
     info: Dict[str, Any] = {
         "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_count": os.cpu_count(),
         "cpu_usable": usable,
         "torch_threads": torch.get_num_threads(),

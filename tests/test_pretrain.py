@@ -37,6 +37,7 @@ def test_outputs_on_a_folder(folder, tmp_path):
         assert (out / name).is_file(), name
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["final_val_bpd"] == pytest.approx(m["final_val_bpd"])
+    assert saved["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert m["n_train"] == 8 and m["n_val"] == 1 and m["steps"] == 2
     assert len(m["history"]) == 1 and 0 < m["final_val_bpd"] < 20
     ckpt = load_checkpoint(out / "checkpoint.pt")

@@ -27,6 +27,9 @@ def test_train_flow_writes_checkpoint_solver_metrics(setup, tmp_path):
     assert m["steps"] == 3 and m["status"] == "max_steps"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["val"][-1]["step"] == 3 and np.isfinite(saved["best_val_loss"])
+    # the machine is named, down to the vector instructions torch uses (VMs of one model name differ there)
+    assert saved["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert saved["machine"]["torch"] == torch.__version__ and saved["machine"]["cpu"]
     solver, cfg = load_solver(out / "solver.pt")  # rebuilt from the file alone (flow config inside)
     assert cfg["prox"] == "flow" and cfg["K"] == 2
     groups = fixed_measurements(torch.rand(2, 1, 8, 8), [0, 1], "denoising", {}, 0.1, 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple, Union
@@ -160,6 +161,31 @@ def save_image_grid(
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return img.size
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else :func:`platform.processor`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: Union[str, torch.device] = "cpu") -> dict:
+    """What a run ran on, for its metrics: CPU model, the vector instructions torch's CPU kernels use
+    (``AVX2``, ``AVX512``...: two VMs that report the same model name can differ there, and a step's CPU
+    time with them), cores, torch threads and version; the GPU's name for a CUDA device."""
+    info = {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
 
 
 def write_json(path: PathLike, obj: Any) -> Path:

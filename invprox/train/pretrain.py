@@ -39,6 +39,7 @@ from .loop_utils import (
     adam,
     dataset_tensor,
     epoch_order,
+    machine,
     resolve_device,
     save_image_grid,
     warmup_schedule,
@@ -306,7 +307,7 @@ def pretrain(
         "steps": step, "epochs_done": epoch, "stopped_early": stopped, "wall_time_s": wall,
         "skipped_steps": nonfinite.skipped,
         "images_per_s": step * bsz / max(wall, 1e-9), "n_params": n_params, "n_train": len(xt),
-        "n_val": len(xv), "device": str(dev), "threads": torch.get_num_threads(),
+        "n_val": len(xv), "device": str(dev), "machine": machine(dev), "threads": torch.get_num_threads(),
         "torch": torch.__version__, "config": dict(glow.config), "options": opts,
         "history": history, "train_curve": curve,
     }

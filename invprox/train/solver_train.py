@@ -59,6 +59,7 @@ from .loop_utils import (
     adam,
     epoch_order,
     lr_factor,
+    machine,
     resolve_device,
     write_json,
 )
@@ -265,7 +266,8 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
              "n_val": len(xv), "train_cpu_s": r["train_cpu_s"],
              "train_wall_s": r["train_wall_s"], "calibration": r.get("calibration"),
              "skipped_steps": r.get("skipped", []), "init_from": r.get("init_from"),
-             "device": str(dev), "world_size": world, "wall_time_s": elapsed0 + time.time() - t0,
+             "device": str(dev), "machine": machine(dev), "world_size": world,
+             "wall_time_s": elapsed0 + time.time() - t0,
              "config": cfg, "solver": str(out_dir / "solver.pt"), "checkpoint": str(ckpt_path)}
         if main:
             write_json(out_dir / "metrics.json", m)
