@@ -1164,8 +1164,9 @@ stage_budget_100() {
 
 stage_budget_100_m3() {
     # Stage budget_100's pair (seed 1) on the third development machine (2-core AMD EPYC with AVX2 and no
-    # AVX-512), where a step takes 1.6x (flow prox) to 2.1x (U-Net prox) the CPU time of the second: is U-Net
-    # prox's lead at the training noise the same at 100 CPU minutes on a slower machine, with another seed?
+    # AVX-512), where a step took 2.3x (flow prox) and 2.8x (U-Net prox) the CPU time of the second's
+    # 100-minute runs: where does U-Net prox's lead at the training noise stand at 100 CPU minutes on a
+    # slower machine, with another seed?
     # Runs named ..._b100_m3_seed1, kept out of stage budget_report (its budgets are the second machine's);
     # one core each, ~1 h 55 min
     BUDGET_TAG=_m3 BUDGET_SEED=1 budget_lane untie 100 &
