@@ -139,6 +139,10 @@ def write_md(runs: Dict[str, Dict[str, Any]], times: List[Dict[str, Any]], path:
             f"{cal_txt} | "
             f"{best['val_psnr']:.2f} dB "
             f"(step {best['step']}) | {offset_minutes(m) + best.get('train_cpu_s', 0) / 60:.1f} |")
+    machines = [f"{name}: {mc.get('cpu')} ({mc.get('cpu_capability')}), torch {mc.get('torch')}"
+                for name, mc in ((n, m.get("machine")) for n, m in runs.items()) if mc]
+    if machines:  # recorded by invprox train since the metrics name the machine
+        lines += ["", "Machine (CPU time per step depends on it):", ""] + [f"- {t}" for t in machines]
     if times:
         lines += ["", "Time of one training step (forward + backward, median of 6, one thread, "
                   "the run's batch and image size):", "", "| run | mode | CPU s / step |", "|---|---|---|"]

@@ -118,13 +118,16 @@ def test_table1_curves_place_a_grown_run_after_its_source(tmp_path):
     kept.mkdir()  # k1 is gone from runs/: its copy kept by table1.sh's eval_test is read
     (kept / "table1_train_k1.json").write_text(json.dumps(metrics(1, 400, 120.0)))
     (runs / "k4" / "metrics.json").write_text(json.dumps(
-        metrics(4, 200, 60.0, {"K": 1, "steps": 400, "train_cpu_s": 120.0})))
+        dict(metrics(4, 200, 60.0, {"K": 1, "steps": 400, "train_cpu_s": 120.0}),
+             machine={"cpu": "Some CPU", "cpu_capability": "AVX2", "torch": "2.13.0"})))
     run("table1_curves.py", "--runs", "k1", "k4", "--runs-dir", str(runs), "--results-dir", str(kept),
         "--out", str(tmp_path), "--stem", "t")
     rows = {line.split(" | ")[0].strip("| "): line for line in (tmp_path / "t_training.md").read_text()
             .splitlines()[2:]}
     assert "| 400 |" in rows["k1"] and rows["k1"].endswith("| 2.0 |")
     assert "200 (K 4, after 400 at K 1)" in rows["k4"] and rows["k4"].endswith("| 3.0 |")  # 2 + 1 minutes
+    md = (tmp_path / "t_training.md").read_text()  # the machine where the run recorded it (k4), not k1
+    assert "- k4: Some CPU (AVX2), torch 2.13.0" in md and "- k1:" not in md
     assert (tmp_path / "t_curves.png").stat().st_size > 0
 
 
