@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from invprox.core.memory import peak_rss_bytes, reset_peak_rss, rss_now_bytes, ru_maxrss_bytes
-from invprox.train.loop_utils import cpu_model
+from invprox.train.loop_utils import cpu_model, machine
 
 __all__ = [
     "CHILD_TAG",
@@ -74,18 +74,9 @@ def machine_info(device: str = "cpu", **extra: Any) -> Dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         usable = os.cpu_count()
-    info: Dict[str, Any] = {
-        "cpu": cpu_model(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_count": os.cpu_count(),
-        "cpu_usable": usable,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": device,
-        "device_name": cpu_model(),
-    }
+    # what a training run records (CPU model and vector instructions, cores, threads, Python, torch), and more
+    info: Dict[str, Any] = dict(machine(device), cpu_usable=usable, platform=platform.platform(),
+                                device=device, device_name=cpu_model())
     if str(device).startswith("cuda") and torch.cuda.is_available():
         dev = torch.device(device)
         props = torch.cuda.get_device_properties(dev)

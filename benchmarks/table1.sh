@@ -1213,12 +1213,13 @@ budget_150_unet() {  # budget_150_unet SUFFIX ARGS...: U-Net prox for 150 CPU mi
 }
 
 budget_150_reports() {
-    # the curves of the 150-minute runs present (seed 0, and seed 1 where stage budget_150_seed1 has run), the
-    # budget report and stage paired (seconds; its 150-minute pair takes every seed present)
+    # the curves of the 150-minute runs present (seed 0, and seed 1 where stage budget_150_seed1 has run; in
+    # runs/ or as the copies eval_test keeps in RES, which table1_curves.py reads), the budget report and
+    # stage paired (seconds; its 150-minute pair takes every seed present)
     local runs=() m
     for m in flow_dn_k1_coup10_cos_drop2_cond_untie_b150 unet_dn_k1_cos_m2_b150 \
              flow_dn_k1_coup10_cos_drop2_cond_untie_b150_seed1 unet_dn_k1_cos_m2_b150_seed1; do
-        [ -f "$RUNS/$m/metrics.json" ] && runs+=("$m")
+        { [ -f "$RUNS/$m/metrics.json" ] || [ -f "$RES/table1_train_$m.json" ]; } && runs+=("$m")
     done
     timed "curves" "$PY" benchmarks/table1_curves.py --runs "${runs[@]}" --stem table1_b150
     stage_budget_report

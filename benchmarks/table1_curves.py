@@ -139,8 +139,8 @@ def write_md(runs: Dict[str, Dict[str, Any]], times: List[Dict[str, Any]], path:
             f"{cal_txt} | "
             f"{best['val_psnr']:.2f} dB "
             f"(step {best['step']}) | {offset_minutes(m) + best.get('train_cpu_s', 0) / 60:.1f} |")
-    machines = [f"{name}: {mc.get('cpu')} ({mc.get('cpu_capability')}), torch {mc.get('torch')}"
-                for name, mc in ((n, m.get("machine")) for n, m in runs.items()) if mc]
+    machines = [f"{name}: {m['machine'].get('cpu')} ({m['machine'].get('cpu_capability')}), "
+                f"torch {m['machine'].get('torch')}" for name, m in runs.items() if m.get("machine")]
     if machines:  # recorded by invprox train since the metrics name the machine
         lines += ["", "Machine (CPU time per step depends on it):", ""] + [f"- {t}" for t in machines]
     if times:
