@@ -10,7 +10,7 @@ from conftest import train_kw as _kw
 from invprox.cli import main
 from invprox.train import CheckpointError, load_checkpoint, solver_train
 from invprox.train.loop_utils import lr_factor
-from invprox.train.solver_setup import fixed_measurements, load_solver, physics_options
+from invprox.train.solver_setup import fixed_measurements, load_solver, mirrored, physics_options
 from invprox.train.solver_train import NonFiniteLossError, train_solver
 
 
@@ -72,8 +72,9 @@ def test_validation_loss_decreases(setup, tmp_path):
     assert all(b < a for a, b in zip(losses, losses[1:])), losses
 
 
-def test_resume_is_exact(setup, tmp_path):
-    kw = _kw(setup, task="inpainting", p_missing=0.3, val_every=3, epochs=3, lr_net=1e-2)
+@pytest.mark.parametrize("flip", [False, True])
+def test_resume_is_exact(setup, tmp_path, flip):
+    kw = _kw(setup, task="inpainting", p_missing=0.3, val_every=3, epochs=3, lr_net=1e-2, flip=flip)
     full = tmp_path / "full"
     train_solver(out=str(full), max_steps=6, **kw)
     part = tmp_path / "part"
@@ -87,6 +88,27 @@ def test_resume_is_exact(setup, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for (i, sa), sb in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]), i
+
+
+def test_mirrored_flips_each_image_or_not_as_a_function_of_seed_and_step():
+    x = torch.rand(64, 3, 5, 6)
+    out = mirrored(x, seed=3, step=7)
+    flipped = torch.tensor([torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x)])
+    kept = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x)])
+    assert bool((flipped ^ kept).all())  # every image is itself or its mirror image, never both (odd W)
+    assert 16 < int(flipped.sum()) < 48
+    assert torch.equal(mirrored(x, seed=3, step=7), out)
+    assert not torch.equal(mirrored(x, seed=3, step=8), out) and not torch.equal(mirrored(x, 4, 7), out)
+    with pytest.raises(ValueError, match="B, C, H, W"):
+        mirrored(x[0], 3, 7)
+
+
+def test_flip_changes_the_training_batches(setup, tmp_path):
+    kw = _kw(setup, prox="resnet", features=4, n_blocks=1, max_steps=4, val_every=2, patience=0, lr_net=1e-2)
+    a = train_solver(out=str(tmp_path / "plain"), **kw)
+    b = train_solver(out=str(tmp_path / "flip"), flip=True, **kw)
+    assert b["config"]["flip"] is True and a["config"]["flip"] is False
+    assert a["val"][-1]["val_loss"] != b["val"][-1]["val_loss"]
 
 
 def test_cosine_schedule_with_warmup_follows_the_steps(setup, tmp_path):

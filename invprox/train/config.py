@@ -154,6 +154,9 @@ class TrainConfig:
                                "update; each is logged and listed in the metrics), then stop with the last "
                                "good checkpoint; 0: stop at the first", int, metavar="N")
     batch: int = _opt(8, "global batch (split over the processes under torchrun)", int)
+    flip: bool = _opt(False, "augment: mirror each training image left-right with probability 1/2 (drawn "
+                      "from the seed and the step, so a resumed run repeats the same flips); for images "
+                      "whose content is mirror-symmetric, such as faces")
     epochs: int = _opt(100, "epochs", int)
     max_steps: Optional[int] = _opt(None, "stop after this many steps in total", int)
     budget_minutes: Optional[float] = _opt(None, "stop after this many minutes of --budget-clock time in "

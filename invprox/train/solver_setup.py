@@ -45,7 +45,7 @@ __all__ = [
 PROX_KINDS = ("flow", "resnet", "unet")
 RANDOM_TASKS = ("inpainting",)
 SOLVER_FORMAT = "invprox.solver/1"
-_STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4}
+_STREAMS = {"train": 1, "val": 2, "eval": 3, "mask": 4, "flip": 5}
 
 
 def _maps(value: Any) -> int:
@@ -105,6 +105,16 @@ def mix_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (independent streams for different tuples)."""
     words = [int(p) & 0xFFFFFFFF for p in parts] + [(int(p) >> 32) & 0xFFFFFFFF for p in parts]
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) >> 1
+
+
+def mirrored(x: Tensor, seed: int, step: int) -> Tensor:
+    """Training batch ``x`` (``(B, C, H, W)``) with each image flipped left-right with probability 1/2;
+    which ones is a pure function of ``(seed, step)`` (``invprox train --flip``)."""
+    if x.dim() != 4:
+        raise ValueError(f"mirrored expects a batch of shape (B, C, H, W), got {tuple(x.shape)}")
+    g = torch.Generator().manual_seed(mix_seed(seed, _STREAMS["flip"], step))
+    pick = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(pick, x.flip(-1), x)
 
 
 def _sigma_key(sigma: float) -> int:

@@ -70,6 +70,7 @@ from .solver_setup import (
     check_config,
     fixed_measurements,
     load_model_state,
+    mirrored,
     mix_seed,
     physics_options,
     run_flow,
@@ -317,6 +318,8 @@ def run_training(config: TrainConfig, progress: bool = True, log: Callable[[str]
             break
         order = epoch_order(len(xt), seed, r["epoch"])
         x = xt[order[r["pos"] * bsz : (r["pos"] + 1) * bsz]].to(dev)
+        if cfg.get("flip"):  # drawn for the global batch, before a rank takes its share
+            x = mirrored(x, seed, r["step"])
         g = torch.Generator().manual_seed(mix_seed(seed, 1, r["step"]))
         op = fixed_op if fixed_op is not None else task_physics(task, shape, popts, g)
         y = op.measure(x, sig, g)
