@@ -40,7 +40,7 @@ from ..solvers.adapt import check_adaptable, noise_adapted
 from .loop_utils import dataset_tensor, resolve_device, write_json
 from .solver_setup import fixed_measurements, load_solver, physics_options
 
-__all__ = ["evaluate", "add_parser"]
+__all__ = ["evaluate", "add_parser", "mirror_averaged"]
 
 Method = Callable[[Tensor, Any, float], Tensor]
 
@@ -79,6 +79,29 @@ def _display(y: Tensor, op: Any, like: Tensor) -> Tensor:
     lo = x.flatten(1).min(1).values.view(-1, 1, 1, 1)
     hi = x.flatten(1).max(1).values.view(-1, 1, 1, 1)
     return (x - lo) / (hi - lo).clamp(min=1e-12)
+
+
+def _check_mirror(op: Any, y: Tensor) -> None:
+    """Raise unless ``op`` commutes with the left-right mirror (``A(flip x) = flip A(x)``, checked on a
+    random image), which averaging a solver's outputs on ``y`` and on the mirrored ``y`` needs."""
+    like = op.A_adjoint(y[:1])
+    x = torch.rand(like.shape, generator=torch.Generator().manual_seed(0), dtype=like.dtype).to(like.device)
+    a, b = op.A(x.flip(-1)), op.A(x).flip(-1)
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()) + 1e-12):
+        raise ValueError(f"--mirror needs a forward operator that commutes with a left-right mirror "
+                         f"(denoising, a symmetric blur, super-resolution); {type(op).__name__} does not "
+                         f"(an inpainting mask or a sensing matrix is not mirror-symmetric)")
+
+
+def mirror_averaged(fn: Method) -> Method:
+    """The self-ensemble of ``fn``: its output on ``y``, averaged with its output on the mirrored ``y``
+    mirrored back (for operators that commute with the mirror; :func:`_check_mirror` says which)."""
+
+    def run(y: Tensor, op: Any, sigma: float) -> Tensor:
+        _check_mirror(op, y)
+        return 0.5 * (fn(y, op, sigma) + fn(y.flip(-1), op, sigma).flip(-1))
+
+    return run
 
 
 def _model_method(solver, path, cfg: Dict[str, Any], adapt_start: float, adapt_lam: float) -> Method:
@@ -172,6 +195,7 @@ def evaluate(
     classical: bool = False,
     adapt_start: float = 0.0,
     adapt_lam: float = 0.0,
+    mirror: bool = False,
     seed: int = 0,
     batch: int = 16,
     device: str = "cpu",
@@ -196,6 +220,9 @@ def evaluate(
             (and the flow prox's latent shrinkage; CNN solvers have none) by
             ``(sigma / sigma_train) ** power``
             (:func:`invprox.solvers.adapt.noise_adapted`; 0: the trained values at every level).
+        mirror: each model's output is the average of its outputs on the measurement and on its mirror
+            image (mirrored back): a self-ensemble at twice the cost, for operators that commute with a
+            left-right mirror (else ``ValueError``); the references are run as they are.
         seed: seed of measurements. batch: images per solver call. device: "cpu", "cuda", "auto".
         grid_n, grid_sigma: images per grid row, and the noise level shown (the one of ``sigmas``
             nearest ``grid_sigma``, by default nearest the training noise, or the middle one).
@@ -228,7 +255,8 @@ def evaluate(
         name = names[i] if i < len(names) else cfg["prox"]
         taken = [m[0] for m in methods]
         name = name if name not in taken else f"{name}#{sum(t.split('#')[0] == name for t in taken) + 1}"
-        methods.append((name, _model_method(solver, path, cfg, adapt_start, adapt_lam)))
+        run = _model_method(solver, path, cfg, adapt_start, adapt_lam)
+        methods.append((name, mirror_averaged(run) if mirror else run))
     if ref_cfg is not None:
         if task is not None and canonical_task(task) != ref_cfg["task"]:
             raise ValueError(f"--task {task} differs from the models' task {ref_cfg['task']}")
@@ -291,7 +319,8 @@ def evaluate(
             rows = [{**r, "method": label} if r["method"] == name else r for r in rows]
             grid = {(label if k == name else k): v for k, v in grid.items()}
             methods = [(label if m == name else m, f) for m, f in methods]
-    summary = _write(rows, [m[0] for m in methods], sigmas, out_dir, task, data, split, n, seed)
+    summary = _write(rows, [m[0] for m in methods], sigmas, out_dir, task, data, split, n, seed,
+                     mirror and bool(models))
     from .images import save_grid
 
     save_grid(grid, out_dir / "grid.png", nrow=grid_n, title=f"{task}, sigma {gs:g}")
@@ -300,7 +329,7 @@ def evaluate(
 
 
 def _write(rows: List[Dict[str, Any]], names: List[str], sigmas: List[float], out_dir: Path, task: str,
-           data: str, split: str, n: int, seed: int) -> Dict[str, Any]:
+           data: str, split: str, n: int, seed: int, mirror: bool = False) -> Dict[str, Any]:
     with open(out_dir / "per_image.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["method", "sigma", "index", "psnr", "ssim"])
         w.writeheader()
@@ -317,14 +346,16 @@ def _write(rows: List[Dict[str, Any]], names: List[str], sigmas: List[float], ou
     head = "| method | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " |"
     lines = [f"# {task}: average PSNR (dB) / SSIM", "",
              f"data `{data}` ({split} split), {n} images, measurement seed {seed}; outputs clamped to "
-             "[0, 1]; means over finite outputs (a count where some were not).",
+             "[0, 1]; means over finite outputs (a count where some were not)."
+             + (" Trained models mirror-averaged (`--mirror`): each output the mean of the model's outputs "
+                "on the measurement and on its mirror image." if mirror else ""),
              "", head, "|---" * (len(sigmas) + 1) + "|"]
     for name in names:
         cells = [_cell(mean[name][f"{s:g}"]) for s in sigmas]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     summary = {"task": task, "data": data, "split": split, "n_images": n, "seed": seed, "sigmas": sigmas,
-               "methods": names, "mean": mean}
+               "methods": names, "mirror": mirror, "mean": mean}
     safe = {**summary, "mean": {m: {s: {k: (v if math.isfinite(v) else str(v)) for k, v in d.items()}
                                     for s, d in ms.items()} for m, ms in mean.items()}}
     write_json(out_dir / "results.json", safe)
@@ -361,6 +392,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
       help="scale each model's smooth-start weight alpha by (sigma / training sigma)^P at each noise level")
     a("--adapt-lam", type=float, default=0.0, metavar="P",
       help="flow prox: scale its latent shrinkage lambda by (sigma / training sigma)^P")
+    a("--mirror", action="store_true",
+      help="self-ensemble: average each model's outputs on the measurement and on its left-right mirror "
+      "image (twice the cost; operators that commute with the mirror: denoising, symmetric blur, "
+      "super-resolution)")
     a("--seed", type=int, default=0, help="seed of the measurements")
     a("--batch", type=int, default=16)
     a("--device", default="cpu", help="cpu, cuda, cuda:1 or auto")
