@@ -73,6 +73,8 @@
 #                                           # (AVX2), then its curves and paired report (~2 h)
 #     benchmarks/table1.sh budget_100_m3_flip  # the same pair trained on randomly mirrored faces (--flip),
 #                                           # then curves and paired reports against budget_100_m3 (~2 h)
+#     benchmarks/table1.sh mirror_m3        # those two pairs tested with the self-ensemble over the
+#                                           # mirror (invprox eval --mirror), and paired reports (~2 min)
 #     benchmarks/table1.sh budget_150_seed1 # the same with seed 1, then the curves, budget and paired
 #                                           # reports of both seeds (~2 h 40 min; as budget_150)
 #
@@ -169,6 +171,18 @@ eval_test() {  # eval_test NAME...: each run on all 600 test faces at the four s
         cp "$RUNS/eval_$m/results.json" "$RES/table1_${m}_results.json"
         cp "$RUNS/eval_$m/per_image.csv" "$RES/table1_${m}_per_image.csv"
         cp "$RUNS/$m/metrics.json" "$RES/table1_train_${m}.json"
+    done
+}
+eval_mirror() {  # eval_mirror NAME...: eval_test with --mirror (the self-ensemble), as run NAME_mirror
+    local m
+    for m in "$@"; do
+        rm -rf "$RUNS/eval_${m}_mirror"
+        timed "eval $m --mirror" invprox eval --model "$RUNS/$m/solver.pt" --name "$m" --data celeba64 \
+            --split val --sigmas 0.10 0.15 0.20 0.25 --seed 0 --mirror --no-progress --out "$RUNS/eval_${m}_mirror"
+        local f
+        for f in results.md results.json per_image.csv; do
+            cp "$RUNS/eval_${m}_mirror/$f" "$RES/table1_${m}_mirror_$f"
+        done
     done
 }
 
@@ -1183,6 +1197,22 @@ stage_budget_100_m3_flip() {
     local t=flow_dn_k1_coup10_cos_drop2_cond_untie_b100_m3 u=unet_dn_k1_cos_m2_b100_m3
     paired table1_paired_m3_flip_flow "flow prox, --flip" "flow prox" "${t}_flip_seed1" "${t}_seed1"
     paired table1_paired_m3_flip_unet "U-Net prox, --flip" "U-Net prox" "${u}_flip_seed1" "${u}_seed1"
+}
+
+stage_mirror_m3() {
+    # The self-ensemble over the left-right mirror (`invprox eval --mirror`) of the third machine's
+    # 100-minute runs (stages budget_100_m3 and budget_100_m3_flip; those in runs/): what it adds to each
+    # solver, and whether it changes their order (one core each, ~2 min)
+    local t=flow_dn_k1_coup10_cos_drop2_cond_untie_b100_m3 u=unet_dn_k1_cos_m2_b100_m3 m
+    local f="flow prox, untied" n="U-Net prox"
+    for m in "${t}_seed1" "${t}_flip_seed1"; do [ -f "$RUNS/$m/solver.pt" ] && eval_mirror "$m"; done &
+    for m in "${u}_seed1" "${u}_flip_seed1"; do [ -f "$RUNS/$m/solver.pt" ] && eval_mirror "$m"; done &
+    wait
+    paired table1_paired_b100_m3_mirror "$f, --mirror" "$n, --mirror" "${t}_seed1_mirror" "${u}_seed1_mirror"
+    paired table1_paired_b100_m3_flip_mirror "$f, --mirror" "$n, --mirror" "${t}_flip_seed1_mirror" \
+        "${u}_flip_seed1_mirror"
+    paired table1_paired_m3_mirror_flow "$f, --mirror" "$f" "${t}_seed1_mirror" "${t}_seed1"
+    paired table1_paired_m3_mirror_unet "$n, --mirror" "$n" "${u}_seed1_mirror" "${u}_seed1"
 }
 
 stage_budget_100_m3() {

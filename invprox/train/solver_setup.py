@@ -30,6 +30,7 @@ __all__ = [
     "RANDOM_TASKS",
     "SOLVER_FORMAT",
     "mix_seed",
+    "mirrored",
     "physics_options",
     "task_physics",
     "fixed_measurements",
