@@ -1183,9 +1183,9 @@ stage_budget_100() {
 
 stage_budget_100_m3_flip() {
     # Stage budget_100_m3's pair (seed 1, 100 CPU minutes, third machine) with training images mirrored
-    # left-right at random (`invprox train --flip`): both solvers' outputs gain ~0.11 dB when averaged
-    # with their output on the mirrored input, so neither is mirror-symmetric; and at 150 CPU minutes both
-    # fit their training faces 0.4-0.5 dB better than the held-out ones. Does the augmentation change
+    # left-right at random (`invprox train --flip`): both solvers' outputs gain ~0.11 dB when averaged with
+    # their output on the mirrored input (stage mirror_m3), so neither is mirror-symmetric; at 150 CPU
+    # minutes both fit their training faces 0.4-0.5 dB better than the held-out ones. Does the augmentation change
     # either, or their order? Runs named ..._b100_m3_flip_seed1; one core each, ~1 h 55 min
     BUDGET_TAG=_m3_flip BUDGET_SEED=1 BUDGET_ARGS=--flip budget_lane untie 100 &
     BUDGET_TAG=_m3_flip BUDGET_SEED=1 BUDGET_ARGS=--flip budget_lane unet 100 &
