@@ -208,15 +208,3 @@ def test_mirror_averages_outputs_on_the_mirrored_measurement(setup, tmp_path, mo
                     log=lambda m: None)
     assert plain["mean"]["resnet"]["0.2"]["psnr"] != both["mean"]["resnet"]["0.2"]["psnr"]
     assert np.isfinite(both["mean"]["resnet"]["0.2"]["psnr"]) and plain["mirror"] is False
-
-
-def test_mirror_refuses_an_operator_that_does_not_commute_with_the_mirror():
-    from invprox.physics import make_physics
-
-    run = ev.mirror_averaged(lambda y, op, sigma: y)
-    y = torch.rand(2, 1, 8, 8)
-    blur = make_physics("deblurring", (1, 8, 8), blur="gaussian", std=1.0)
-    assert run(blur.A(y), blur, 0.0).shape == y.shape  # a symmetric blur commutes with the mirror
-    mask = make_physics("inpainting", (1, 8, 8), p_missing=0.5, generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match="commutes with a left-right mirror"):
-        run(mask.A(y), mask, 0.0)

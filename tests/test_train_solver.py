@@ -10,7 +10,7 @@ from conftest import train_kw as _kw
 from invprox.cli import main
 from invprox.train import CheckpointError, load_checkpoint, solver_train
 from invprox.train.loop_utils import lr_factor
-from invprox.train.solver_setup import fixed_measurements, load_solver, mirrored, physics_options
+from invprox.train.solver_setup import fixed_measurements, load_solver, physics_options
 from invprox.train.solver_train import NonFiniteLossError, train_solver
 
 
@@ -88,19 +88,6 @@ def test_resume_is_exact(setup, tmp_path, flip):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for (i, sa), sb in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].values()):
         assert torch.equal(sa["exp_avg"], sb["exp_avg"]), i
-
-
-def test_mirrored_flips_each_image_or_not_as_a_function_of_seed_and_step():
-    x = torch.rand(64, 3, 5, 6)
-    out = mirrored(x, seed=3, step=7)
-    flipped = torch.tensor([torch.equal(o, xi.flip(-1)) for o, xi in zip(out, x)])
-    kept = torch.tensor([torch.equal(o, xi) for o, xi in zip(out, x)])
-    assert bool((flipped ^ kept).all())  # itself or its mirror image (a random image is not both)
-    assert 16 < int(flipped.sum()) < 48
-    assert torch.equal(mirrored(x, seed=3, step=7), out)
-    assert not torch.equal(mirrored(x, seed=3, step=8), out) and not torch.equal(mirrored(x, 4, 7), out)
-    with pytest.raises(ValueError, match="B, C, H, W"):
-        mirrored(x[0], 3, 7)
 
 
 def test_flip_changes_the_training_batches(setup, tmp_path):

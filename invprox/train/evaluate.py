@@ -37,10 +37,11 @@ from torch.nn import functional as F
 from ..metrics import psnr, ssim
 from ..physics import canonical_task
 from ..solvers.adapt import check_adaptable, noise_adapted
+from ..solvers.ensemble import mirror_averaged
 from .loop_utils import dataset_tensor, resolve_device, write_json
 from .solver_setup import fixed_measurements, load_solver, physics_options
 
-__all__ = ["evaluate", "add_parser", "mirror_averaged"]
+__all__ = ["evaluate", "add_parser"]
 
 Method = Callable[[Tensor, Any, float], Tensor]
 
@@ -79,29 +80,6 @@ def _display(y: Tensor, op: Any, like: Tensor) -> Tensor:
     lo = x.flatten(1).min(1).values.view(-1, 1, 1, 1)
     hi = x.flatten(1).max(1).values.view(-1, 1, 1, 1)
     return (x - lo) / (hi - lo).clamp(min=1e-12)
-
-
-def _check_mirror(op: Any, y: Tensor) -> None:
-    """Raise unless ``op`` commutes with the left-right mirror (``A(flip x) = flip A(x)``, checked on a
-    random image), which averaging a solver's outputs on ``y`` and on the mirrored ``y`` needs."""
-    like = op.A_adjoint(y[:1])
-    x = torch.rand(like.shape, generator=torch.Generator().manual_seed(0), dtype=like.dtype).to(like.device)
-    a, b = op.A(x.flip(-1)), op.A(x).flip(-1)
-    if a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()) + 1e-12):
-        raise ValueError(f"--mirror needs a forward operator that commutes with a left-right mirror "
-                         f"(denoising, a symmetric blur, super-resolution); {type(op).__name__} does not "
-                         f"(an inpainting mask or a sensing matrix is not mirror-symmetric)")
-
-
-def mirror_averaged(fn: Method) -> Method:
-    """The self-ensemble of ``fn``: its output on ``y``, averaged with its output on the mirrored ``y``
-    mirrored back (for operators that commute with the mirror; :func:`_check_mirror` says which)."""
-
-    def run(y: Tensor, op: Any, sigma: float) -> Tensor:
-        _check_mirror(op, y)
-        return 0.5 * (fn(y, op, sigma) + fn(y.flip(-1), op, sigma).flip(-1))
-
-    return run
 
 
 def _model_method(solver, path, cfg: Dict[str, Any], adapt_start: float, adapt_lam: float) -> Method:
@@ -221,8 +199,9 @@ def evaluate(
             ``(sigma / sigma_train) ** power``
             (:func:`invprox.solvers.adapt.noise_adapted`; 0: the trained values at every level).
         mirror: each model's output is the average of its outputs on the measurement and on its mirror
-            image (mirrored back): a self-ensemble at twice the cost, for operators that commute with a
-            left-right mirror (else ``ValueError``); the references are run as they are.
+            image (mirrored back; :func:`invprox.solvers.ensemble.mirror_averaged`): a self-ensemble at
+            twice the cost, for operators that commute with a left-right mirror (else ``ValueError``); the
+            references are run as they are.
         seed: seed of measurements. batch: images per solver call. device: "cpu", "cuda", "auto".
         grid_n, grid_sigma: images per grid row, and the noise level shown (the one of ``sigmas``
             nearest ``grid_sigma``, by default nearest the training noise, or the middle one).
